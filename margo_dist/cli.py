@@ -1,0 +1,211 @@
+"""``margo-dist``: data / train / evaluate / recommend / report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Callable
+
+from margo_dist.errors import MargoError
+
+
+def _modality_dims(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, dim = part.partition(":")
+        if not name or not dim.isdigit():
+            raise argparse.ArgumentTypeError(f"--modalities entry {part!r} is not NAME:DIM")
+        out[name] = int(dim)
+    return out
+
+
+def _names(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from margo_dist.data.inspect import format_stats, inspect_path
+
+    stats, problems = inspect_path(args.path, args.format, args.name, args.modalities)
+    if stats:
+        print(format_stats(stats))
+    for p in problems:
+        print(f"problem: {p}")
+    return 1 if problems else 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from margo_dist.data.inspect import dataset_stats, format_stats
+    from margo_dist.data.prepare import prepare
+
+    ds = prepare(args.interactions, args.out, items_url=args.items, image_features_url=args.images,
+                 k_core=args.k_core, seed=args.seed, fmt=args.format, text_encoder=args.text_encoder,
+                 min_rating=args.min_rating, progress=True)
+    print(f"wrote {args.out}")
+    print(format_stats(dataset_stats(ds)))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from margo_dist.data.synth import SynthSpec, write_synthetic
+
+    spec = SynthSpec(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
+                     modality_dims=args.modalities, seed=args.seed, unreliable_frac=args.unreliable_frac)
+    t0 = time.time()
+    ds = write_synthetic(spec, args.out, args.format)
+    print(f"wrote {args.out} ({ds.n_users} users, {ds.n_items} items, {ds.user.size} interactions, "
+          f"{time.time() - t0:.1f}s); ground truth in unreliable.npy / synth.json")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from margo_dist.data.formats import convert
+
+    convert(args.src, args.dst, src_fmt=args.src_format, dst_fmt=args.dst_format, name=args.name)
+    print(f"wrote {args.dst} ({args.dst_format})")
+    return 0
+
+
+def cmd_graphs(args: argparse.Namespace) -> int:
+    from margo_dist.config import load_config
+    from margo_dist.data.formats import read_dataset_cfg
+    from margo_dist.graph.build import build_graphs, graph_key, graphs_dir, save_graphs
+    from margo_dist.train.loop import dataset_url
+
+    cfg = load_config(args.config, args.overrides)
+    cfg.data.path = dataset_url(cfg)
+    ds = read_dataset_cfg(cfg.data)
+    key = graph_key(ds, cfg.graph, cfg.data.modalities)
+    out = graphs_dir(cfg.data.path, cfg.graph, key)
+    t0 = time.time()
+    art = build_graphs(ds, cfg.graph, cfg.data.modalities, progress=True)
+    save_graphs(art, out)
+    print(f"wrote {out} in {time.time() - t0:.1f}s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from margo_dist.config import load_config
+    from margo_dist.train.loop import train
+    from margo_dist.train.report import summary_table
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg)
+    print(summary_table(summary))
+    print(f"outputs in {cfg.run.dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from margo_dist.train.report import evaluate_run, format_table
+
+    result = evaluate_run(args.run)
+    print(format_table([("valid", result["valid"]), ("test", result["test"])]))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from margo_dist.data import io as mio
+    from margo_dist.train.report import recommend
+
+    out = args.out or mio.join(args.run, f"recommendations_top{args.k}.parquet")
+    n = recommend(args.run, args.k, out)
+    print(f"wrote {n} rows to {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from margo_dist.train.report import report
+
+    print(report(args.run, top=args.top))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="margo-dist", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset steps").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("inspect", help="statistics and problems of a dataset")
+    p.add_argument("path")
+    p.add_argument("--format", default="mmrec", choices=["mmrec", "parquet"])
+    p.add_argument("--name", default="")
+    p.add_argument("--modalities", type=_names, default=None, help="comma-separated (default: all found)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = data.add_parser("prepare", help="raw interactions + item texts -> dataset")
+    p.add_argument("--interactions", required=True, help="CSV/TSV/JSONL (optionally .gz): user, item, rating, time")
+    p.add_argument("--items", default=None, help="item text file keyed by raw item id")
+    p.add_argument("--images", default=None, help="precomputed image features keyed by raw item id")
+    p.add_argument("--out", required=True)
+    p.add_argument("--k-core", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="mmrec", choices=["mmrec", "parquet"])
+    p.add_argument("--text-encoder", default="minilm", choices=["minilm", "hash"])
+    p.add_argument("--min-rating", type=float, default=None)
+    p.set_defaults(func=cmd_prepare)
+
+    p = data.add_parser("synth", help="synthetic dataset with planted unreliable modalities")
+    p.add_argument("--out", required=True)
+    p.add_argument("--users", type=int, default=3000)
+    p.add_argument("--items", type=int, default=1500)
+    p.add_argument("--interactions", type=int, default=36000)
+    p.add_argument("--modalities", type=_modality_dims, default={"image": 256, "text": 128},
+                   help="NAME:DIM,... (default image:256,text:128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unreliable-frac", type=float, default=0.3)
+    p.add_argument("--format", default="mmrec", choices=["mmrec", "parquet"])
+    p.set_defaults(func=cmd_synth)
+
+    p = data.add_parser("convert", help="MMRec layout -> Parquet layout (or back)")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--src-format", default="mmrec", choices=["mmrec", "parquet"])
+    p.add_argument("--dst-format", default="parquet", choices=["mmrec", "parquet"])
+    p.add_argument("--name", default="")
+    p.set_defaults(func=cmd_convert)
+
+    p = data.add_parser("graphs", help="build the graph artefacts of a config's dataset")
+    p.add_argument("--config", default=None)
+    p.add_argument("overrides", nargs="*", help="key=value")
+    p.set_defaults(func=cmd_graphs)
+
+    p = sub.add_parser("train", help="train a model (local mode)")
+    p.add_argument("--config", default=None)
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. model.variant=margo train.seed=2")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="recompute validation and test metrics of a run")
+    p.add_argument("run")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="top-K items per user to Parquet")
+    p.add_argument("run")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--out", default="")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("report", help="summary table and most/least reliable items")
+    p.add_argument("run")
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MargoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

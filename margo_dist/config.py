@@ -1,0 +1,276 @@
+"""One typed config tree, read from YAML with ``key=value`` overrides.
+
+Every key has a type; an unknown key or a value of the wrong type is an error that
+names the key and the file (or ``command line`` for overrides). Ray hands workers a
+plain dict: convert it with :func:`from_dict` on the worker function's first line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from margo_dist.errors import ConfigError
+
+VARIANTS = ("margo", "wo_weight", "wo_cal", "wo_two_stage", "wo_nograd", "dragon", "lightgcn", "bpr_mf")
+
+
+@dataclass
+class DataConfig:
+    """Where the dataset is and how to read it."""
+
+    path: str = ""  # empty: the built-in synthetic dataset, made on first use
+    format: str = "mmrec"  # mmrec | parquet
+    name: str = ""  # MMRec stem of <name>.inter; empty: the folder's only *.inter file
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+    dedupe: bool = False  # drop duplicate (user, item) pairs instead of rejecting them
+    feature_dtype: str = "float32"  # float32 | float16 (memory for large feature tables)
+
+
+@dataclass
+class GraphConfig:
+    """Parameters of the offline graph artefacts (part of their cache key)."""
+
+    item_k: int = 10  # item kNN neighbours per modality
+    user_k: int = 40  # user co-occurrence neighbours
+    # weight of each modality's kNN graph in the mixed item graph; empty: DRAGON's
+    # 0.1 image + 0.9 text when those are the modalities, else uniform.
+    knn_mix: dict[str, float] = field(default_factory=dict)
+    block_rows: int = 2048  # rows per block when computing similarities
+    cache_dir: str = ""  # empty: <data.path>/.margo_cache
+
+
+@dataclass
+class ModelConfig:
+    """The model and the MARGO hyper-parameters (equations.md sections 1-8, 10)."""
+
+    variant: str = "margo"
+    dim: int = 64
+    hidden_mult: int = 4  # projection MLP hidden width = hidden_mult * dim
+    n_layers: int = 2  # propagation steps on the user-item graph
+    alpha: float = 0.1  # weight of L_cal
+    tau: float = 1.0  # confidence sensitivity
+    reg_weight: float = 1e-3  # lambda
+    fusion_scale: str = "one"  # one | num_modalities
+    theta_init_std: float = 0.01  # theta ~ N(0, std^2) at the start of stage 2
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    seed: int = 1
+    lr: float = 1e-3
+    batch_size: int = 2048
+    max_epochs: int = 200
+    patience: int = 20  # evaluations without validation improvement before stopping
+    eval_every: int = 1
+    eval_user_chunk: int = 4096  # users scored at once in full ranking
+    topk: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    select_metric: str = "recall@20"
+    mode: str = "full"  # full | sampled
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    progress: bool = True
+
+
+@dataclass
+class SamplerConfig:
+    """Neighbour sampling for train.mode=sampled.
+
+    ``fanouts`` maps relation -> one fan-out per layer (-1: all neighbours):
+    ``ui``/``iu`` for the propagation steps (one entry per step, outermost first),
+    ``ii``/``uu`` for the homogeneous item and user layers (one entry).
+    """
+
+    fanouts: dict[str, list[int]] = field(
+        default_factory=lambda: {"ui": [-1, -1], "iu": [-1, -1], "ii": [-1], "uu": [-1]}
+    )
+    num_workers: int = 0
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes its outputs."""
+
+    dir: str = "runs/default"
+    resume: bool = True  # continue from the run folder's checkpoint when it exists
+    checkpoint_every: int = 1  # epochs between checkpoints
+    plots: bool = True
+
+
+@dataclass
+class Config:
+    """The whole tree; ``margo-dist train --config FILE key=value ...`` builds it."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        """Check values that a type alone does not constrain."""
+        checks = [
+            ("model.variant", self.model.variant, VARIANTS),
+            ("data.format", self.data.format, ("mmrec", "parquet")),
+            ("data.feature_dtype", self.data.feature_dtype, ("float32", "float16")),
+            ("model.fusion_scale", self.model.fusion_scale, ("one", "num_modalities")),
+            ("train.mode", self.train.mode, ("full", "sampled")),
+        ]
+        for key, value, allowed in checks:
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
+        if not self.data.modalities:
+            raise ConfigError("data.modalities is empty: at least one modality is needed")
+        if len(set(self.data.modalities)) != len(self.data.modalities):
+            raise ConfigError(f"data.modalities={self.data.modalities} repeats a name")
+        positive = {
+            "model.dim": self.model.dim,
+            "model.tau": self.model.tau,
+            "train.batch_size": self.train.batch_size,
+            "train.lr": self.train.lr,
+            "train.max_epochs": self.train.max_epochs,
+            "train.patience": self.train.patience,
+            "train.eval_every": self.train.eval_every,
+            "graph.item_k": self.graph.item_k,
+            "graph.block_rows": self.graph.block_rows,
+            "train.eval_user_chunk": self.train.eval_user_chunk,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key}={value} must be > 0")
+        for key, value in {"model.alpha": self.model.alpha, "model.reg_weight": self.model.reg_weight,
+                           "graph.user_k": self.graph.user_k}.items():
+            if value < 0:
+                raise ConfigError(f"{key}={value} must be >= 0")
+        unknown = set(self.graph.knn_mix) - set(self.data.modalities)
+        if unknown:
+            raise ConfigError(f"graph.knn_mix names {sorted(unknown)}, not in data.modalities={self.data.modalities}")
+        if self.train.select_metric.split("@")[0] not in ("recall", "ndcg"):
+            raise ConfigError(f"train.select_metric={self.train.select_metric!r} must be recall@K or ndcg@K")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}) in {source}")
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                continue
+        raise bad
+    if tp is type(None):
+        if value is None:
+            return None
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {_coerce(k, args[0], f"{key} key", source): _coerce(v, args[1], f"{key}.{k}", source)
+                for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise ConfigError(f"{key}: unsupported annotation {tp}")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"unknown key {key!r} in {source}; known keys here: {sorted(names)}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping, got {value!r} in {source}")
+            _apply(current, value, f"{key}.", source)
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key, source))
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} on the command line is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r} on the command line: value is not valid YAML ({exc})") from exc
+    return key.strip().split("."), value
+
+
+def from_dict(values: dict[str, Any], source: str = "a dict") -> Config:
+    """Build a validated :class:`Config` from a nested dict (e.g. Ray's config)."""
+    cfg = Config()
+    _apply(cfg, values, "", source)
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (YAML), then apply ``key=value`` overrides, then validate."""
+    cfg = Config()
+    if path:
+        from margo_dist.data.io import open_url
+
+        try:
+            with open_url(path, "rt") as fh:
+                values = yaml.safe_load(fh) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        _apply(cfg, values, "", path)
+    for text in overrides or []:
+        parts, value = _parse_override(text)
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        _apply(cfg, nested, "", f"command line ({text})")
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of ``cfg`` (for YAML dumps and Ray)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

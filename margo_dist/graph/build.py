@@ -1,0 +1,373 @@
+"""Offline graph artefacts: training edges and degrees, item kNN graphs, user co-occurrence.
+
+These are the inputs of DRAGON's propagation (equations.md section 1): the bipartite
+training graph with its full-graph degrees (so sampled and full forwards normalise
+alike), one cosine kNN graph per modality, and the top-k co-interacting users. They
+depend only on the training split and the features, so they are built once, cached
+under a content key, and loaded by training; model constructors never build them.
+
+Both similarity computations run in row blocks so memory is
+O(block_rows * n_rows), never a dense n x n matrix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from margo_dist.config import GraphConfig
+from margo_dist.data import io as mio
+from margo_dist.data.dataset import TRAIN, Dataset
+from margo_dist.errors import DataError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class GraphArtifacts:
+    """Everything the encoder needs besides features and parameters."""
+
+    n_users: int
+    n_items: int
+    train_user: np.ndarray  # int64 [n_edges], deduplicated, sorted by (user, item)
+    train_item: np.ndarray  # int64 [n_edges]
+    user_degree: np.ndarray  # float32 [n_users], degree in the full training graph
+    item_degree: np.ndarray  # float32 [n_items]
+    item_knn: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # m -> (idx, sim)
+    user_nbr: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))  # -1 padded
+    user_cnt: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # 0 padded
+    key: str = ""
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.item_knn)
+
+
+def _blocks(n: int, block_rows: int, progress: bool, desc: str) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges, with a tqdm bar when asked."""
+    if block_rows < 1:
+        raise DataError(f"block_rows={block_rows} must be >= 1 (graph.block_rows)")
+    starts: Iterable[int] = range(0, n, block_rows)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, total=(n + block_rows - 1) // block_rows, desc=desc, unit="block")
+    for start in starts:
+        yield start, min(start + block_rows, n)
+
+
+def _order_by_value_then_id(val: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by value descending, ties by lower id (two stable sorts)."""
+    by_id = torch.sort(idx, dim=1, stable=True).indices
+    val, idx = val.gather(1, by_id), idx.gather(1, by_id)
+    by_val = torch.sort(val, dim=1, descending=True, stable=True).indices
+    return val.gather(1, by_val), idx.gather(1, by_val)
+
+
+def _tied_topk(sims: torch.Tensor, kth: torch.Tensor, k: int, chunk_elems: int = 1 << 24) -> torch.Tensor:
+    """Top-k ids of rows whose k-th value is tied with a value left out: the lowest ids win.
+
+    Takes every value above the k-th value and then the first ids equal to it.
+    Chunked so the masks stay near ``chunk_elems`` elements.
+    """
+    rows = max(1, chunk_elems // max(1, sims.shape[1]))
+    out = []
+    for start in range(0, sims.shape[0], rows):
+        sub, v = sims[start:start + rows], kth[start:start + rows, None]
+        above = sub > v
+        need = k - above.sum(dim=1, keepdim=True, dtype=torch.int32)
+        equal = sub == v
+        rank = equal.to(torch.int32).cumsum(dim=1, dtype=torch.int32)
+        take = above | (equal & (rank <= need))
+        out.append(take.nonzero()[:, 1].view(-1, k))
+    return torch.cat(out)
+
+
+def item_knn(features: np.ndarray, k: int, block_rows: int = 2048, *, progress: bool = False,
+             name: str = "features", device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Cosine top-k neighbours of every item, itself excluded.
+
+    Returns (idx int64 [n, k'], sim float32 [n, k']) with k' = min(k, n - 1), rows
+    sorted by similarity descending, ties by lower item id. A zero feature row has
+    similarity 0 to everything. ``name`` only labels errors and the progress bar.
+    """
+    feats = np.asarray(features)
+    if feats.ndim != 2:
+        raise DataError(f"{name}: item features must be a 2-d [n_items, dim] array, got shape {feats.shape}")
+    if k < 1:
+        raise DataError(f"{name}: item kNN needs k >= 1 (graph.item_k), got {k}")
+    n = feats.shape[0]
+    kk = min(k, max(n - 1, 0))
+    if kk == 0:
+        return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).to(device)
+    finite = torch.isfinite(x).all(dim=1)
+    if not bool(finite.all()):
+        row = int(torch.nonzero(~finite)[0, 0])
+        raise DataError(f"{name}: item row {row} holds a non-finite value (NaN or inf)")
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    idx_out = np.empty((n, kk), np.int64)
+    sim_out = np.empty((n, kk), np.float32)
+    # One extra candidate reveals a tie at the k-th place (self is -inf, never tied).
+    probe = min(kk + 1, n)
+    for start, stop in _blocks(n, block_rows, progress, f"item kNN {name}"):
+        sims = x[start:stop] @ x.T
+        local = torch.arange(stop - start, device=sims.device)
+        sims[local, local + start] = float("-inf")
+        val, idx = torch.topk(sims, probe, dim=1, largest=True, sorted=True)
+        kth = val[:, kk - 1]
+        if probe > kk:
+            tied = torch.nonzero(val[:, kk] == kth).flatten()
+            val, idx = val[:, :kk], idx[:, :kk].clone()
+            if tied.numel():
+                idx[tied] = _tied_topk(sims[tied], kth[tied], kk)
+                val[tied] = sims[tied].gather(1, idx[tied])
+        val, idx = _order_by_value_then_id(val, idx)
+        idx_out[start:stop] = idx.cpu().numpy()
+        sim_out[start:stop] = val.cpu().numpy()
+        del sims
+    return idx_out, sim_out
+
+
+def _dedup_pairs(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int, where: str,
+                 row_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (user, item) pairs sorted by (user, item); ids checked against the sizes.
+
+    ``row_ids`` maps positions to the rows named in errors (a split's rows in its dataset).
+    """
+    user = np.asarray(user, dtype=np.int64)
+    item = np.asarray(item, dtype=np.int64)
+    if user.shape != item.shape or user.ndim != 1:
+        raise DataError(f"{where}: user and item arrays must be 1-d and aligned, got {user.shape} and {item.shape}")
+    for field_name, ids, n in (("user", user, n_users), ("item", item, n_items)):
+        bad = np.flatnonzero((ids < 0) | (ids >= n))
+        if bad.size:
+            row = int(bad[0]) if row_ids is None else int(row_ids[bad[0]])
+            raise DataError(f"{where}: row {row} field {field_name}={int(ids[bad[0]])} "
+                            f"is outside [0, {n})")
+    code = np.unique(user * n_items + item)
+    return code // n_items, code % n_items
+
+
+def user_cooccurrence(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int, k: int,
+                      block_rows: int = 4096, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k other users of each user by number of shared items, with those counts.
+
+    Returns (nbr int64 [n_users, k], cnt float32 [n_users, k]): ordered by count
+    descending, ties by lower user id; users with fewer than k co-users are padded
+    with -1 / 0 (equations.md 1.6: no random repetition).
+    """
+    if k < 1:
+        raise DataError(f"user co-occurrence needs k >= 1 (graph.user_k), got {k}")
+    u, i = _dedup_pairs(user, item, n_users, n_items, "user co-occurrence interactions")
+    r = sp.csr_matrix((np.ones(u.size, np.int32), (u, i)), shape=(n_users, n_items))
+    rt = r.T.tocsr()
+    nbr = np.full((n_users, k), -1, np.int64)
+    cnt = np.zeros((n_users, k), np.float32)
+    for start, stop in _blocks(n_users, block_rows, progress, "user co-occurrence"):
+        co = (r[start:stop] @ rt).tocsr()
+        rows = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(co.indptr))
+        cols = co.indices.astype(np.int64)
+        counts = co.data.astype(np.int64)
+        keep = (cols != rows + start) & (counts > 0)
+        rows, cols, counts = rows[keep], cols[keep], counts[keep]
+        order = np.lexsort((cols, -counts, rows))
+        rows, cols, counts = rows[order], cols[order], counts[order]
+        row_start = np.zeros(stop - start + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=stop - start), out=row_start[1:])
+        rank = np.arange(rows.size, dtype=np.int64) - row_start[rows]
+        top = rank < k
+        nbr[start + rows[top], rank[top]] = cols[top]
+        cnt[start + rows[top], rank[top]] = counts[top]
+    return nbr, cnt
+
+
+def _check_modalities(ds: Dataset, modalities: list[str] | None) -> list[str]:
+    mods = list(ds.modalities if modalities is None else modalities)
+    if not mods:
+        raise DataError(f"dataset {ds.name!r}: no modality to build item kNN graphs from")
+    for m in mods:
+        if m not in ds.features:
+            raise DataError(f"dataset {ds.name!r}: modality {m!r} not among its features {ds.modalities}")
+    if len(set(mods)) != len(mods):
+        raise DataError(f"dataset {ds.name!r}: modality list {mods} repeats a name")
+    return mods
+
+
+def graph_key(ds: Dataset, cfg: GraphConfig, modalities: list[str]) -> str:
+    """Short content key: dataset fingerprint + the parameters that change the result.
+
+    block_rows and cache_dir only change how and where it is computed, so they are left out.
+    """
+    params = {"version": FORMAT_VERSION, "item_k": int(cfg.item_k), "user_k": int(cfg.user_k),
+              "modalities": sorted(modalities)}
+    h = hashlib.blake2b(digest_size=8)
+    h.update(ds.fingerprint().encode())
+    h.update(json.dumps(params, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def build_graphs(ds: Dataset, cfg: GraphConfig, modalities: list[str] | None = None,
+                 progress: bool = False) -> GraphArtifacts:
+    """Build every artefact from the training split (label 0, duplicates dropped)."""
+    mods = _check_modalities(ds, modalities)
+    for m in mods:
+        rows = np.asarray(ds.features[m]).shape[0]
+        if rows != ds.n_items:
+            raise DataError(f"dataset {ds.name!r}: features[{m!r}] has {rows} rows but n_items={ds.n_items}")
+    rows = np.flatnonzero(np.asarray(ds.label) == TRAIN)
+    u, i = _dedup_pairs(np.asarray(ds.user)[rows], np.asarray(ds.item)[rows], ds.n_users, ds.n_items,
+                        f"dataset {ds.name!r} interactions", row_ids=rows)
+    knn = {m: item_knn(ds.features[m], cfg.item_k, cfg.block_rows, progress=progress, name=m) for m in mods}
+    nbr, cnt = user_cooccurrence(u, i, ds.n_users, ds.n_items, cfg.user_k, cfg.block_rows, progress=progress)
+    return GraphArtifacts(
+        n_users=ds.n_users, n_items=ds.n_items, train_user=u, train_item=i,
+        user_degree=np.bincount(u, minlength=ds.n_users).astype(np.float32),
+        item_degree=np.bincount(i, minlength=ds.n_items).astype(np.float32),
+        item_knn=knn, user_nbr=nbr, user_cnt=cnt, key=graph_key(ds, cfg, mods))
+
+
+def _arrays(g: GraphArtifacts) -> dict[str, np.ndarray]:
+    """File stem -> array; kNN files are numbered in the manifest's modality order."""
+    out = {"train_user": g.train_user, "train_item": g.train_item, "user_degree": g.user_degree,
+           "item_degree": g.item_degree, "user_nbr": g.user_nbr, "user_cnt": g.user_cnt}
+    for j, m in enumerate(g.item_knn):
+        out[f"knn{j}_idx"], out[f"knn{j}_sim"] = g.item_knn[m]
+    return out
+
+
+_DTYPES = {"train_user": "int64", "train_item": "int64", "user_degree": "float32", "item_degree": "float32",
+           "user_nbr": "int64", "user_cnt": "float32"}
+
+
+def _expected(stem: str) -> str:
+    if stem in _DTYPES:
+        return _DTYPES[stem]
+    return "int64" if stem.endswith("_idx") else "float32"
+
+
+def _read_manifest(url: str) -> dict:
+    path = mio.join(url, MANIFEST)
+    try:
+        with mio.open_url(path, "rt") as fh:
+            return json.load(fh)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: graph manifest not found") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def save_graphs(g: GraphArtifacts, url: str) -> None:
+    """Write the artefacts under ``url`` (folder of .npy + manifest.json), atomically.
+
+    Everything goes to a temporary sibling folder, renamed onto ``url`` at the end,
+    so a reader sees either no cache or a complete one. If ``url`` already holds a
+    complete cache with the same key, that one is kept (same key, same content).
+    """
+    arrays = _arrays(g)
+    manifest = {"format_version": FORMAT_VERSION, "key": g.key, "n_users": int(g.n_users),
+                "n_items": int(g.n_items), "modalities": g.modalities,
+                "arrays": {s: {"dtype": str(a.dtype), "shape": list(a.shape)} for s, a in arrays.items()}}
+    fs, path = mio.fs_and_path(url)
+    path = path.rstrip("/")
+    tmp_path = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.makedirs(tmp_path, exist_ok=True)
+        for stem, arr in arrays.items():
+            with fs.open(posixpath.join(tmp_path, f"{stem}.npy"), "wb") as fh:
+                np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
+        with fs.open(posixpath.join(tmp_path, MANIFEST), "w") as fh:
+            json.dump(manifest, fh, indent=1)
+        if fs.exists(posixpath.join(path, MANIFEST)):
+            try:
+                if g.key and _read_manifest(url).get("key") == g.key:
+                    return
+            except DataError:
+                pass
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        fs.mv(tmp_path, path, recursive=True)
+    finally:
+        if fs.exists(tmp_path):
+            fs.rm(tmp_path, recursive=True)
+
+
+def load_graphs(url: str) -> GraphArtifacts:
+    """Read artefacts written by ``save_graphs``, checking every array against the manifest."""
+    man = _read_manifest(url)
+    where = mio.join(url, MANIFEST)
+    if man.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{where}: format_version={man.get('format_version')!r}, this code reads "
+                        f"{FORMAT_VERSION}; rebuild with `margo-dist data graphs`")
+    try:
+        n_users, n_items = int(man["n_users"]), int(man["n_items"])
+        modalities, specs, key = list(man["modalities"]), dict(man["arrays"]), str(man["key"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{where}: missing or malformed field {exc}") from exc
+    stems = list(_DTYPES) + [f"knn{j}_{p}" for j in range(len(modalities)) for p in ("idx", "sim")]
+    arrays: dict[str, np.ndarray] = {}
+    for stem in stems:
+        file_url = mio.join(url, f"{stem}.npy")
+        if stem not in specs:
+            raise DataError(f"{where}: field arrays.{stem} missing")
+        arr = mio.load_npy(file_url)
+        want_shape, want_dtype = list(specs[stem]["shape"]), _expected(stem)
+        if list(arr.shape) != want_shape or str(arr.dtype) != want_dtype:
+            raise DataError(f"{file_url}: holds {arr.dtype}{list(arr.shape)}, "
+                            f"manifest and format expect {want_dtype}{want_shape}")
+        arrays[stem] = arr
+    sizes = {"user_degree": (n_users,), "item_degree": (n_items,)}
+    for stem, shape in sizes.items():
+        if arrays[stem].shape != shape:
+            raise DataError(f"{mio.join(url, stem + '.npy')}: shape {arrays[stem].shape}, expected {shape}")
+    for stem, n in (("user_nbr", n_users), ("user_cnt", n_users)) + tuple(
+            (f"knn{j}_{p}", n_items) for j in range(len(modalities)) for p in ("idx", "sim")):
+        if arrays[stem].ndim != 2 or arrays[stem].shape[0] != n:
+            raise DataError(f"{mio.join(url, stem + '.npy')}: shape {arrays[stem].shape}, expected ({n}, k)")
+    return GraphArtifacts(
+        n_users=n_users, n_items=n_items, train_user=arrays["train_user"], train_item=arrays["train_item"],
+        user_degree=arrays["user_degree"], item_degree=arrays["item_degree"],
+        item_knn={m: (arrays[f"knn{j}_idx"], arrays[f"knn{j}_sim"]) for j, m in enumerate(modalities)},
+        user_nbr=arrays["user_nbr"], user_cnt=arrays["user_cnt"], key=key)
+
+
+def graphs_dir(ds_url: str, cfg: GraphConfig, key: str) -> str:
+    """Cache folder of one key: ``<cache_dir or ds_url/.margo_cache>/graphs-<key>``."""
+    base = cfg.cache_dir or mio.join(ds_url, ".margo_cache")
+    return mio.join(base, f"graphs-{key}")
+
+
+def ensure_graphs(ds: Dataset, ds_url: str, cfg: GraphConfig, modalities: list[str] | None = None,
+                  build: bool = True, progress: bool = False) -> GraphArtifacts:
+    """The cached artefacts for ``ds``; built and saved when missing and ``build`` is set."""
+    mods = _check_modalities(ds, modalities)
+    key = graph_key(ds, cfg, mods)
+    folder = graphs_dir(ds_url, cfg, key)
+    if mio.exists(mio.join(folder, MANIFEST)):
+        g = load_graphs(folder)
+        if g.key != key:
+            raise DataError(f"{mio.join(folder, MANIFEST)}: key={g.key!r} but the folder is named for {key!r}; "
+                            "remove the folder and run `margo-dist data graphs`")
+        if sorted(g.modalities) != sorted(mods):
+            raise DataError(f"{mio.join(folder, MANIFEST)}: modalities {g.modalities} differ from the "
+                            f"requested {mods}; remove the folder and run `margo-dist data graphs`")
+        return g
+    if not build:
+        raise DataError(f"graph artefacts for dataset {ds_url!r} (key {key}, item_k={cfg.item_k}, "
+                        f"user_k={cfg.user_k}, modalities {mods}) are not at {folder}; "
+                        "run `margo-dist data graphs` first")
+    g = build_graphs(ds, cfg, mods, progress=progress)
+    save_graphs(g, folder)
+    return g

@@ -1,0 +1,133 @@
+"""Edge lists with normalised weights: what the encoder's message passing consumes.
+
+The same edge-list form serves the whole graph (here) and sampled blocks (the
+sampler slices these edges), so one implementation of the layer maths covers both.
+Weights always use full-graph degrees.
+
+Node numbering in the bipartite graph: users ``0..n_users-1``, then items
+``n_users..n_users+n_items-1``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from margo_dist.errors import ConfigError
+from margo_dist.graph.build import GraphArtifacts
+
+
+@dataclass
+class EdgeList:
+    """Messages ``src -> dst`` with weight ``w``: an ``n_dst x n_src`` sparse matrix.
+
+    The CSR form and its transpose are built once here (for the forward product
+    and its gradient), not per call: sparse-dense products are several times faster
+    on CPU than gathering E x F messages and scattering them back.
+    """
+
+    src: Tensor  # int64 [E]
+    dst: Tensor  # int64 [E]
+    w: Tensor  # float32 [E]
+    n_dst: int
+    n_src: int
+    csr: Tensor = field(init=False, repr=False)
+    csr_t: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        idx = torch.stack([self.dst, self.src])
+        coo = torch.sparse_coo_tensor(idx, self.w, (self.n_dst, self.n_src), check_invariants=False).coalesce()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+            self.csr = coo.to_sparse_csr()
+            self.csr_t = coo.t().coalesce().to_sparse_csr()
+
+    def to(self, device: torch.device | str) -> "EdgeList":
+        return EdgeList(self.src.to(device), self.dst.to(device), self.w.to(device), self.n_dst, self.n_src)
+
+
+@dataclass
+class FullGraph:
+    """The three relations of the DRAGON encoder over every node."""
+
+    n_users: int
+    n_items: int
+    bipartite: EdgeList  # users+items -> users+items, D^-1/2 A D^-1/2
+    item_item: EdgeList  # items -> items, sum_m s_m * normalised kNN_m
+    user_user: EdgeList  # users -> users, softmax of co-occurrence counts
+
+    def to(self, device: torch.device | str) -> "FullGraph":
+        return FullGraph(self.n_users, self.n_items, self.bipartite.to(device), self.item_item.to(device),
+                         self.user_user.to(device))
+
+
+def knn_mix_weights(modalities: list[str], mix: dict[str, float]) -> dict[str, float]:
+    """s_m per modality: configured, else DRAGON's 0.1 image / 0.9 text, else uniform."""
+    if mix:
+        missing = [m for m in modalities if m not in mix]
+        if missing:
+            raise ConfigError(f"graph.knn_mix gives no weight for modalities {missing}")
+        return {m: float(mix[m]) for m in modalities}
+    if sorted(modalities) == ["image", "text"]:
+        return {"image": 0.1, "text": 0.9}
+    return {m: 1.0 / len(modalities) for m in modalities}
+
+
+def bipartite_edges(user: np.ndarray, item: np.ndarray, user_degree: np.ndarray, item_degree: np.ndarray,
+                    n_users: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both directions of each training edge with weight 1/sqrt(d_u d_i)."""
+    w = 1.0 / np.sqrt(user_degree[user] * item_degree[item])
+    src = np.concatenate([user, item + n_users])
+    dst = np.concatenate([item + n_users, user])
+    return src, dst, np.concatenate([w, w]).astype(np.float32)
+
+
+def knn_edges(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Item i aggregates its kNN list; weight 1/sqrt(deg_i deg_j) with deg = list length.
+
+    Follows DRAGON's normalisation of the (unsymmetrised) top-k indicator matrix,
+    where both sides use row degrees; self-loops are excluded (the residual adds
+    the item itself).
+    """
+    valid = idx >= 0
+    deg = valid.sum(axis=1).astype(np.float64)
+    dst = np.repeat(np.arange(idx.shape[0]), valid.sum(axis=1))
+    src = idx[valid]
+    w = 1.0 / np.sqrt(deg[dst] * np.maximum(deg[src], 1.0))
+    return src.astype(np.int64), dst.astype(np.int64), w.astype(np.float32)
+
+
+def user_edges(nbr: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """User u aggregates its co-occurrence neighbours with softmax(count) weights."""
+    valid = nbr >= 0
+    logits = np.where(valid, cnt.astype(np.float64), -np.inf)
+    top = np.max(np.where(valid, logits, 0.0), axis=1, keepdims=True)
+    ex = np.where(valid, np.exp(logits - top), 0.0)
+    denom = ex.sum(axis=1, keepdims=True)
+    a = np.divide(ex, denom, out=np.zeros_like(ex), where=denom > 0)
+    dst = np.repeat(np.arange(nbr.shape[0]), valid.sum(axis=1))
+    return nbr[valid].astype(np.int64), dst.astype(np.int64), a[valid].astype(np.float32)
+
+
+def full_graph(art: GraphArtifacts, modalities: list[str], mix: dict[str, float]) -> FullGraph:
+    """Edge lists of every relation from the cached artefacts."""
+    s, d, w = bipartite_edges(art.train_user, art.train_item, art.user_degree, art.item_degree, art.n_users)
+    n_nodes = art.n_users + art.n_items
+    bip = EdgeList(torch.from_numpy(s), torch.from_numpy(d), torch.from_numpy(w), n_nodes, n_nodes)
+    weights = knn_mix_weights(modalities, mix)
+    parts = []
+    for m in modalities:
+        if m not in art.item_knn:
+            raise ConfigError(f"graph artefacts {art.key} have no kNN graph for modality {m!r}")
+        ks, kd, kw = knn_edges(art.item_knn[m][0])
+        parts.append((ks, kd, kw * weights[m]))
+    ii = EdgeList(torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                  torch.from_numpy(np.concatenate([p[1] for p in parts])),
+                  torch.from_numpy(np.concatenate([p[2] for p in parts]).astype(np.float32)), art.n_items, art.n_items)
+    us, ud, uw = user_edges(art.user_nbr, art.user_cnt)
+    uu = EdgeList(torch.from_numpy(us), torch.from_numpy(ud), torch.from_numpy(uw), art.n_users, art.n_users)
+    return FullGraph(art.n_users, art.n_items, bip, ii, uu)

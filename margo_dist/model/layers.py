@@ -1,0 +1,64 @@
+"""Layer maths shared by full-graph and sampled-block computation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from margo_dist.graph.tensors import EdgeList
+
+
+class _SpMM(torch.autograd.Function):
+    """``A @ x`` with the gradient ``A^T @ g`` from a prebuilt transpose (A is constant)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, a: Tensor, a_t: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.a_t = a_t
+        return a @ x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        return ctx.a_t @ grad, None, None
+
+
+def propagate(x_src: Tensor, edges: EdgeList) -> Tensor:
+    """``out[d] = sum_{e: dst[e]=d} w[e] * x_src[src[e]]``.
+
+    x_src: [n_src, F]; returns [n_dst, F]; rows with no incoming edge are zero. The
+    same call serves the whole graph and a sampled block (both are edge lists).
+    """
+    if x_src.shape[0] != edges.n_src:
+        raise ValueError(f"propagate: x_src has {x_src.shape[0]} rows, the edge list expects {edges.n_src}")
+    if edges.src.numel() == 0:
+        return x_src.new_zeros((edges.n_dst, x_src.shape[1]))
+    return _SpMM.apply(x_src, edges.csr.to(x_src.dtype), edges.csr_t.to(x_src.dtype))
+
+
+class MLP(nn.Module):
+    """``W2 . leaky_relu(W1 f + b1) + b2``: the per-modality item projection (Eq. 1)."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(_uniform((d_hidden, d_in), d_in, generator))
+        self.b1 = nn.Parameter(_uniform((d_hidden,), d_in, generator))
+        self.w2 = nn.Parameter(_uniform((d_out, d_hidden), d_hidden, generator))
+        self.b2 = nn.Parameter(_uniform((d_out,), d_hidden, generator))
+
+    def forward(self, f: Tensor) -> Tensor:
+        h = nn.functional.leaky_relu(nn.functional.linear(f.to(self.w1.dtype), self.w1, self.b1))
+        return nn.functional.linear(h, self.w2, self.b2)
+
+
+def _uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> Tensor:
+    """torch.nn.Linear's default init, drawn from an explicit generator."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+
+def xavier_normal(shape: tuple[int, int], generator: torch.Generator) -> Tensor:
+    """Xavier-normal init from an explicit generator."""
+    std = math.sqrt(2.0 / (shape[0] + shape[1]))
+    return torch.randn(shape, generator=generator) * std

@@ -1,0 +1,221 @@
+"""MARGO on the DRAGON encoder, DRAGON's own fusion, and the ID-only baselines.
+
+Every model here is a pure tensor-to-tensor module: the graph and the frozen
+features come in as arguments of ``encode``; parameters are drawn from an explicit
+``torch.Generator``; nothing is cached between calls.
+
+``encode`` returns ``(U, I)`` with shapes [n_users, B, d] and [n_items, B, d]: one
+d-dim block per modality (B = M), or a single block (B = 1) for the ID baselines.
+A fused score is ``y_ui = sum_b c_ub * c_ib * <U[u, b], I[i, b]>``, with the
+coefficients given by the stage (``fusion_coefficients``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from margo_dist.config import ModelConfig
+from margo_dist.graph.tensors import EdgeList, FullGraph
+from margo_dist.model.layers import MLP, propagate, xavier_normal
+from margo_dist.model.tables import LocalTable, Table
+
+PRETRAIN, CALIBRATE, DRAGON = "pretrain", "calibrate", "dragon"
+MULTIMODAL = ("margo", "wo_weight", "wo_cal", "wo_two_stage", "wo_nograd", "dragon")
+
+
+def stages_for(variant: str) -> list[str]:
+    """The training stages of a variant (equations.md section 8)."""
+    if variant in ("margo", "wo_cal", "wo_nograd"):
+        return [PRETRAIN, CALIBRATE]
+    if variant == "wo_two_stage":
+        return [CALIBRATE]
+    if variant == "dragon":
+        return [DRAGON]
+    if variant in ("wo_weight", "lightgcn", "bpr_mf"):
+        return [PRETRAIN]
+    raise ValueError(f"unknown model.variant {variant!r}")
+
+
+class DragonEncoder(nn.Module):
+    """DRAGON's graph encoder over M modalities (equations.md section 1).
+
+    Per modality: item input ``MLP_m(f_i^m)``, user input a free table ``P^m``;
+    rows L2-normalised; ``n_layers`` propagation steps on the bipartite graph summed
+    with the input (``R = X + H1 + H2``); then one item-item and one user-user layer
+    with residual. The modality blocks never mix, so fusion stays late.
+    """
+
+    def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.dim = n_users, n_items, cfg.dim
+        self.n_layers = cfg.n_layers
+        self.n_blocks = len(feature_dims)
+        self.projections = nn.ModuleList(
+            [MLP(f, cfg.hidden_mult * cfg.dim, cfg.dim, generator) for f in feature_dims])
+        self.preferences = nn.ModuleList(
+            [LocalTable(n_users, cfg.dim, xavier_normal((n_users, cfg.dim), generator)) for _ in feature_dims])
+
+    def user_inputs(self, users: Tensor | None) -> list[Tensor]:
+        """Preference rows per modality (all users when ``users`` is None)."""
+        return [t.all_rows() if users is None else t.lookup(users) for t in self.preferences]
+
+    def item_inputs(self, features: list[Tensor], items: Tensor | None) -> list[Tensor]:
+        """Projected features per modality (all items when ``items`` is None)."""
+        return [mlp(f if items is None else f[items]) for mlp, f in zip(self.projections, features)]
+
+    def input_rows(self, user_rows: list[Tensor], item_rows: list[Tensor]) -> Tensor:
+        """``X``: users then items, each modality block L2-normalised; [N, M*d]."""
+        blocks = [nn.functional.normalize(torch.cat([p, x]), p=2, dim=1) for p, x in zip(user_rows, item_rows)]
+        return torch.cat(blocks, dim=1)
+
+    def propagate_bipartite(self, x: Tensor, edges: list[EdgeList]) -> Tensor:
+        """``R = X + sum_l H_l`` with ``H_l = A_hat H_{l-1}``; one edge list per step."""
+        out, h = x, x
+        for e in edges:
+            h = propagate(h, e)
+            out = out[: e.n_dst] + h
+        return out
+
+    def encode(self, g: FullGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """All users' and items' final vectors, [n_users, M, d] and [n_items, M, d]."""
+        x = self.input_rows(self.user_inputs(None), self.item_inputs(features, None))
+        r = self.propagate_bipartite(x, [g.bipartite] * self.n_layers)
+        r_users, r_items = r[: self.n_users], r[self.n_users:]
+        items = r_items + propagate(r_items, g.item_item)
+        users = r_users + propagate(r_users, g.user_user)
+        return users.view(self.n_users, self.n_blocks, self.dim), items.view(self.n_items, self.n_blocks, self.dim)
+
+    def regularised_rows(self, users: Tensor) -> list[Tensor]:
+        """The batch users' preference rows that DRAGON's regulariser penalises."""
+        return self.user_inputs(users)
+
+
+class IdEncoder(nn.Module):
+    """ID-embedding baselines: LightGCN (``n_layers`` > 0, layer mean) or BPR-MF (0)."""
+
+    def __init__(self, n_users: int, n_items: int, cfg: ModelConfig, n_layers: int,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, cfg.dim, n_layers
+        self.n_blocks = 1
+        self.embedding = LocalTable(n_users + n_items, cfg.dim,
+                                    xavier_normal((n_users + n_items, cfg.dim), generator))
+
+    def encode(self, g: FullGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        x = self.embedding.all_rows()
+        total, h = x, x
+        for _ in range(self.n_layers):
+            h = propagate(h, g.bipartite)
+            total = total + h
+        out = total / (self.n_layers + 1)
+        return (out[: self.n_users].view(self.n_users, 1, self.dim),
+                out[self.n_users:].view(self.n_items, 1, self.dim))
+
+    def regularised_rows(self, users: Tensor, items: Tensor | None = None) -> list[Tensor]:
+        rows = [self.embedding.lookup(users)]
+        if items is not None:
+            rows.append(self.embedding.lookup(items + self.n_users))
+        return rows
+
+
+class Recommender(nn.Module):
+    """An encoder plus the fusion weights: θ (items, MARGO) or user weights (DRAGON)."""
+
+    def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        self.variant = cfg.variant
+        self.fusion_scale = cfg.fusion_scale
+        self.encoder: DragonEncoder | IdEncoder
+        if cfg.variant in MULTIMODAL:
+            if not feature_dims:
+                raise ValueError(f"model.variant={cfg.variant} needs at least one modality")
+            self.encoder = DragonEncoder(n_users, n_items, feature_dims, cfg, generator)
+        elif cfg.variant == "lightgcn":
+            self.encoder = IdEncoder(n_users, n_items, cfg, cfg.n_layers, generator)
+        elif cfg.variant == "bpr_mf":
+            self.encoder = IdEncoder(n_users, n_items, cfg, 0, generator)
+        else:
+            raise ValueError(f"unknown model.variant {cfg.variant!r}")
+        m = self.encoder.n_blocks
+        self.theta: Table | None = None
+        self.user_weight: Table | None = None
+        if CALIBRATE in stages_for(cfg.variant):
+            self.theta = LocalTable(n_items, m, torch.randn((n_items, m), generator=generator) * cfg.theta_init_std)
+        if cfg.variant == "dragon":
+            self.user_weight = LocalTable(n_users, m, xavier_normal((n_users, m), generator))
+
+    @property
+    def n_blocks(self) -> int:
+        return self.encoder.n_blocks
+
+    def encode(self, g: FullGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Final user and item vectors, [n_users, M, d] and [n_items, M, d]."""
+        return self.encoder.encode(g, features)
+
+    def item_weights(self, items: Tensor | None = None) -> Tensor:
+        """``w_i = softmax(θ_i)`` (Eq. 3), [len(items) or n_items, M]."""
+        if self.theta is None:
+            raise RuntimeError(f"variant {self.variant} has no item weight table")
+        rows = self.theta.all_rows() if items is None else self.theta.lookup(items)
+        return torch.softmax(rows, dim=1)
+
+    def user_weights(self, users: Tensor | None = None) -> Tensor:
+        """DRAGON's user-level modality weights, softmax over modalities."""
+        if self.user_weight is None:
+            raise RuntimeError(f"variant {self.variant} has no user weight table")
+        rows = self.user_weight.all_rows() if users is None else self.user_weight.lookup(users)
+        return torch.softmax(rows, dim=1)
+
+    def scale(self) -> float:
+        """Fused-score multiplier of the calibration stage (``model.fusion_scale``)."""
+        return float(self.n_blocks) if self.fusion_scale == "num_modalities" else 1.0
+
+    def fusion_coefficients(self, stage: str, users: Tensor | None, items: Tensor | None
+                            ) -> tuple[Tensor | None, Tensor | None]:
+        """(user coef [., M] or None, item coef [., M] or None) for ``stage``; None means 1."""
+        if stage == PRETRAIN:
+            return None, None
+        if stage == CALIBRATE:
+            return None, self.item_weights(items) * self.scale()
+        if stage == DRAGON:
+            return self.user_weights(users), None
+        raise ValueError(f"unknown stage {stage!r}")
+
+    def score_vectors(self, stage: str, users_emb: Tensor, items_emb: Tensor, users: Tensor | None = None,
+                      items: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Flat vectors with ``<user_vec, item_vec> = y_ui``: [., M*d] each."""
+        cu, ci = self.fusion_coefficients(stage, users, items)
+        if cu is not None:
+            users_emb = users_emb * cu.unsqueeze(2)
+        if ci is not None:
+            items_emb = items_emb * ci.unsqueeze(2)
+        return users_emb.flatten(1), items_emb.flatten(1)
+
+    def regularised_rows(self, users: Tensor, pos: Tensor, neg: Tensor) -> list[Tensor]:
+        """Rows for the λ-regulariser: DRAGON's batch-user preferences; IDs for baselines."""
+        if isinstance(self.encoder, IdEncoder):
+            return self.encoder.regularised_rows(users, torch.cat([pos, neg]))
+        return self.encoder.regularised_rows(users)
+
+
+def modality_ratings(eu: Tensor, ei: Tensor) -> Tensor:
+    """``r_ui^m = <e_u^m, e_i^m>`` (Eq. 2): [B, M, d] x [B, M, d] -> [B, M]."""
+    return (eu * ei).sum(dim=2)
+
+
+def fuse(r: Tensor, user_coef: Tensor | None, item_coef: Tensor | None) -> Tensor:
+    """``y = sum_m c_u^m c_i^m r^m`` (Eq. 3 for item weights): [B, M] -> [B]."""
+    if user_coef is not None:
+        r = r * user_coef
+    if item_coef is not None:
+        r = r * item_coef
+    return r.sum(dim=1)
+
+
+def build_model(n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int) -> Recommender:
+    """A model whose initial parameters depend only on ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return Recommender(n_users, n_items, feature_dims, cfg, gen)

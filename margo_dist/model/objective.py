@@ -1,0 +1,87 @@
+"""The per-stage training objective on a batch of triplets (equations.md 3-7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from margo_dist.config import ModelConfig
+from margo_dist.model import losses
+from margo_dist.model.margo import CALIBRATE, Recommender, fuse, modality_ratings
+
+
+@dataclass
+class LossParts:
+    """The loss to back-propagate and its detached parts for logging."""
+
+    total: Tensor
+    bpr: float
+    cal: float
+    reg: float
+    calibrated: float  # fraction of triplets with a calibration term
+
+
+def triplet_loss(model: Recommender, stage: str, cfg: ModelConfig, users_emb: Tensor, pos_emb: Tensor,
+                 neg_emb: Tensor, users: Tensor, pos: Tensor, neg: Tensor) -> LossParts:
+    """``L = L_rec + alpha * L_cal (calibration stage) + lambda * reg``.
+
+    users_emb/pos_emb/neg_emb: [B, M, d] final vectors of the batch; users/pos/neg:
+    [B] their global ids (for the weight tables and the regulariser).
+    """
+    r_pos = modality_ratings(users_emb, pos_emb)
+    r_neg = modality_ratings(users_emb, neg_emb)
+    cu, ci_pos = model.fusion_coefficients(stage, users, pos)
+    _, ci_neg = model.fusion_coefficients(stage, users, neg)
+    y_pos = fuse(r_pos, cu, ci_pos)
+    y_neg = fuse(r_neg, cu, ci_neg)
+    bpr = losses.bpr_loss(y_pos, y_neg)
+    total = bpr
+    cal_value, calibrated = 0.0, 0.0
+    if stage == CALIBRATE and cfg.alpha > 0:
+        cal, calibrated = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, pos, neg)
+        total = total + cfg.alpha * cal
+        cal_value = float(cal.detach())
+    reg = losses.embedding_reg(model.regularised_rows(users, pos, neg), cfg.reg_weight)
+    total = total + reg
+    return LossParts(total=total, bpr=float(bpr.detach()), cal=cal_value, reg=float(reg.detach()),
+                     calibrated=calibrated)
+
+
+def calibration_term(model: Recommender, cfg: ModelConfig, r_pos: Tensor, r_neg: Tensor, y_pos: Tensor,
+                     y_neg: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, float]:
+    """``L_cal`` (Eq. 8) and the fraction of triplets it supervises.
+
+    r_pos/r_neg: [B, M] modality ratings; y_pos/y_neg: [B] fused scores; pos/neg: [B]
+    item ids. The stop-gradient on z and gamma is on except for ``wo_nograd``.
+    """
+    z, mask = losses.reliability(r_pos, r_neg)
+    gamma = losses.confidence(y_pos, y_neg, cfg.tau)
+    w_pos, w_neg = model.item_weights(pos), model.item_weights(neg)
+    cal = losses.calibration_loss(z, mask, gamma, w_pos, w_neg, stop_grad=cfg.variant != "wo_nograd")
+    return cal, float(((gamma > 0) & mask).float().mean())
+
+
+@torch.no_grad()
+def weight_detection_auc(weights: Tensor, unreliable: Tensor) -> float:
+    """ROC AUC of ``-weight`` as a detector of unreliable (item, modality) pairs.
+
+    weights, unreliable: [n_items, M]. 1.0 means every noisy pair has a lower weight
+    than every clean pair; 0.5 is chance. Ties count one half.
+    """
+    score = -weights.flatten().double()
+    label = unreliable.flatten().bool()
+    n_pos, n_neg = int(label.sum()), int((~label).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUC needs both unreliable and reliable pairs")
+    order = torch.argsort(score)
+    sorted_score = score[order]
+    ranks = torch.empty_like(score)
+    # average ranks over ties
+    _, inverse, counts = torch.unique_consecutive(sorted_score, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    avg = ends - (counts.double() - 1) / 2
+    ranks[order] = avg[inverse]
+    rank_sum = ranks[label].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -1,0 +1,203 @@
+"""The DRAGON encoder against a dense-matrix reference, fusion, and stop-gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from margo_dist.config import ModelConfig
+from margo_dist.graph.build import GraphArtifacts
+from margo_dist.graph.tensors import full_graph
+from margo_dist.model.margo import CALIBRATE, DRAGON, PRETRAIN, build_model, fuse, modality_ratings, stages_for
+from margo_dist.model.objective import calibration_term, triplet_loss, weight_detection_auc
+
+N_USERS, N_ITEMS = 4, 5
+TRAIN = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (3, 0), (3, 4), (2, 1)]
+
+
+def tiny_artifacts() -> GraphArtifacts:
+    user = np.array([u for u, _ in TRAIN], dtype=np.int64)
+    item = np.array([i for _, i in TRAIN], dtype=np.int64)
+    knn_a = np.array([[1, 2], [0, 2], [1, 3], [4, 2], [3, 0]], dtype=np.int64)
+    knn_b = np.array([[4, 1], [2, 3], [0, 4], [2, 1], [0, 1]], dtype=np.int64)
+    nbr = np.array([[3, 1], [2, 0], [1, -1], [0, -1]], dtype=np.int64)
+    cnt = np.array([[2.0, 1.0], [1.0, 1.0], [1.0, 0.0], [2.0, 0.0]], dtype=np.float32)
+    return GraphArtifacts(
+        n_users=N_USERS, n_items=N_ITEMS, train_user=user, train_item=item,
+        user_degree=np.bincount(user, minlength=N_USERS).astype(np.float32),
+        item_degree=np.bincount(item, minlength=N_ITEMS).astype(np.float32),
+        item_knn={"image": (knn_a, np.ones_like(knn_a, dtype=np.float32)),
+                  "text": (knn_b, np.ones_like(knn_b, dtype=np.float32))},
+        user_nbr=nbr, user_cnt=cnt, key="tiny")
+
+
+def dense_reference(model, art: GraphArtifacts, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """equations.md section 1 with dense matrices, written independently of the edge lists."""
+    n = N_USERS + N_ITEMS
+    adj = torch.zeros(n, n, dtype=torch.float64)
+    for u, i in TRAIN:
+        adj[u, N_USERS + i] = adj[N_USERS + i, u] = 1.0
+    deg = adj.sum(1)
+    a_hat = adj / torch.sqrt(deg[:, None] * deg[None, :])
+    s = torch.zeros(N_ITEMS, N_ITEMS, dtype=torch.float64)
+    for name, mix in (("image", 0.1), ("text", 0.9)):
+        knn = torch.zeros(N_ITEMS, N_ITEMS, dtype=torch.float64)
+        for i, row in enumerate(art.item_knn[name][0]):
+            knn[i, row] = 1.0
+        d = knn.sum(1)
+        s += mix * knn / torch.sqrt(d[:, None] * d[None, :])
+    uu = torch.zeros(N_USERS, N_USERS, dtype=torch.float64)
+    for u in range(N_USERS):
+        valid = art.user_nbr[u] >= 0
+        w = torch.softmax(torch.tensor(art.user_cnt[u][valid], dtype=torch.float64), 0)
+        uu[u, torch.tensor(art.user_nbr[u][valid])] = w
+    enc = model.encoder
+    users_out, items_out = [], []
+    for m, f in enumerate(feats):
+        x_items = enc.projections[m](f).double()
+        x = torch.cat([enc.preferences[m].weight.double(), x_items])
+        x = x / x.norm(dim=1, keepdim=True)
+        h1 = a_hat @ x
+        h2 = a_hat @ h1
+        r = x + h1 + h2
+        ru, ri = r[:N_USERS], r[N_USERS:]
+        items_out.append(ri + s @ ri)
+        users_out.append(ru + uu @ ru)
+    return torch.stack(users_out, 1), torch.stack(items_out, 1)
+
+
+@pytest.fixture
+def setup():
+    art = tiny_artifacts()
+    g = full_graph(art, ["image", "text"], {})
+    gen = torch.Generator().manual_seed(0)
+    feats = [torch.randn(N_ITEMS, 6, generator=gen), torch.randn(N_ITEMS, 3, generator=gen)]
+    cfg = ModelConfig(dim=4, hidden_mult=2)
+    model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=3)
+    return art, g, feats, cfg, model
+
+
+def test_encoder_matches_dense_reference(setup):
+    art, g, feats, _, model = setup
+    users, items = model.encode(g, feats)
+    ref_u, ref_i = dense_reference(model, art, feats)
+    assert users.shape == (N_USERS, 2, 4)
+    torch.testing.assert_close(users.double(), ref_u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(items.double(), ref_i, rtol=1e-5, atol=1e-6)
+
+
+def test_user_without_neighbours_gets_no_user_graph_term(setup):
+    art, g, feats, _, model = setup
+    art.user_nbr[2] = -1
+    g2 = full_graph(art, ["image", "text"], {})
+    u_with, _ = model.encode(g, feats)
+    u_without, _ = model.encode(g2, feats)
+    # user 2 changed; user 0 (whose neighbours are 3 and 1) did not
+    assert not torch.allclose(u_with[2], u_without[2])
+    torch.testing.assert_close(u_with[0], u_without[0])
+
+
+def test_model_init_is_seeded_and_leaves_global_rng_alone():
+    cfg = ModelConfig(dim=4)
+    state = torch.get_rng_state()
+    a = build_model(3, 4, [5], cfg, seed=11)
+    b = build_model(3, 4, [5], cfg, seed=11)
+    c = build_model(3, 4, [5], cfg, seed=12)
+    assert torch.equal(torch.get_rng_state(), state)
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), name
+    assert not torch.equal(a.encoder.projections[0].w1, c.encoder.projections[0].w1)
+
+
+@pytest.mark.parametrize("variant,stage", [("margo", PRETRAIN), ("margo", CALIBRATE), ("dragon", DRAGON)])
+def test_score_vectors_agree_with_training_fusion(setup, variant, stage):
+    _, g, feats, cfg, _ = setup
+    cfg.variant = variant
+    cfg.fusion_scale = "num_modalities"
+    model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=1)
+    if model.theta is not None:
+        model.theta.reset(1.0, torch.Generator().manual_seed(5))
+    users_emb, items_emb = model.encode(g, feats)
+    uvec, ivec = model.score_vectors(stage, users_emb, items_emb)
+    full = uvec @ ivec.t()
+    u = torch.tensor([0, 1, 2, 3, 3])
+    i = torch.tensor([4, 0, 2, 1, 3])
+    cu, ci = model.fusion_coefficients(stage, u, i)
+    y = fuse(modality_ratings(users_emb[u], items_emb[i]), cu, ci)
+    torch.testing.assert_close(full[u, i], y)
+    if stage == CALIBRATE:
+        # Eq. 3 scaled by M: y = 2 * sum_m w_i^m r^m
+        w = torch.softmax(model.theta.weight[i], 1)
+        manual = 2 * (w * modality_ratings(users_emb[u], items_emb[i])).sum(1)
+        torch.testing.assert_close(y, manual)
+
+
+def _cal_grads(setup, variant: str):
+    _, g, feats, cfg, _ = setup
+    cfg.variant = variant
+    cfg.tau = 0.5
+    model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=2)
+    model.theta.reset(0.5, torch.Generator().manual_seed(1))
+    users_emb, items_emb = model.encode(g, feats)
+    u, i, j = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 2, 3, 4]), torch.tensor([3, 4, 0, 1])
+    r_pos = modality_ratings(users_emb[u], items_emb[i])
+    r_neg = modality_ratings(users_emb[u], items_emb[j])
+    _, ci_pos = model.fusion_coefficients(CALIBRATE, u, i)
+    _, ci_neg = model.fusion_coefficients(CALIBRATE, u, j)
+    y_pos, y_neg = fuse(r_pos, None, ci_pos), fuse(r_neg, None, ci_neg)
+    # make every triplet supervised: positive fused margin
+    flip = (y_pos <= y_neg).nonzero().flatten()
+    assert flip.numel() < 4, "fixture should have some correctly ranked triplets"
+    cal, frac = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, i, j)
+    assert cal.item() > 0 and frac > 0
+    cal.backward()
+    theta_grad = model.theta.weight.grad
+    encoder_grads = [p.grad for p in model.encoder.parameters()]
+    return theta_grad, encoder_grads
+
+
+def test_calibration_loss_moves_only_theta_with_stop_gradient(setup):
+    theta_grad, encoder_grads = _cal_grads(setup, "margo")
+    assert theta_grad is not None and theta_grad.abs().sum() > 0
+    assert all(gr is None or gr.abs().sum() == 0 for gr in encoder_grads)
+
+
+def test_calibration_loss_reaches_ratings_without_stop_gradient(setup):
+    theta_grad, encoder_grads = _cal_grads(setup, "wo_nograd")
+    assert theta_grad is not None and theta_grad.abs().sum() > 0
+    assert any(gr is not None and gr.abs().sum() > 0 for gr in encoder_grads)
+
+
+def test_wo_cal_has_no_calibration_term(setup):
+    _, g, feats, cfg, _ = setup
+    cfg.variant = "wo_cal"
+    cfg.alpha = 0.0
+    model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=2)
+    users_emb, items_emb = model.encode(g, feats)
+    u, i, j = torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([3, 4])
+    parts = triplet_loss(model, CALIBRATE, cfg, users_emb[u], items_emb[i], items_emb[j], u, i, j)
+    assert parts.cal == 0.0
+    expected = parts.bpr + parts.reg
+    assert abs(parts.total.item() - expected) < 1e-6
+
+
+def test_stages_of_each_variant():
+    assert stages_for("margo") == [PRETRAIN, CALIBRATE]
+    assert stages_for("wo_weight") == [PRETRAIN]
+    assert stages_for("wo_two_stage") == [CALIBRATE]
+    assert stages_for("dragon") == [DRAGON]
+    with pytest.raises(ValueError, match="nope"):
+        stages_for("nope")
+
+
+def test_weight_detection_auc_hand_values():
+    w = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    bad = torch.tensor([[False, True], [True, False], [False, False]])
+    # noisy weights 0.1, 0.2; clean 0.9, 0.8, 0.6, 0.4: every noisy pair is lower -> AUC 1
+    assert weight_detection_auc(w, bad) == pytest.approx(1.0)
+    bad2 = torch.tensor([[True, False], [False, False], [False, False]])
+    # noisy 0.9 is above all five clean weights -> 0
+    assert weight_detection_auc(w, bad2) == pytest.approx(0.0)
+    tie = torch.tensor([[0.5, 0.5]])
+    assert weight_detection_auc(tie, torch.tensor([[True, False]])) == pytest.approx(0.5)

@@ -1,0 +1,168 @@
+"""Time and memory of the offline graph artefacts at Amazon Baby and Elec scale.
+
+For each size a synthetic dataset of that shape is generated
+(``margo_dist.data.synth.make_synthetic``); then each step -- one item kNN graph per
+modality and the user co-occurrence graph -- runs in its own fresh process ('spawn'),
+so a step's peak memory is not hidden by an earlier step's. Peak growth is the
+process's peak RSS during the step minus its RSS just before it: the kernel's peak
+counter is reset after the inputs are loaded (``/proc/self/clear_refs``), with
+``getrusage`` as the fallback where that file cannot be written.
+
+    python tools/bench_graphs.py --sizes baby,elec
+    python tools/bench_graphs.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+SIZES: dict[str, dict] = {
+    "quick": dict(n_users=2000, n_items=800, n_interactions=20000, modality_dims={"image": 256, "text": 64}),
+    "baby": dict(n_users=19445, n_items=7050, n_interactions=160792, modality_dims={"image": 4096, "text": 384}),
+    "elec": dict(n_users=192403, n_items=63001, n_interactions=1689188,
+                 modality_dims={"image": 4096, "text": 384}),
+}
+
+
+@dataclass
+class StepResult:
+    size: str
+    step: str
+    rows: int
+    dim: int
+    seconds: float
+    rss_before_mb: float
+    peak_growth_mb: float
+    output_mb: float
+    peak_source: str
+
+
+def _status_kb(field: str) -> int | None:
+    """A field of /proc/self/status in kB (VmRSS, VmHWM), or None off Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _run_step(step: str, workdir: str, item_k: int, user_k: int, block_rows: int) -> dict:
+    """Child process: load the inputs of one step, reset the peak counter, run it."""
+    from margo_dist.graph.build import item_knn, user_cooccurrence
+
+    if step.startswith("knn:"):
+        modality = step.split(":", 1)[1]
+        feat = np.load(os.path.join(workdir, f"feat_{modality}.npy"), allow_pickle=False)
+        rows, dim = feat.shape
+    else:
+        user = np.load(os.path.join(workdir, "train_user.npy"), allow_pickle=False)
+        item = np.load(os.path.join(workdir, "train_item.npy"), allow_pickle=False)
+        n_users, n_items = (int(v) for v in np.load(os.path.join(workdir, "sizes.npy"), allow_pickle=False))
+        rows, dim = n_users, n_items
+    before_kb = _status_kb("VmRSS")
+    reset = _reset_peak() and before_kb is not None
+    ru_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    if step.startswith("knn:"):
+        out = item_knn(feat, item_k, block_rows, name=modality)
+    else:
+        out = user_cooccurrence(user, item, n_users, n_items, user_k, block_rows)
+    seconds = time.perf_counter() - start
+    if reset:
+        peak_kb, source = _status_kb("VmHWM"), "VmHWM"
+        growth_kb = (peak_kb or 0) - before_kb
+    else:
+        ru_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        growth_kb, source = ru_after - (before_kb or ru_before), "ru_maxrss"
+    return dict(rows=rows, dim=dim, seconds=seconds, rss_before_mb=(before_kb or ru_before) / 1024,
+                peak_growth_mb=max(growth_kb, 0) / 1024, output_mb=sum(a.nbytes for a in out) / 2**20,
+                peak_source=source)
+
+
+def _prepare(size: str, spec: dict, workdir: str, seed: int) -> tuple[list[str], float]:
+    """Generate the dataset and write each step's inputs; returns the steps and the seconds taken."""
+    from margo_dist.data.dataset import TRAIN
+    from margo_dist.data.synth import make_synthetic
+
+    start = time.perf_counter()
+    ds, _truth = make_synthetic(spec["n_users"], spec["n_items"], spec["n_interactions"],
+                                spec["modality_dims"], seed=seed)
+    gen = time.perf_counter() - start
+    user, item = ds.split(TRAIN)
+    np.save(os.path.join(workdir, "train_user.npy"), user.astype(np.int64), allow_pickle=False)
+    np.save(os.path.join(workdir, "train_item.npy"), item.astype(np.int64), allow_pickle=False)
+    np.save(os.path.join(workdir, "sizes.npy"), np.array([ds.n_users, ds.n_items]), allow_pickle=False)
+    for name, feat in ds.features.items():
+        np.save(os.path.join(workdir, f"feat_{name}.npy"), np.asarray(feat, np.float32), allow_pickle=False)
+    print(f"[{size}] generated {ds.n_users} users, {ds.n_items} items, {len(ds.user)} interactions "
+          f"({len(user)} train), modalities {dict(spec['modality_dims'])} in {gen:.1f}s", flush=True)
+    return [f"knn:{m}" for m in ds.features] + ["cooccurrence"], gen
+
+
+def _table(results: list[StepResult]) -> str:
+    head = ("size", "step", "rows", "dim/cols", "seconds", "RSS before MB", "peak growth MB", "output MB")
+    rows = [(r.size, r.step, f"{r.rows:,}", f"{r.dim:,}", f"{r.seconds:.1f}", f"{r.rss_before_mb:.0f}",
+             f"{r.peak_growth_mb:.0f}", f"{r.output_mb:.1f}") for r in results]
+    widths = [max(len(h), *(len(row[c]) for row in rows)) for c, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep, *(line(r) for r in rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="baby,elec", help=f"comma-separated, from {sorted(SIZES)}")
+    ap.add_argument("--quick", action="store_true", help="only the small smoke size (overrides --sizes)")
+    ap.add_argument("--item-k", type=int, default=10)
+    ap.add_argument("--user-k", type=int, default=40)
+    ap.add_argument("--block-rows", type=int, default=2048)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    sizes = ["quick"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        ap.error(f"--sizes: unknown size(s) {unknown}; choose from {sorted(SIZES)}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, item_k={args.item_k}, "
+          f"user_k={args.user_k}, block_rows={args.block_rows}", flush=True)
+    results: list[StepResult] = []
+    ctx = mp.get_context("spawn")
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix=f"bench-graphs-{size}-") as workdir:
+            steps, _gen = _prepare(size, SIZES[size], workdir, args.seed)
+            for step in steps:
+                with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                    res = pool.submit(_run_step, step, workdir, args.item_k, args.user_k, args.block_rows).result()
+                results.append(StepResult(size=size, step=step, **res))
+                r = results[-1]
+                print(f"[{size}] {step}: {r.seconds:.1f}s, peak growth {r.peak_growth_mb:.0f} MB "
+                      f"({r.peak_source})", flush=True)
+    print()
+    print(_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
