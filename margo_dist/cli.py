@@ -21,6 +21,13 @@ def _modality_dims(text: str) -> dict[str, int]:
     return out
 
 
+def _text_modality(text: str) -> tuple[str, list[str]]:
+    name, _, fields = text.partition("=")
+    if not name or not fields:
+        raise argparse.ArgumentTypeError(f"--text-modality {text!r} is not NAME=field1,field2")
+    return name, _names(fields)
+
+
 def _names(text: str) -> list[str]:
     return [t for t in text.split(",") if t]
 
@@ -42,7 +49,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     ds = prepare(args.interactions, args.out, items_url=args.items, image_features_url=args.images,
                  k_core=args.k_core, seed=args.seed, fmt=args.format, text_encoder=args.text_encoder,
-                 min_rating=args.min_rating, progress=True)
+                 min_rating=args.min_rating, progress=True, text_fields=args.text_fields,
+                 text_modalities=dict(args.text_modality) if args.text_modality else None)
     print(f"wrote {args.out}")
     print(format_stats(dataset_stats(ds)))
     return 0
@@ -83,6 +91,30 @@ def cmd_graphs(args: argparse.Namespace) -> int:
     art = build_graphs(ds, cfg.graph, cfg.data.modalities, progress=True)
     save_graphs(art, out)
     print(f"wrote {out} in {time.time() - t0:.1f}s")
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from margo_dist.config import load_config
+    from margo_dist.data import io as mio
+    from margo_dist.data.formats import read_dataset_cfg
+    from margo_dist.graph.build import ensure_graphs, graph_key
+    from margo_dist.graph.partition import partition_graphs
+    from margo_dist.train.loop import dataset_url
+
+    cfg = load_config(args.config, args.overrides)
+    cfg.data.path = dataset_url(cfg)
+    ds = read_dataset_cfg(cfg.data)
+    key = graph_key(ds, cfg.graph, cfg.data.modalities)
+    base = cfg.graph.cache_dir or mio.join(cfg.data.path, ".margo_cache")
+    out = args.out or mio.join(base, f"shards-{key}-{args.method}-{args.parts}")
+    t0 = time.time()
+    art = ensure_graphs(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=True)
+    man = partition_graphs(art, cfg.data.modalities, out, args.parts, args.method, seed=args.seed)
+    for s in man["shards"]:
+        print(f"shard {s['part']}: {s['users']} users, {s['items']} items, {s['inner_edges']} inner edges "
+              f"(+{s['halo_users']} halo users, {s['halo_items']} halo items)")
+    print(f"wrote {out} ({args.parts} shards, {args.method}) in {time.time() - t0:.1f}s")
     return 0
 
 
@@ -147,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="mmrec", choices=["mmrec", "parquet"])
     p.add_argument("--text-encoder", default="minilm", choices=["minilm", "hash"])
     p.add_argument("--min-rating", type=float, default=None)
+    p.add_argument("--text-fields", type=_names, default=None,
+                   help="item-file columns joined into the 'text' modality (default: every text column)")
+    p.add_argument("--text-modality", type=_text_modality, action="append", default=[],
+                   help="NAME=field1,field2: one text modality per use (e.g. title=movie_title)")
     p.set_defaults(func=cmd_prepare)
 
     p = data.add_parser("synth", help="synthetic dataset with planted unreliable modalities")
@@ -173,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None)
     p.add_argument("overrides", nargs="*", help="key=value")
     p.set_defaults(func=cmd_graphs)
+
+    p = data.add_parser("partition", help="split the training graph into DGL shards with an owner manifest")
+    p.add_argument("--config", default=None)
+    p.add_argument("--parts", type=int, required=True)
+    p.add_argument("--method", default="metis", choices=["metis", "random"])
+    p.add_argument("--out", default="", help="shard set URL (default: <graph cache dir>/shards-<key>-<method>-<N>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random assignment")
+    p.add_argument("overrides", nargs="*", help="key=value")
+    p.set_defaults(func=cmd_partition)
 
     p = sub.add_parser("train", help="train a model (local mode)")
     p.add_argument("--config", default=None)

@@ -34,7 +34,7 @@ class DataConfig:
 
 @dataclass
 class GraphConfig:
-    """Parameters of the offline graph artefacts (part of their cache key)."""
+    """Parameters of the offline graph artefacts (all but the paths are part of their cache key)."""
 
     item_k: int = 10  # item kNN neighbours per modality
     user_k: int = 40  # user co-occurrence neighbours
@@ -43,6 +43,9 @@ class GraphConfig:
     knn_mix: dict[str, float] = field(default_factory=dict)
     block_rows: int = 2048  # rows per block when computing similarities
     cache_dir: str = ""  # empty: <data.path>/.margo_cache
+    # URL of a shard set (`margo-dist data partition`) to load the graph from instead of
+    # the artefact cache; empty: use the cache. Not part of the cache key.
+    shards: str = ""
 
 
 @dataclass
@@ -84,14 +87,15 @@ class SamplerConfig:
     """Neighbour sampling for train.mode=sampled.
 
     ``fanouts`` maps relation -> one fan-out per layer (-1: all neighbours):
-    ``ui``/``iu`` for the propagation steps (one entry per step, outermost first),
-    ``ii``/``uu`` for the homogeneous item and user layers (one entry).
+    ``ui``/``iu`` for the propagation steps (one entry per step, input side first,
+    as DGL's NeighborSampler orders them), ``ii``/``uu`` for the homogeneous item and
+    user layer (one entry).
     """
 
     fanouts: dict[str, list[int]] = field(
         default_factory=lambda: {"ui": [-1, -1], "iu": [-1, -1], "ii": [-1], "uu": [-1]}
     )
-    num_workers: int = 0
+    num_workers: int = 1  # DataLoader processes that sample while the main process computes
 
 
 @dataclass

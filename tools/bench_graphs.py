@@ -10,6 +10,7 @@ counter is reset after the inputs are loaded (``/proc/self/clear_refs``), with
 
     python tools/bench_graphs.py --sizes baby,elec
     python tools/bench_graphs.py --quick
+    python tools/bench_graphs.py --sizes elec --steps knn:text,cooccurrence
 """
 
 from __future__ import annotations
@@ -102,8 +103,12 @@ def _run_step(step: str, workdir: str, item_k: int, user_k: int, block_rows: int
                 peak_source=source)
 
 
-def _prepare(size: str, spec: dict, workdir: str, seed: int) -> tuple[list[str], float]:
-    """Generate the dataset and write each step's inputs; returns the steps and the seconds taken."""
+def _steps(spec: dict) -> list[str]:
+    return [f"knn:{m}" for m in spec["modality_dims"]] + ["cooccurrence"]
+
+
+def _prepare(size: str, spec: dict, workdir: str, seed: int) -> float:
+    """Generate the dataset and write each step's inputs; returns the seconds taken."""
     from margo_dist.data.dataset import TRAIN
     from margo_dist.data.synth import make_synthetic
 
@@ -119,17 +124,21 @@ def _prepare(size: str, spec: dict, workdir: str, seed: int) -> tuple[list[str],
         np.save(os.path.join(workdir, f"feat_{name}.npy"), np.asarray(feat, np.float32), allow_pickle=False)
     print(f"[{size}] generated {ds.n_users} users, {ds.n_items} items, {len(ds.user)} interactions "
           f"({len(user)} train), modalities {dict(spec['modality_dims'])} in {gen:.1f}s", flush=True)
-    return [f"knn:{m}" for m in ds.features] + ["cooccurrence"], gen
+    return gen
 
 
 def _table(results: list[StepResult]) -> str:
-    head = ("size", "step", "rows", "dim/cols", "seconds", "RSS before MB", "peak growth MB", "output MB")
+    head = ("size", "step", "rows", "cols", "seconds", "RSS before MB", "peak growth MB", "output MB",
+            "dense rows^2 MB")
     rows = [(r.size, r.step, f"{r.rows:,}", f"{r.dim:,}", f"{r.seconds:.1f}", f"{r.rss_before_mb:.0f}",
-             f"{r.peak_growth_mb:.0f}", f"{r.output_mb:.1f}") for r in results]
+             f"{r.peak_growth_mb:.0f}", f"{r.output_mb:.1f}", f"{r.rows * r.rows * 4 / 2**20:,.0f}")
+            for r in results]
     widths = [max(len(h), *(len(row[c]) for row in rows)) for c, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), sep, *(line(r) for r in rows)])
+    note = ("cols: feature dimension (knn) or items (cooccurrence); dense rows^2: what one float32 "
+            "n x n similarity matrix would take")
+    return "\n".join([line(head), sep, *(line(r) for r in rows), note])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,19 +149,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--user-k", type=int, default=40)
     ap.add_argument("--block-rows", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", default="",
+                    help="comma-separated subset of knn:<modality>, cooccurrence (default: all)")
     args = ap.parse_args(argv)
+    only = {s.strip() for s in args.steps.split(",") if s.strip()}
     sizes = ["quick"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         ap.error(f"--sizes: unknown size(s) {unknown}; choose from {sorted(SIZES)}")
+    for size in sizes:
+        unknown_steps = only - set(_steps(SIZES[size]))
+        if unknown_steps:
+            ap.error(f"--steps: {sorted(unknown_steps)} not among size {size}'s steps {_steps(SIZES[size])}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, item_k={args.item_k}, "
           f"user_k={args.user_k}, block_rows={args.block_rows}", flush=True)
     results: list[StepResult] = []
     ctx = mp.get_context("spawn")
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix=f"bench-graphs-{size}-") as workdir:
-            steps, _gen = _prepare(size, SIZES[size], workdir, args.seed)
-            for step in steps:
+            _prepare(size, SIZES[size], workdir, args.seed)
+            for step in (s for s in _steps(SIZES[size]) if not only or s in only):
                 with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
                     res = pool.submit(_run_step, step, workdir, args.item_k, args.user_k, args.block_rows).result()
                 results.append(StepResult(size=size, step=step, **res))

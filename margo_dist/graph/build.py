@@ -6,8 +6,10 @@ alike), one cosine kNN graph per modality, and the top-k co-interacting users. T
 depend only on the training split and the features, so they are built once, cached
 under a content key, and loaded by training; model constructors never build them.
 
-Both similarity computations run in row blocks so memory is
-O(block_rows * n_rows), never a dense n x n matrix.
+Both similarity computations run in row blocks, so memory stays
+O(block_rows * n_rows) at most, never a dense n x n matrix: item kNN scores a block
+against a column chunk at a time (block_rows * col_chunk floats), co-occurrence
+holds one block's sparse product R[block] @ R.T.
 """
 
 from __future__ import annotations
@@ -73,38 +75,55 @@ def _order_by_value_then_id(val: torch.Tensor, idx: torch.Tensor) -> tuple[torch
     return val.gather(1, by_val), idx.gather(1, by_val)
 
 
-def _tied_topk(sims: torch.Tensor, kth: torch.Tensor, k: int, chunk_elems: int = 1 << 24) -> torch.Tensor:
-    """Top-k ids of rows whose k-th value is tied with a value left out: the lowest ids win.
+def _tied_topk(x: torch.Tensor, rows: torch.Tensor, k: int, chunk_elems: int = 1 << 24
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of whole similarity rows where the k-th value is tied: lowest ids win.
 
-    Takes every value above the k-th value and then the first ids equal to it.
-    Chunked so the masks stay near ``chunk_elems`` elements.
+    Recomputes each row against all items (a few rows at a time, so the masks stay
+    near ``chunk_elems`` elements), takes every value above the row's k-th value and
+    then the first ids equal to it. Only rows with such a tie come here.
     """
-    rows = max(1, chunk_elems // max(1, sims.shape[1]))
-    out = []
-    for start in range(0, sims.shape[0], rows):
-        sub, v = sims[start:start + rows], kth[start:start + rows, None]
-        above = sub > v
+    n = x.shape[0]
+    step = max(1, chunk_elems // max(1, n))
+    out_v, out_i = [], []
+    for start in range(0, rows.numel(), step):
+        r = rows[start:start + step]
+        sub = x[r] @ x.T
+        sub[torch.arange(r.numel(), device=sub.device), r] = float("-inf")
+        kth = torch.topk(sub, k, dim=1).values[:, -1:]
+        above = sub > kth
         need = k - above.sum(dim=1, keepdim=True, dtype=torch.int32)
-        equal = sub == v
+        equal = sub == kth
         rank = equal.to(torch.int32).cumsum(dim=1, dtype=torch.int32)
-        take = above | (equal & (rank <= need))
-        out.append(take.nonzero()[:, 1].view(-1, k))
-    return torch.cat(out)
+        idx = (above | (equal & (rank <= need))).nonzero()[:, 1].view(-1, k)
+        out_i.append(idx)
+        out_v.append(sub.gather(1, idx))
+    return torch.cat(out_v), torch.cat(out_i)
 
 
 def item_knn(features: np.ndarray, k: int, block_rows: int = 2048, *, progress: bool = False,
-             name: str = "features", device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+             name: str = "features", device: str | torch.device = "cpu",
+             col_chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
     """Cosine top-k neighbours of every item, itself excluded.
 
     Returns (idx int64 [n, k'], sim float32 [n, k']) with k' = min(k, n - 1), rows
     sorted by similarity descending, ties by lower item id. A zero feature row has
     similarity 0 to everything. ``name`` only labels errors and the progress bar.
+
+    Each block of ``block_rows`` rows is scored against ``col_chunk`` items at a
+    time into one reused buffer, keeping each chunk's best k + 1; the extra candidate
+    shows whether the k-th place is tied, and only tied rows are recomputed whole to
+    break the tie by id. Memory: block_rows * col_chunk floats plus the features.
+    Similarities can differ in the last bit between block sizes (BLAS picks kernels
+    by shape); the neighbours do not, unless two of them are that close.
     """
     feats = np.asarray(features)
     if feats.ndim != 2:
         raise DataError(f"{name}: item features must be a 2-d [n_items, dim] array, got shape {feats.shape}")
     if k < 1:
         raise DataError(f"{name}: item kNN needs k >= 1 (graph.item_k), got {k}")
+    if col_chunk < 1:
+        raise DataError(f"{name}: col_chunk={col_chunk} must be >= 1")
     n = feats.shape[0]
     kk = min(k, max(n - 1, 0))
     if kk == 0:
@@ -117,24 +136,33 @@ def item_knn(features: np.ndarray, k: int, block_rows: int = 2048, *, progress: 
     x = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     idx_out = np.empty((n, kk), np.int64)
     sim_out = np.empty((n, kk), np.float32)
-    # One extra candidate reveals a tie at the k-th place (self is -inf, never tied).
-    probe = min(kk + 1, n)
+    probe = min(kk + 1, n)  # self is -inf, so it is never the tied (k+1)-th
+    cols = min(col_chunk, n)
+    buf = torch.empty((min(block_rows, n), cols), dtype=torch.float32, device=x.device)
     for start, stop in _blocks(n, block_rows, progress, f"item kNN {name}"):
-        sims = x[start:stop] @ x.T
-        local = torch.arange(stop - start, device=sims.device)
-        sims[local, local + start] = float("-inf")
-        val, idx = torch.topk(sims, probe, dim=1, largest=True, sorted=True)
-        kth = val[:, kk - 1]
+        xb = x[start:stop]
+        cand_v, cand_i = [], []
+        for c0 in range(0, n, cols):
+            c1 = min(n, c0 + cols)
+            sims = buf[:stop - start, :c1 - c0]
+            torch.mm(xb, x[c0:c1].T, out=sims)
+            lo, hi = max(start, c0), min(stop, c1)
+            if lo < hi:
+                diag = torch.arange(lo, hi, device=x.device)
+                sims[diag - start, diag - c0] = float("-inf")
+            v, i = torch.topk(sims, min(probe, c1 - c0), dim=1)
+            cand_v.append(v)
+            cand_i.append(i + c0)
+        val, pos = torch.topk(torch.cat(cand_v, 1), probe, dim=1)
+        idx = torch.cat(cand_i, 1).gather(1, pos)
         if probe > kk:
-            tied = torch.nonzero(val[:, kk] == kth).flatten()
-            val, idx = val[:, :kk], idx[:, :kk].clone()
+            tied = torch.nonzero(val[:, kk] == val[:, kk - 1]).flatten()
+            val, idx = val[:, :kk].clone(), idx[:, :kk].clone()
             if tied.numel():
-                idx[tied] = _tied_topk(sims[tied], kth[tied], kk)
-                val[tied] = sims[tied].gather(1, idx[tied])
+                val[tied], idx[tied] = _tied_topk(x, tied + start, kk)
         val, idx = _order_by_value_then_id(val, idx)
         idx_out[start:stop] = idx.cpu().numpy()
         sim_out[start:stop] = val.cpu().numpy()
-        del sims
     return idx_out, sim_out
 
 
@@ -371,3 +399,24 @@ def ensure_graphs(ds: Dataset, ds_url: str, cfg: GraphConfig, modalities: list[s
     g = build_graphs(ds, cfg, mods, progress=progress)
     save_graphs(g, folder)
     return g
+
+
+def load_graph_source(ds: Dataset, ds_url: str, cfg: GraphConfig, modalities: list[str] | None = None,
+                      build: bool = True, progress: bool = False) -> GraphArtifacts:
+    """The artefacts training uses: from the shard set ``cfg.shards`` when set, else the cache.
+
+    A shard set is accepted only if it was made from this dataset with these graph
+    parameters (same ``graph_key``), so a stale set cannot silently train another graph.
+    """
+    if not cfg.shards:
+        return ensure_graphs(ds, ds_url, cfg, modalities, build=build, progress=progress)
+    from margo_dist.graph.partition import artifacts_from_shards, read_shard_manifest
+
+    mods = _check_modalities(ds, modalities)
+    key = graph_key(ds, cfg, mods)
+    man = read_shard_manifest(cfg.shards)
+    if man["graph_key"] != key:
+        raise DataError(f"graph.shards={cfg.shards!r}: the shards were made from other data or graph parameters "
+                        f"(graph_key {man['graph_key']!r}, this dataset and config give {key!r}: item_k={cfg.item_k}, "
+                        f"user_k={cfg.user_k}, modalities {mods}); rerun `margo-dist data partition`")
+    return artifacts_from_shards(cfg.shards)

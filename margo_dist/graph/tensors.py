@@ -1,11 +1,11 @@
 """Edge lists with normalised weights: what the encoder's message passing consumes.
 
-The same edge-list form serves the whole graph (here) and sampled blocks (the
-sampler slices these edges), so one implementation of the layer maths covers both.
+The same edge-list form serves the whole graph (here) and sampled blocks
+(``margo_dist.graph.sample``), so one implementation of the layer maths covers both.
 Weights always use full-graph degrees.
 
-Node numbering in the bipartite graph: users ``0..n_users-1``, then items
-``n_users..n_users+n_items-1``.
+Node numbering on the bipartite side: users first, then items (``0..n_users-1``,
+``n_users..``), both for the whole graph and within a block.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class EdgeList:
     w: Tensor  # float32 [E]
     n_dst: int
     n_src: int
+    # position of each dst node among the src nodes (for residuals); None: dst = src[:n_dst]
+    dst_in_src: Tensor | None = None
     csr: Tensor = field(init=False, repr=False)
     csr_t: Tensor = field(init=False, repr=False)
 
@@ -46,8 +48,52 @@ class EdgeList:
             self.csr = coo.to_sparse_csr()
             self.csr_t = coo.t().coalesce().to_sparse_csr()
 
+    def __getstate__(self) -> dict:
+        """Pickle (DataLoader workers) without the sparse forms; they are rebuilt on load."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("csr", "csr_t")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
     def to(self, device: torch.device | str) -> "EdgeList":
-        return EdgeList(self.src.to(device), self.dst.to(device), self.w.to(device), self.n_dst, self.n_src)
+        if self.src.device == torch.device(device):
+            return self
+        where = None if self.dst_in_src is None else self.dst_in_src.to(device)
+        return EdgeList(self.src.to(device), self.dst.to(device), self.w.to(device), self.n_dst, self.n_src, where)
+
+    def select_dst(self, x_src: Tensor) -> Tensor:
+        """The rows of ``x_src`` that belong to this edge list's dst nodes."""
+        return x_src[: self.n_dst] if self.dst_in_src is None else x_src.index_select(0, self.dst_in_src)
+
+
+@dataclass
+class ComputeGraph:
+    """What one encoder pass needs: inputs, bipartite steps, homogeneous layer, outputs.
+
+    ``bipartite`` has one edge list per propagation step, input side first; the
+    last one's dst nodes are the users (first ``n_mid_users``) and items whose ``R``
+    the homogeneous layer reads. ``item_item``/``user_user`` map those to the output
+    items/users. Global ids of the input and output nodes are None for "all, in
+    order" (the whole graph).
+    """
+
+    bipartite: list[EdgeList]
+    n_mid_users: int
+    item_item: EdgeList
+    user_user: EdgeList
+    input_users: Tensor | None = None
+    input_items: Tensor | None = None
+    output_users: Tensor | None = None
+    output_items: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "ComputeGraph":
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return ComputeGraph([e.to(device) for e in self.bipartite], self.n_mid_users, self.item_item.to(device),
+                            self.user_user.to(device), move(self.input_users), move(self.input_items),
+                            move(self.output_users), move(self.output_items))
 
 
 @dataclass
@@ -63,6 +109,10 @@ class FullGraph:
     def to(self, device: torch.device | str) -> "FullGraph":
         return FullGraph(self.n_users, self.n_items, self.bipartite.to(device), self.item_item.to(device),
                          self.user_user.to(device))
+
+    def compute_graph(self, n_layers: int) -> ComputeGraph:
+        """Every node, ``n_layers`` propagation steps on the bipartite graph."""
+        return ComputeGraph([self.bipartite] * n_layers, self.n_users, self.item_item, self.user_user)
 
 
 def knn_mix_weights(modalities: list[str], mix: dict[str, float]) -> dict[str, float]:
@@ -131,3 +181,26 @@ def full_graph(art: GraphArtifacts, modalities: list[str], mix: dict[str, float]
     us, ud, uw = user_edges(art.user_nbr, art.user_cnt)
     uu = EdgeList(torch.from_numpy(us), torch.from_numpy(ud), torch.from_numpy(uw), art.n_users, art.n_users)
     return FullGraph(art.n_users, art.n_items, bip, ii, uu)
+
+
+@dataclass
+class Batch:
+    """One training step's input: its compute graph and the triplets in two numberings."""
+
+    graph: ComputeGraph
+    users: Tensor  # global ids [B]
+    pos: Tensor
+    neg: Tensor
+    users_local: Tensor  # rows of the graph's output users / items [B]
+    pos_local: Tensor
+    neg_local: Tensor
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.graph.to(device), *(t.to(device) for t in (self.users, self.pos, self.neg,
+                                                                         self.users_local, self.pos_local,
+                                                                         self.neg_local)))
+
+    @staticmethod
+    def full(graph: ComputeGraph, users: Tensor, pos: Tensor, neg: Tensor) -> "Batch":
+        """A batch on the whole graph: local ids are the global ones."""
+        return Batch(graph, users, pos, neg, users, pos, neg)

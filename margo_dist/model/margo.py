@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from margo_dist.config import ModelConfig
-from margo_dist.graph.tensors import EdgeList, FullGraph
+from margo_dist.graph.tensors import ComputeGraph, EdgeList
 from margo_dist.model.layers import MLP, propagate, xavier_normal
 from margo_dist.model.tables import LocalTable, Table
 
@@ -70,22 +70,17 @@ class DragonEncoder(nn.Module):
         blocks = [nn.functional.normalize(torch.cat([p, x]), p=2, dim=1) for p, x in zip(user_rows, item_rows)]
         return torch.cat(blocks, dim=1)
 
-    def propagate_bipartite(self, x: Tensor, edges: list[EdgeList]) -> Tensor:
-        """``R = X + sum_l H_l`` with ``H_l = A_hat H_{l-1}``; one edge list per step."""
-        out, h = x, x
-        for e in edges:
-            h = propagate(h, e)
-            out = out[: e.n_dst] + h
-        return out
-
-    def encode(self, g: FullGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """All users' and items' final vectors, [n_users, M, d] and [n_items, M, d]."""
-        x = self.input_rows(self.user_inputs(None), self.item_inputs(features, None))
-        r = self.propagate_bipartite(x, [g.bipartite] * self.n_layers)
-        r_users, r_items = r[: self.n_users], r[self.n_users:]
-        items = r_items + propagate(r_items, g.item_item)
-        users = r_users + propagate(r_users, g.user_user)
-        return users.view(self.n_users, self.n_blocks, self.dim), items.view(self.n_items, self.n_blocks, self.dim)
+    def encode(self, g: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Output users' and items' final vectors, [n_out_users, M, d] and [n_out_items, M, d]."""
+        if len(g.bipartite) != self.n_layers:
+            raise ValueError(f"compute graph has {len(g.bipartite)} propagation steps, model.n_layers="
+                             f"{self.n_layers}")
+        x = self.input_rows(self.user_inputs(g.input_users), self.item_inputs(features, g.input_items))
+        r = propagate_bipartite(x, g.bipartite)
+        r_users, r_items = r[: g.n_mid_users], r[g.n_mid_users:]
+        items = g.item_item.select_dst(r_items) + propagate(r_items, g.item_item)
+        users = g.user_user.select_dst(r_users) + propagate(r_users, g.user_user)
+        return users.view(-1, self.n_blocks, self.dim), items.view(-1, self.n_blocks, self.dim)
 
     def regularised_rows(self, users: Tensor) -> list[Tensor]:
         """The batch users' preference rows that DRAGON's regulariser penalises."""
@@ -103,15 +98,18 @@ class IdEncoder(nn.Module):
         self.embedding = LocalTable(n_users + n_items, cfg.dim,
                                     xavier_normal((n_users + n_items, cfg.dim), generator))
 
-    def encode(self, g: FullGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
-        x = self.embedding.all_rows()
-        total, h = x, x
-        for _ in range(self.n_layers):
-            h = propagate(h, g.bipartite)
-            total = total + h
-        out = total / (self.n_layers + 1)
-        return (out[: self.n_users].view(self.n_users, 1, self.dim),
-                out[self.n_users:].view(self.n_items, 1, self.dim))
+    def encode(self, g: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """LightGCN: the mean of layers 0..K; no homogeneous layer (its edges are unused)."""
+        if len(g.bipartite) != self.n_layers:
+            raise ValueError(f"compute graph has {len(g.bipartite)} propagation steps, expected {self.n_layers}")
+        if g.input_users is None:
+            x = self.embedding.all_rows()
+        else:
+            x = torch.cat([self.embedding.lookup(g.input_users), self.embedding.lookup(g.input_items + self.n_users)])
+        out = propagate_bipartite(x, g.bipartite) / (self.n_layers + 1)
+        users = g.user_user.select_dst(out[: g.n_mid_users])
+        items = g.item_item.select_dst(out[g.n_mid_users:])
+        return users.view(-1, 1, self.dim), items.view(-1, 1, self.dim)
 
     def regularised_rows(self, users: Tensor, items: Tensor | None = None) -> list[Tensor]:
         rows = [self.embedding.lookup(users)]
@@ -151,8 +149,8 @@ class Recommender(nn.Module):
     def n_blocks(self) -> int:
         return self.encoder.n_blocks
 
-    def encode(self, g: FullGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Final user and item vectors, [n_users, M, d] and [n_items, M, d]."""
+    def encode(self, g: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Final vectors of the compute graph's output users and items, [., M, d] each."""
         return self.encoder.encode(g, features)
 
     def item_weights(self, items: Tensor | None = None) -> Tensor:
@@ -199,6 +197,18 @@ class Recommender(nn.Module):
         if isinstance(self.encoder, IdEncoder):
             return self.encoder.regularised_rows(users, torch.cat([pos, neg]))
         return self.encoder.regularised_rows(users)
+
+
+def propagate_bipartite(x: Tensor, edges: list[EdgeList]) -> Tensor:
+    """``R = X + sum_l H_l`` with ``H_l = A_hat H_{l-1}``, one edge list per step.
+
+    x: [n_src of the first step, F]; returns [n_dst of the last step, F].
+    """
+    out, h = x, x
+    for e in edges:
+        h = propagate(h, e)
+        out = e.select_dst(out) + h
+    return out
 
 
 def modality_ratings(eu: Tensor, ei: Tensor) -> Tensor:

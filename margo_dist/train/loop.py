@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from margo_dist.config import Config
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
-from margo_dist.graph.tensors import FullGraph, full_graph
+from margo_dist.graph.tensors import Batch, FullGraph, full_graph
 from margo_dist.model.margo import CALIBRATE, Recommender, build_model, stages_for
 from margo_dist.model.objective import triplet_loss, weight_detection_auc
 from margo_dist.train.batches import TripletSampler
@@ -58,14 +58,14 @@ def dataset_url(cfg: Config, progress: bool = True) -> str:
 def load_training_data(cfg: Config, build_graphs: bool = True) -> TrainingData:
     """Read and validate the dataset, load (or build once) its graph artefacts."""
     from margo_dist.data.formats import read_dataset_cfg
-    from margo_dist.graph.build import ensure_graphs
+    from margo_dist.graph.build import load_graph_source
 
     url = dataset_url(cfg, cfg.train.progress)
     data_cfg = copy.copy(cfg.data)
     data_cfg.path = url
     ds = read_dataset_cfg(data_cfg)
     modalities = list(cfg.data.modalities)
-    art = ensure_graphs(ds, url, cfg.graph, modalities, build=build_graphs)
+    art = load_graph_source(ds, url, cfg.graph, modalities, build=build_graphs)
     graph = full_graph(art, modalities, cfg.graph.knn_mix)
     dtype = torch.float16 if cfg.data.feature_dtype == "float16" else torch.float32
     features = [torch.from_numpy(np.ascontiguousarray(ds.features[m])).to(dtype) for m in modalities]
@@ -103,11 +103,16 @@ class Trainer:
         dims = [f.shape[1] for f in data.features] if uses_features else []
         self.model: Recommender = build_model(data.ds.n_users, data.ds.n_items, dims, cfg.model,
                                               cfg.train.seed).to(self.device)
-        self.graph = data.graph.to(self.device)
+        self.graph = data.graph.to(self.device).compute_graph(self.model.encoder.n_layers)
         self.features = [f.to(self.device) for f in data.features]
         tu, ti = data.ds.split(TRAIN)
         self.sampler = TripletSampler(tu, ti, data.ds.n_items, cfg.train.batch_size)
         self.records: list[dict[str, Any]] = []
+        self.block_sampler = None
+        if cfg.train.mode == "sampled":
+            from margo_dist.graph.sample import BlockSampler
+
+            self.block_sampler = BlockSampler(data.graph, cfg.sampler.fanouts, self.model.encoder.n_layers)
 
     # -- evaluation -------------------------------------------------------------------
 
@@ -138,15 +143,13 @@ class Trainer:
                      desc: str) -> dict[str, float]:
         sums = {"loss": 0.0, "bpr": 0.0, "cal": 0.0, "reg": 0.0, "calibrated": 0.0}
         n = 0
-        bar = tqdm(self.sampler.epoch(rng), total=len(self.sampler), desc=desc, leave=False,
+        bar = tqdm(self._batches(rng), total=len(self.sampler), desc=desc, leave=False,
                    disable=not self.cfg.train.progress, dynamic_ncols=True)
-        for u, i, j in bar:
-            users = torch.from_numpy(u).to(self.device)
-            pos = torch.from_numpy(i).to(self.device)
-            neg = torch.from_numpy(j).to(self.device)
-            users_emb, items_emb = self.model.encode(self.graph, self.features)
-            parts = triplet_loss(self.model, stage, self.cfg.model, users_emb[users], items_emb[pos],
-                                 items_emb[neg], users, pos, neg)
+        for batch in bar:
+            b = batch.to(self.device)
+            users_emb, items_emb = self.model.encode(b.graph, self.features)
+            parts = triplet_loss(self.model, stage, self.cfg.model, users_emb[b.users_local],
+                                 items_emb[b.pos_local], items_emb[b.neg_local], b.users, b.pos, b.neg)
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             optimizer.step()
@@ -160,6 +163,18 @@ class Trainer:
             n += 1
             bar.set_postfix(loss=f"{loss:.4f}")
         return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def _batches(self, rng: np.random.Generator) -> Iterator[Batch]:
+        """One epoch of batches: on the whole graph, or with sampled blocks."""
+        if self.block_sampler is None:
+            for u, i, j in self.sampler.epoch(rng):
+                yield Batch.full(self.graph, *(torch.from_numpy(a) for a in (u, i, j)))
+            return
+        from margo_dist.graph.sample import sampled_batches
+
+        triplets = list(self.sampler.epoch(rng))
+        seed = int(rng.integers(0, 2**31 - 1))
+        yield from sampled_batches(self.block_sampler, triplets, seed, self.cfg.sampler.num_workers)
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)

@@ -60,17 +60,17 @@ def test_item_knn_matches_brute_force() -> None:
     np.testing.assert_allclose(sim, bsim, atol=1e-6)
 
 
-@pytest.mark.parametrize("block_rows", [1, 2, 4, 5])
-def test_item_knn_blocks_equal_one_block(block_rows: int) -> None:
+@pytest.mark.parametrize("block_rows,col_chunk", [(1, 16384), (2, 16384), (4, 1), (5, 2), (6, 4), (3, 5)])
+def test_item_knn_blocks_equal_one_block(block_rows: int, col_chunk: int) -> None:
     ref_idx, ref_sim = item_knn(TINY, 3, block_rows=len(TINY))
-    idx, sim = item_knn(TINY, 3, block_rows=block_rows)
+    idx, sim = item_knn(TINY, 3, block_rows=block_rows, col_chunk=col_chunk)
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_array_equal(sim, ref_sim)
     feat = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
     ref_idx, ref_sim = item_knn(feat, 4, block_rows=50)
-    idx, sim = item_knn(feat, 4, block_rows=block_rows)
+    idx, sim = item_knn(feat, 4, block_rows=block_rows, col_chunk=col_chunk)
     np.testing.assert_array_equal(idx, ref_idx)
-    # Different row counts may pick different BLAS kernels: equal up to the last bit.
+    # Different shapes may pick different BLAS kernels: equal up to the last bit.
     np.testing.assert_allclose(sim, ref_sim, rtol=0, atol=1e-6)
 
 

@@ -70,7 +70,7 @@ def dense_reference(model, art: GraphArtifacts, feats: list[torch.Tensor]) -> tu
 @pytest.fixture
 def setup():
     art = tiny_artifacts()
-    g = full_graph(art, ["image", "text"], {})
+    g = full_graph(art, ["image", "text"], {}).compute_graph(2)
     gen = torch.Generator().manual_seed(0)
     feats = [torch.randn(N_ITEMS, 6, generator=gen), torch.randn(N_ITEMS, 3, generator=gen)]
     cfg = ModelConfig(dim=4, hidden_mult=2)
@@ -90,7 +90,7 @@ def test_encoder_matches_dense_reference(setup):
 def test_user_without_neighbours_gets_no_user_graph_term(setup):
     art, g, feats, _, model = setup
     art.user_nbr[2] = -1
-    g2 = full_graph(art, ["image", "text"], {})
+    g2 = full_graph(art, ["image", "text"], {}).compute_graph(2)
     u_with, _ = model.encode(g, feats)
     u_without, _ = model.encode(g2, feats)
     # user 2 changed; user 0 (whose neighbours are 3 and 1) did not

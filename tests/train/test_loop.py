@@ -101,3 +101,19 @@ def test_resume_after_a_crash_gives_the_same_result(data_dir, tmp_path, monkeypa
     for key, value in straight["test"].items():
         assert resumed["test"][key] == pytest.approx(value, abs=1e-6)
     assert resumed["weight_auc"] == pytest.approx(straight["weight_auc"], abs=1e-6)
+
+
+def test_sampled_training_improves_recall(tmp_path):
+    from margo_dist.data.dataset import VALID
+
+    path = str(tmp_path / "data")
+    write_synthetic(SynthSpec(n_users=200, n_items=300, n_interactions=3000,
+                              modality_dims={"image": 12, "text": 8}, seed=0), path, "mmrec")
+    cfg = cfg_for(path, str(tmp_path / "s"), "train.mode=sampled", "model.variant=wo_weight",
+                  "train.max_epochs=6", "train.lr=0.01", "model.dim=16", "sampler.num_workers=1",
+                  "sampler.fanouts={ui: [4, 4], iu: [4, 4], ii: [2], uu: [3]}")
+    trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
+    before = trainer.evaluate("pretrain", VALID)["recall@20"]
+    summary = trainer.fit()
+    assert trainer.block_sampler is not None
+    assert summary["valid"]["recall@20"] > before + 0.03

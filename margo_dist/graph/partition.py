@@ -1,0 +1,532 @@
+"""Graph shards: the training graph split with DGL's ``partition_graph``, on any fsspec URL.
+
+One shard set serves both modes: local training reads a set with one shard, and the
+distributed trainer gives each worker one shard, whose inner nodes are the rows that
+worker owns (architecture.md, owner rule). The heterograph holds every relation the
+encoder propagates over, so a shard carries its nodes' whole 1-hop neighbourhood:
+
+- ``('user', 'ui', 'item')`` and ``('item', 'iu', 'user')``: both directions of each
+  training edge;
+- ``('item', 'ii_<modality>', 'item')``: neighbour -> item for each modality's kNN list,
+  edge data ``sim``;
+- ``('user', 'uu', 'user')``: co-user -> user, edge data ``cnt``;
+- node data ``degree``: full-graph training degree of users and items.
+
+Every relation is deduplicated first (METIS crashes on duplicate edges) and a relation
+without edges is left out (DGL cannot partition an empty edge type). DGL writes the
+partition into a local folder; it is copied to the destination under a temporary name
+and renamed, so a reader never sees a half-written set. Beside DGL's files the set
+holds ``manifest.json``, ``owner_<type>.npy`` (shard of each original id),
+``nid_<type>.npy`` (original id of each id in DGL's reshuffled numbering) and, per
+shard, ``part<k>/orig_nid.npy`` (original id of each local node), so a shard can be
+used with original ids without any other shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import posixpath
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from fsspec.implementations.local import LocalFileSystem
+
+from margo_dist.data import io as mio
+from margo_dist.errors import ConfigError, DataError
+from margo_dist.graph.build import GraphArtifacts
+from margo_dist.graph.dgl_backend import dgl
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+GRAPH_NAME = "margo"
+METHODS = ("metis", "random")
+NTYPES = ("user", "item")
+_MODALITY_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def relation_types(modalities: list[str]) -> dict[str, tuple[str, str, str]]:
+    """Relation name -> canonical (src type, name, dst type), in a fixed order."""
+    rels = {"ui": ("user", "ui", "item"), "iu": ("item", "iu", "user")}
+    for m in modalities:
+        rels[f"ii_{m}"] = ("item", f"ii_{m}", "item")
+    rels["uu"] = ("user", "uu", "user")
+    return rels
+
+
+def _edge_field(rel: str) -> str | None:
+    """Name of the edge data a relation carries (None: structure only)."""
+    if rel == "uu":
+        return "cnt"
+    if rel.startswith("ii_"):
+        return "sim"
+    return None
+
+
+@dataclass
+class Relation:
+    """Deduplicated edges of one relation in original ids, sorted by (src, dst)."""
+
+    src: np.ndarray  # int64 [E]
+    dst: np.ndarray  # int64 [E]
+    data: np.ndarray | None  # float32 [E] (sim or cnt) or None
+
+
+def _dedup(src: np.ndarray, dst: np.ndarray, n_dst: int, data: np.ndarray | None) -> Relation:
+    """Unique (src, dst) pairs; a repeated pair keeps the data of its first occurrence."""
+    code = src.astype(np.int64) * n_dst + dst.astype(np.int64)
+    uniq, first = np.unique(code, return_index=True)
+    return Relation(uniq // n_dst, uniq % n_dst, None if data is None else data[first].astype(np.float32))
+
+
+def _padded_edges(idx: np.ndarray, val: np.ndarray, n_src: int, where: str) -> tuple[np.ndarray, ...]:
+    """(neighbour, row, value) of every non-padding entry of a -1 padded neighbour table."""
+    if idx.ndim != 2 or idx.shape != val.shape:
+        raise DataError(f"{where}: id and value tables must be 2-d and aligned, got {idx.shape} and {val.shape}")
+    valid = idx >= 0
+    bad = np.argwhere(valid & (idx >= n_src))
+    if bad.size:
+        r, c = (int(x) for x in bad[0])
+        raise DataError(f"{where}: row {r} column {c} holds id {int(idx[r, c])}, outside [0, {n_src})")
+    rows = np.repeat(np.arange(idx.shape[0], dtype=np.int64), valid.sum(axis=1))
+    return idx[valid].astype(np.int64), rows, val[valid]
+
+
+def graph_relations(art: GraphArtifacts, modalities: list[str]) -> dict[str, Relation]:
+    """Every relation of the shard heterograph, deduplicated, from the artefacts."""
+    nu, ni = art.n_users, art.n_items
+    tu, ti = np.asarray(art.train_user, dtype=np.int64), np.asarray(art.train_item, dtype=np.int64)
+    if tu.shape != ti.shape or tu.ndim != 1:
+        raise DataError(f"graph artefacts {art.key}: train_user {tu.shape} and train_item {ti.shape} "
+                        "must be 1-d and aligned")
+    for name, ids, n in (("train_user", tu, nu), ("train_item", ti, ni)):
+        bad = np.flatnonzero((ids < 0) | (ids >= n))
+        if bad.size:
+            raise DataError(f"graph artefacts {art.key}: {name}[{int(bad[0])}]={int(ids[bad[0]])} "
+                            f"is outside [0, {n})")
+    ui = _dedup(tu, ti, ni, None)
+    rels = {"ui": ui, "iu": _dedup(ui.dst, ui.src, nu, None)}
+    for m in modalities:
+        idx, sim = art.item_knn[m]
+        src, dst, val = _padded_edges(np.asarray(idx), np.asarray(sim), ni,
+                                      f"graph artefacts {art.key} item_knn[{m!r}]")
+        rels[f"ii_{m}"] = _dedup(src, dst, ni, val)
+    src, dst, val = _padded_edges(np.asarray(art.user_nbr), np.asarray(art.user_cnt), nu,
+                                  f"graph artefacts {art.key} user_nbr/user_cnt")
+    rels["uu"] = _dedup(src, dst, nu, val)
+    return rels
+
+
+def _heterograph(art: GraphArtifacts, rels: dict[str, Relation], modalities: list[str]) -> Any:
+    canon = relation_types(modalities)
+    data = {canon[r]: (torch.from_numpy(e.src), torch.from_numpy(e.dst)) for r, e in rels.items() if e.src.size}
+    g = dgl.heterograph(data, num_nodes_dict={"user": art.n_users, "item": art.n_items})
+    g.nodes["user"].data["degree"] = torch.from_numpy(np.asarray(art.user_degree, dtype=np.float32).copy())
+    g.nodes["item"].data["degree"] = torch.from_numpy(np.asarray(art.item_degree, dtype=np.float32).copy())
+    for r, e in rels.items():
+        name = _edge_field(r)
+        if name is not None and e.src.size:
+            g.edges[canon[r]].data[name] = torch.from_numpy(e.data)
+    return g
+
+
+def _check_request(art: GraphArtifacts, modalities: list[str], parts: int, method: str) -> list[str]:
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise ConfigError(f"--parts={parts!r}: the number of shards must be an integer >= 1")
+    if method not in METHODS:
+        raise ConfigError(f"--method={method!r} is not one of {list(METHODS)}")
+    most = min(art.n_users, art.n_items)
+    if parts > most:
+        raise ConfigError(f"--parts={parts}: every shard needs a user and an item, and the graph has "
+                          f"{art.n_users} users and {art.n_items} items")
+    mods = list(modalities)
+    if len(set(mods)) != len(mods):
+        raise ConfigError(f"modalities {mods} repeat a name")
+    for m in mods:
+        if m not in art.item_knn:
+            raise DataError(f"graph artefacts {art.key} have no kNN graph for modality {m!r} "
+                            f"(they hold {art.modalities})")
+        if not _MODALITY_NAME.match(m):
+            raise DataError(f"modality name {m!r} cannot name a DGL edge type: use letters, digits, '_', '.', '-'")
+    if sorted(mods) != sorted(art.modalities):
+        raise DataError(f"modalities {mods} differ from those of graph artefacts {art.key} ({art.modalities}); "
+                        "the shards carry the artefacts' key, so they must carry every modality")
+    return mods
+
+
+def _run_partition(g: Any, work: str, parts: int, method: str, seed: int) -> dict[str, np.ndarray]:
+    """DGL's partition into ``work``; returns original id per reshuffled id, per node type."""
+    dgl.seed(seed)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            orig_nids, _ = dgl.distributed.partition_graph(g, GRAPH_NAME, parts, work, part_method=method,
+                                                           return_mapping=True)
+    except (IndexError, AssertionError) as exc:
+        raise DataError(f"partition_graph with parts={parts}, method={method!r} failed ({type(exc).__name__}: "
+                        f"{exc}); DGL needs every shard to own nodes of each type and edges of each relation, "
+                        "so use fewer parts or method=metis") from exc
+    return {t: np.asarray(orig_nids[t].numpy(), dtype=np.int64) for t in NTYPES}
+
+
+def _local_ids(loc: Any, gpb: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(node type name index into NTYPES, reshuffled per-type id) of every local node."""
+    type_ids, per_type = gpb.map_to_per_ntype(loc.ndata[dgl.NID])
+    names = np.array([NTYPES.index(t) for t in gpb.ntypes], dtype=np.int64)
+    return names[type_ids.numpy()], per_type.numpy().astype(np.int64)
+
+
+def _index_files(work: str, parts: int, orig: dict[str, np.ndarray],
+                 n_nodes: dict[str, int]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Owner arrays and per-shard original ids, written into ``work``; also per-shard counts."""
+    config = os.path.join(work, f"{GRAPH_NAME}.json")
+    owner = {t: np.full(n_nodes[t], -1, np.int32) for t in NTYPES}
+    stats = []
+    for p in range(parts):
+        loc, _nf, _ef, gpb, *_ = dgl.distributed.load_partition(config, p, load_feats=False)
+        tcode, per_type = _local_ids(loc, gpb)
+        local_orig = np.empty(per_type.size, np.int64)
+        inner = loc.ndata["inner_node"].numpy().astype(bool)
+        counts: dict[str, Any] = {"part": p}
+        for k, t in enumerate(NTYPES):
+            sel = tcode == k
+            local_orig[sel] = orig[t][per_type[sel]]
+            mine = local_orig[sel & inner]
+            if np.any(owner[t][mine] >= 0):
+                raise DataError(f"partition {p}: a {t} is inner to two shards (DGL output in {work})")
+            owner[t][mine] = p
+            counts[f"{t}s"] = int(mine.size)
+            counts[f"halo_{t}s"] = int(np.count_nonzero(sel & ~inner))
+        counts["edges"] = int(loc.num_edges())
+        counts["inner_edges"] = int(loc.edata["inner_edge"].sum())
+        stats.append(counts)
+        np.save(os.path.join(work, f"part{p}", "orig_nid.npy"), local_orig, allow_pickle=False)
+    for t in NTYPES:
+        missing = np.flatnonzero(owner[t] < 0)
+        if missing.size:
+            raise DataError(f"partition: {t} {int(missing[0])} is inner to no shard")
+        np.save(os.path.join(work, f"owner_{t}.npy"), owner[t], allow_pickle=False)
+        np.save(os.path.join(work, f"nid_{t}.npy"), orig[t], allow_pickle=False)
+    return owner, stats
+
+
+def _walk(folder: str) -> list[str]:
+    """Relative ``/`` paths of every file under ``folder``, sorted."""
+    out = []
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            out.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
+    return sorted(out)
+
+
+def _upload(local_dir: str, rel_paths: list[str], fs: Any, dest: str) -> None:
+    """Copy the listed files of ``local_dir`` to ``dest`` on ``fs``, in order."""
+    for rel in rel_paths:
+        target = posixpath.join(dest, rel)
+        fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        fs.put_file(os.path.join(local_dir, *rel.split("/")), target)
+
+
+def _publish(local_dir: str, rel_paths: list[str], out_url: str) -> None:
+    """Upload under a temporary sibling (manifest last), then rename onto ``out_url``."""
+    fs, path = mio.fs_and_path(out_url)
+    path = path.rstrip("/")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        _upload(local_dir, rel_paths + [MANIFEST], fs, tmp)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        fs.mv(tmp, path, recursive=True)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+
+
+def partition_graphs(art: GraphArtifacts, modalities: list[str], out_url: str, parts: int,
+                     method: str = "metis", seed: int = 0) -> dict:
+    """Split the training graph into ``parts`` shards at ``out_url``; returns the manifest.
+
+    ``seed`` seeds DGL's generator (the random method's assignment). A set already at
+    ``out_url`` is replaced only once the new one is complete.
+    """
+    mods = _check_request(art, modalities, parts, method)
+    rels = graph_relations(art, mods)
+    g = _heterograph(art, rels, mods)
+    with tempfile.TemporaryDirectory(prefix="margo-shards-") as work:
+        orig = _run_partition(g, work, parts, method, seed)
+        _, stats = _index_files(work, parts, orig, {"user": art.n_users, "item": art.n_items})
+        rel_paths = [p for p in _walk(work) if p != MANIFEST]
+        manifest = {
+            "format_version": FORMAT_VERSION, "parts": parts, "method": method, "seed": int(seed),
+            "graph_key": art.key, "n_users": int(art.n_users), "n_items": int(art.n_items),
+            "modalities": mods, "dgl_config": f"{GRAPH_NAME}.json",
+            "relations": {r: {"canonical": list(relation_types(mods)[r]), "edges": int(e.src.size),
+                              "data": _edge_field(r)} for r, e in rels.items()},
+            "widths": {"knn": {m: int(np.asarray(art.item_knn[m][0]).shape[1]) for m in mods},
+                       "user": int(np.asarray(art.user_nbr).shape[1])},
+            "owners": {t: f"owner_{t}.npy" for t in NTYPES},
+            "nids": {t: f"nid_{t}.npy" for t in NTYPES},
+            "shards": stats,
+            "files": {p: os.path.getsize(os.path.join(work, *p.split("/"))) for p in rel_paths},
+        }
+        with open(os.path.join(work, MANIFEST), "w") as fh:
+            json.dump(manifest, fh, indent=1)
+        _publish(work, rel_paths, out_url)
+    return manifest
+
+
+def read_shard_manifest(url: str) -> dict:
+    """The manifest of a shard set, checked for the fields this module reads."""
+    path = mio.join(url, MANIFEST)
+    try:
+        with mio.open_url(path, "rt") as fh:
+            man = json.load(fh)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: shard manifest not found; run `margo-dist data partition`") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(man, dict) or man.get("format_version") != FORMAT_VERSION:
+        got = man.get("format_version") if isinstance(man, dict) else None
+        raise DataError(f"{path}: format_version={got!r}, this code reads {FORMAT_VERSION}; "
+                        "rerun `margo-dist data partition`")
+    for key in ("parts", "graph_key", "n_users", "n_items", "modalities", "dgl_config", "relations", "widths",
+                "owners", "files"):
+        if key not in man:
+            raise DataError(f"{path}: field {key!r} missing")
+    return man
+
+
+def load_owners(url: str) -> dict[str, np.ndarray]:
+    """Shard id (int32) of every original user and item id of a shard set."""
+    man = read_shard_manifest(url)
+    out = {}
+    for t, n in (("user", man["n_users"]), ("item", man["n_items"])):
+        file_url = mio.join(url, man["owners"][t])
+        arr = mio.load_npy(file_url)
+        if arr.shape != (n,) or arr.dtype != np.int32:
+            raise DataError(f"{file_url}: holds {arr.dtype}{list(arr.shape)}, expected int32[{n}]")
+        out[t] = arr
+    return out
+
+
+@dataclass
+class Shard:
+    """One shard with original ids: what a worker needs of the graph without other shards.
+
+    ``graph`` is a DGL heterograph over the shard's local nodes (inner and halo); node
+    ``j`` of type ``user`` is original user ``user_ids[j]``. It carries node data
+    ``orig_id``, ``inner`` and ``degree`` and edge data ``inner`` plus ``sim``/``cnt``.
+    Degrees and edge values are stored only for inner nodes and edges (NaN elsewhere),
+    as DGL keeps them with their owner.
+    """
+
+    part: int
+    parts: int
+    key: str
+    modalities: list[str]
+    graph: Any
+    user_ids: np.ndarray  # int64 [local users]
+    item_ids: np.ndarray  # int64 [local items]
+    inner_user: np.ndarray  # bool [local users]
+    inner_item: np.ndarray  # bool [local items]
+    user_degree: np.ndarray  # float32 [local users]
+    item_degree: np.ndarray  # float32 [local items]
+    inner_edge: dict[str, np.ndarray] = field(default_factory=dict)  # relation -> bool [local edges]
+    edge_data: dict[str, np.ndarray] = field(default_factory=dict)  # ii_<m> -> sim, uu -> cnt
+
+    def node_ids(self, ntype: str) -> np.ndarray:
+        return self.user_ids if ntype == "user" else self.item_ids
+
+    def edges(self, rel: str, inner_only: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(src, dst, data) of a relation in original ids; only the inner edges by default."""
+        canon = relation_types(self.modalities)
+        if rel not in canon:
+            raise DataError(f"shard {self.part}: no relation {rel!r}; relations are {list(canon)}")
+        st, _, dt = canon[rel]
+        if canon[rel] not in self.graph.canonical_etypes:
+            empty = np.zeros(0, np.int64)
+            return empty, empty.copy(), None if _edge_field(rel) is None else np.zeros(0, np.float32)
+        s, d = (x.numpy() for x in self.graph.edges(etype=canon[rel]))
+        keep = self.inner_edge[rel] if inner_only else np.ones(s.size, bool)
+        data = self.edge_data.get(rel)
+        return (self.node_ids(st)[s[keep]], self.node_ids(dt)[d[keep]],
+                None if data is None else data[keep])
+
+
+def _is_local(fs: Any) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+@contextlib.contextmanager
+def _local_copy(url: str, man: dict, part: int) -> Iterator[str]:
+    """A local folder holding the DGL config and shard ``part``'s files (no download if local)."""
+    fs, path = mio.fs_and_path(url)
+    if _is_local(fs):
+        yield path
+        return
+    prefix = f"part{part}/"
+    wanted = [man["dgl_config"]] + [p for p in man["files"] if p.startswith(prefix)]
+    with tempfile.TemporaryDirectory(prefix="margo-shard-") as tmp:
+        for rel in wanted:
+            target = os.path.join(tmp, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                fs.get_file(posixpath.join(path.rstrip("/"), rel), target)
+            except FileNotFoundError as exc:
+                raise DataError(f"{mio.join(url, rel)}: file of shard {part} listed in the manifest is missing") \
+                    from exc
+        yield tmp
+
+
+def _feature_rows(feat: torch.Tensor | None, ids: np.ndarray, inner: np.ndarray, where: str) -> np.ndarray:
+    """Per-local-element values from a DGL feature tensor of inner elements.
+
+    DGL stores an inner element's feature at the rank of its reshuffled id among the
+    shard's inner elements of that type; non-inner elements get NaN.
+    """
+    out = np.full(ids.size, np.nan, np.float32)
+    if not inner.any():
+        return out
+    if feat is None:
+        raise DataError(f"{where}: feature missing from the shard")
+    order = np.sort(ids[inner])
+    vals = feat.numpy()
+    if vals.shape != (order.size,):
+        raise DataError(f"{where}: {vals.shape[0] if vals.ndim else 0} values for {order.size} inner elements")
+    out[inner] = vals[np.searchsorted(order, ids[inner])]
+    return out
+
+
+def load_shard(url: str, part: int) -> Shard:
+    """Shard ``part`` of the set at ``url``, read from that shard's files and the set's metadata."""
+    man = read_shard_manifest(url)
+    parts = int(man["parts"])
+    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < parts:
+        raise DataError(f"{mio.join(url, MANIFEST)}: shard {part!r} requested, the set has shards 0..{parts - 1}")
+    mods = list(man["modalities"])
+    where = f"{url} shard {part}"
+    with _local_copy(url, man, part) as folder:
+        try:
+            loc, nfeat, efeat, gpb, *_ = dgl.distributed.load_partition(
+                os.path.join(folder, man["dgl_config"]), part)
+        except (AssertionError, FileNotFoundError, dgl.DGLError) as exc:
+            raise DataError(f"{where}: DGL cannot load the partition ({type(exc).__name__}: {exc})") from exc
+        local_orig = np.load(os.path.join(folder, f"part{part}", "orig_nid.npy"), allow_pickle=False)
+    tcode, per_type = _local_ids(loc, gpb)
+    if local_orig.shape != tcode.shape:
+        raise DataError(f"{where}: part{part}/orig_nid.npy has {local_orig.shape[0]} ids for {tcode.size} nodes")
+    inner_node = loc.ndata["inner_node"].numpy().astype(bool)
+    # Local node j of a type is the j-th local node of that type, in local order.
+    type_pos = np.empty(tcode.size, np.int64)
+    ids, inner, degree = {}, {}, {}
+    for k, t in enumerate(NTYPES):
+        sel = np.flatnonzero(tcode == k)
+        type_pos[sel] = np.arange(sel.size)
+        ids[t], inner[t] = local_orig[sel], inner_node[sel]
+        degree[t] = _feature_rows(nfeat.get(f"{t}/degree"), per_type[sel], inner[t], f"{where} {t}/degree")
+    src, dst = (x.numpy() for x in loc.edges())
+    etype_ids, per_etype = (x.numpy() for x in gpb.map_to_per_etype(loc.edata[dgl.EID]))
+    inner_e = loc.edata["inner_edge"].numpy().astype(bool)
+    names = {c[1]: c for c in relation_types(mods).values()}
+    data, inner_edge, edge_data = {}, {}, {}
+    for e, canon in enumerate(gpb.canonical_etypes):
+        rel = canon[1]
+        if rel not in names or names[rel] != tuple(canon):
+            raise DataError(f"{where}: edge type {canon} is not a relation of modalities {mods}")
+        sel = np.flatnonzero(etype_ids == e)
+        data[tuple(canon)] = (torch.from_numpy(type_pos[src[sel]]), torch.from_numpy(type_pos[dst[sel]]))
+        inner_edge[rel] = inner_e[sel]
+        fname = _edge_field(rel)
+        if fname is not None:
+            key = f"{canon[0]}:{canon[1]}:{canon[2]}/{fname}"
+            edge_data[rel] = _feature_rows(efeat.get(key), per_etype[sel], inner_e[sel], f"{where} {key}")
+    g = dgl.heterograph(data, num_nodes_dict={t: int(ids[t].size) for t in NTYPES})
+    for t in NTYPES:
+        g.nodes[t].data["orig_id"] = torch.from_numpy(ids[t])
+        g.nodes[t].data["inner"] = torch.from_numpy(inner[t])
+        g.nodes[t].data["degree"] = torch.from_numpy(degree[t])
+    for canon in data:
+        g.edges[canon].data["inner"] = torch.from_numpy(inner_edge[canon[1]])
+        if canon[1] in edge_data:
+            g.edges[canon].data[_edge_field(canon[1])] = torch.from_numpy(edge_data[canon[1]])
+    return Shard(part=part, parts=parts, key=str(man["graph_key"]), modalities=mods, graph=g,
+                 user_ids=ids["user"], item_ids=ids["item"], inner_user=inner["user"], inner_item=inner["item"],
+                 user_degree=degree["user"], item_degree=degree["item"], inner_edge=inner_edge, edge_data=edge_data)
+
+
+def _rows(dst: np.ndarray, src: np.ndarray, val: np.ndarray, n_rows: int, width: int,
+          where: str) -> tuple[np.ndarray, np.ndarray]:
+    """-1 / 0 padded [n_rows, width] tables, each row by value descending then lower id (as build.py)."""
+    idx = np.full((n_rows, width), -1, np.int64)
+    out = np.zeros((n_rows, width), np.float32)
+    if dst.size == 0:
+        return idx, out
+    counts = np.bincount(dst, minlength=n_rows)
+    if counts.max() > width:
+        r = int(np.argmax(counts))
+        raise DataError(f"{where}: row {r} has {int(counts[r])} neighbours, the manifest's width is {width}")
+    order = np.lexsort((src, -val, dst))
+    dst, src, val = dst[order], src[order], val[order]
+    start = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(counts, out=start[1:])
+    rank = np.arange(dst.size, dtype=np.int64) - start[dst]
+    idx[dst, rank] = src
+    out[dst, rank] = val
+    return idx, out
+
+
+def artifacts_from_shards(url: str) -> GraphArtifacts:
+    """The graph artefacts a shard set was made from, reassembled from every shard's inner part.
+
+    Equal array for array to what ``build_graphs`` gave, so a one-shard set can stand
+    in for the artefact cache in local training.
+    """
+    man = read_shard_manifest(url)
+    nu, ni, mods = int(man["n_users"]), int(man["n_items"]), list(man["modalities"])
+    degree = {"user": np.zeros(nu, np.float32), "item": np.zeros(ni, np.float32)}
+    seen = {"user": np.zeros(nu, np.int64), "item": np.zeros(ni, np.int64)}
+    got: dict[str, list[tuple]] = {r: [] for r in relation_types(mods)}
+    for p in range(int(man["parts"])):
+        sh = load_shard(url, p)
+        for t, ids, inner, deg in (("user", sh.user_ids, sh.inner_user, sh.user_degree),
+                                   ("item", sh.item_ids, sh.inner_item, sh.item_degree)):
+            degree[t][ids[inner]] = deg[inner]
+            np.add.at(seen[t], ids[inner], 1)
+        for r in got:
+            got[r].append(sh.edges(r))
+    for t in NTYPES:
+        bad = np.flatnonzero(seen[t] != 1)
+        if bad.size:
+            raise DataError(f"{url}: {t} {int(bad[0])} is inner to {int(seen[t][bad[0]])} shards, expected 1")
+
+    def cat(rel: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        parts = got[rel]
+        s = np.concatenate([x[0] for x in parts])
+        d = np.concatenate([x[1] for x in parts])
+        v = None if parts[0][2] is None else np.concatenate([x[2] for x in parts])
+        return s, d, v
+
+    u, i, _ = cat("ui")
+    code = u * ni + i
+    uniq = np.unique(code)
+    if uniq.size != code.size:
+        raise DataError(f"{url}: a training edge is inner to more than one shard")
+    widths = man["widths"]
+    knn = {}
+    for m in mods:
+        s, d, v = cat(f"ii_{m}")
+        knn[m] = _rows(d, s, v, ni, int(widths["knn"][m]), f"{url} relation ii_{m}")
+    s, d, v = cat("uu")
+    nbr, cnt = _rows(d, s, v, nu, int(widths["user"]), f"{url} relation uu")
+    return GraphArtifacts(n_users=nu, n_items=ni, train_user=uniq // ni, train_item=uniq % ni,
+                          user_degree=degree["user"], item_degree=degree["item"], item_knn=knn,
+                          user_nbr=nbr, user_cnt=cnt, key=str(man["graph_key"]))
