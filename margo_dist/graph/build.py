@@ -186,6 +186,22 @@ def _dedup_pairs(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int,
     return code // n_items, code % n_items
 
 
+def _row_count_col_order(rows: np.ndarray, counts: np.ndarray, cols: np.ndarray, n_rows: int,
+                         n_cols: int) -> np.ndarray:
+    """Order of entries by (row, -count, col): one int64 key sort when it fits, else lexsort.
+
+    (row, col) pairs are unique, so the key is unique and sort stability does not matter;
+    the single key sorts several times faster than a three-key lexsort.
+    """
+    if rows.size == 0:
+        return np.zeros(0, np.int64)
+    top = int(counts.max())
+    if n_rows * (top + 1) * n_cols < 2**62:
+        key = (rows * (top + 1) + (top - counts)) * n_cols + cols
+        return np.argsort(key)
+    return np.lexsort((cols, -counts, rows))
+
+
 def user_cooccurrence(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int, k: int,
                       block_rows: int = 4096, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Top-k other users of each user by number of shared items, with those counts.
@@ -208,7 +224,7 @@ def user_cooccurrence(user: np.ndarray, item: np.ndarray, n_users: int, n_items:
         counts = co.data.astype(np.int64)
         keep = (cols != rows + start) & (counts > 0)
         rows, cols, counts = rows[keep], cols[keep], counts[keep]
-        order = np.lexsort((cols, -counts, rows))
+        order = _row_count_col_order(rows, counts, cols, stop - start, n_users)
         rows, cols, counts = rows[order], cols[order], counts[order]
         row_start = np.zeros(stop - start + 1, np.int64)
         np.cumsum(np.bincount(rows, minlength=stop - start), out=row_start[1:])

@@ -15,6 +15,7 @@ step, input side first (DGL's order); ``ii`` and ``uu`` one entry; -1 means all.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from typing import Iterator
 
 import numpy as np
@@ -147,12 +148,18 @@ class _EpochBatches(IterableDataset):
             yield self.block_sampler.batch(*self.triplets[index])
 
 
+def _as_is(batch: Batch) -> Batch:
+    return batch
+
+
 def sampled_batches(block_sampler: BlockSampler, triplets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                     seed: int, num_workers: int) -> Iterator[Batch]:
     """Batches sampled in ``num_workers`` DataLoader processes (0: in this process)."""
     dataset = _EpochBatches(block_sampler, triplets, seed)
     if num_workers <= 0:
         return iter(dataset)
-    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=lambda x: x,
-                        prefetch_factor=4, persistent_workers=False)
+    # fork shares the sampling graph with the workers instead of pickling it
+    context = "fork" if "fork" in mp.get_all_start_methods() else None
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+                        prefetch_factor=4, persistent_workers=False, multiprocessing_context=context)
     return iter(loader)

@@ -21,7 +21,8 @@ from margo_dist.config import Config
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
 from margo_dist.graph.tensors import Batch, FullGraph, full_graph
-from margo_dist.model.margo import CALIBRATE, Recommender, build_model, stages_for
+from margo_dist.errors import MargoError
+from margo_dist.model.margo import CALIBRATE, PRETRAIN, Recommender, build_model, stages_for
 from margo_dist.model.objective import triplet_loss, weight_detection_auc
 from margo_dist.train.batches import TripletSampler
 from margo_dist.train.metrics import csr_from_pairs, full_ranking_eval
@@ -225,6 +226,10 @@ class Trainer:
                     record = {"stage": stage, "epoch": epoch, **{f"train_{k}": v for k, v in losses.items()},
                               "valid": valid, "train_seconds": train_s, "eval_seconds": eval_s,
                               "best": improved}
+                    weights = self.item_weight_table() if stage == CALIBRATE else None
+                    if weights is not None and self.data.truth is not None:
+                        record["weight_auc"] = weight_detection_auc(torch.from_numpy(weights),
+                                                                    torch.from_numpy(self.data.truth))
                     self.records.append(record)
                     self.run.write_metrics(self.records)
                     self.log(f"[{stage}] epoch {epoch:3d}  loss {losses['loss']:.4f}  "
@@ -298,8 +303,36 @@ class Trainer:
                      f"epoch {state['epoch']}")
             return state, optimizer, rng
         self.run.write_config(self.cfg)
+        if self.cfg.run.pretrained and self.stages[0] == PRETRAIN and len(self.stages) > 1:
+            return self._from_pretrained(), self._new_optimizer(), rng
         self._start_stage(0)
         return self._fresh_stage_state(0), self._new_optimizer(), rng
+
+    def _from_pretrained(self) -> dict[str, Any]:
+        """Skip stage 1: take its best state (and its results) from another run's folder.
+
+        Stage 2 hyper-parameters (alpha, tau, ...) can then be searched from one
+        pretraining, as the paper's two-stage protocol allows.
+        """
+        other = RunDir(self.cfg.run.pretrained)
+        name = f"best_{PRETRAIN}.pt"
+        if not other.exists(name):
+            raise MargoError(f"run.pretrained={self.cfg.run.pretrained}: {other.path(name)} does not exist")
+        mine, theirs = self.cfg.model, other.load_config().model
+        for key in ("dim", "n_layers", "hidden_mult"):
+            if getattr(mine, key) != getattr(theirs, key):
+                raise MargoError(f"run.pretrained={self.cfg.run.pretrained} has model.{key}={getattr(theirs, key)}, "
+                                 f"this run has {getattr(mine, key)}")
+        self.run.save_state(name, other.load_state(name))
+        state = self._fresh_stage_state(1)
+        if other.exists(SUMMARY):
+            stage1 = other.read_json(SUMMARY).get("stages", {}).get(PRETRAIN)
+            if stage1 is not None:
+                state["stage_results"] = {PRETRAIN: stage1}
+        self.records = [r for r in other.read_metrics() if r.get("stage") == PRETRAIN]
+        self.log(f"stage {PRETRAIN} taken from {self.cfg.run.pretrained}")
+        self._start_stage(1)
+        return state
 
 
 def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:

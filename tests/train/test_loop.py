@@ -117,3 +117,18 @@ def test_sampled_training_improves_recall(tmp_path):
     summary = trainer.fit()
     assert trainer.block_sampler is not None
     assert summary["valid"]["recall@20"] > before + 0.03
+
+
+def test_stage_two_from_another_runs_pretraining(data_dir, tmp_path):
+    first = train(cfg_for(data_dir, str(tmp_path / "a")), log=lambda _m: None)
+    messages: list[str] = []
+    second = train(cfg_for(data_dir, str(tmp_path / "b"), "model.variant=wo_cal", "model.alpha=0",
+                           f"run.pretrained={tmp_path / 'a'}"), log=messages.append)
+    assert any("taken from" in m for m in messages)
+    assert second["stages"]["pretrain"] == first["stages"]["pretrain"]
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in lines] == ["pretrain"] * 2 + ["calibrate"] * 2
+    assert all("weight_auc" in r for r in lines if r["stage"] == "calibrate")
+    with pytest.raises(Exception, match="model.dim=8, this run has 16"):
+        train(cfg_for(data_dir, str(tmp_path / "c"), "model.dim=16", f"run.pretrained={tmp_path / 'a'}"),
+              log=lambda _m: None)
