@@ -1,0 +1,1 @@
+"""Data stage: dataset readers/writers, validation, preparation, synthetic data."""

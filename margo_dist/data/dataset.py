@@ -1,0 +1,62 @@
+"""The in-memory dataset every later stage consumes.
+
+Ids are dense: users 0..n_users-1, items 0..n_items-1 (n_items is the feature
+tables' row count). ``label`` is MMRec's ``x_label``: 0 train, 1 validation, 2 test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TRAIN, VALID, TEST = 0, 1, 2
+SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
+
+
+@dataclass
+class Dataset:
+    """Interactions (three aligned int arrays) and one feature table per modality."""
+
+    name: str
+    n_users: int
+    n_items: int
+    user: np.ndarray  # int64 [n_inter]
+    item: np.ndarray  # int64 [n_inter]
+    label: np.ndarray  # int8 [n_inter], 0/1/2
+    features: dict[str, np.ndarray]  # modality -> float [n_items, dim]
+    source: str = ""
+    notes: list[str] = field(default_factory=list)  # non-fatal findings (reported, not errors)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.features)
+
+    def split(self, label: int) -> tuple[np.ndarray, np.ndarray]:
+        """(users, items) of one split."""
+        mask = self.label == label
+        return self.user[mask], self.item[mask]
+
+    def fingerprint(self) -> str:
+        """Content hash of interactions and features (names cached artefacts)."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{self.n_users},{self.n_items}".encode())
+        for arr in (self.user, self.item, self.label):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        for name in sorted(self.features):
+            feat = self.features[name]
+            h.update(f"{name}:{feat.shape}:{feat.dtype}".encode())
+            rows = 65536
+            for start in range(0, feat.shape[0], rows):
+                h.update(np.ascontiguousarray(feat[start:start + rows]).tobytes())
+        return h.hexdigest()
+
+    def train_fingerprint(self) -> str:
+        """Hash of the training interactions only (the graphs depend on nothing else)."""
+        u, i = self.split(TRAIN)
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{self.n_users},{self.n_items}".encode())
+        h.update(np.ascontiguousarray(u).tobytes())
+        h.update(np.ascontiguousarray(i).tobytes())
+        return h.hexdigest()

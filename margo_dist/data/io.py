@@ -1,0 +1,113 @@
+"""fsspec helpers: every file the system reads or writes goes through these.
+
+A URL is a local path, ``memory://...`` or any protocol whose fsspec package is
+installed (``s3://`` with s3fs, ...). Writes of final artefacts go to a temporary
+name first and are renamed, so a crash never leaves a half-written file in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import posixpath
+import uuid
+from typing import IO, Any, Iterator
+
+import fsspec
+import numpy as np
+
+from margo_dist.errors import DataError
+
+
+def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem for ``url`` and the path within it."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a URL (``/`` separated, protocol kept)."""
+    if "://" in url:
+        proto, rest = url.split("://", 1)
+        return f"{proto}://{posixpath.join(rest, *parts)}"
+    return posixpath.join(url, *parts)
+
+
+def exists(url: str) -> bool:
+    fs, path = fs_and_path(url)
+    return fs.exists(path)
+
+
+def isdir(url: str) -> bool:
+    fs, path = fs_and_path(url)
+    return fs.isdir(path)
+
+
+def listdir(url: str) -> list[str]:
+    """Base names of the entries directly under ``url``."""
+    fs, path = fs_and_path(url)
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+
+
+def makedirs(url: str) -> None:
+    fs, path = fs_and_path(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def remove(url: str, recursive: bool = True) -> None:
+    """Remove a file or folder if it exists."""
+    fs, path = fs_and_path(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+def open_url(url: str, mode: str = "rb", compression: str | None = None) -> IO[Any]:
+    """Open ``url``; ``compression='infer'`` decompresses by file suffix (.gz, ...)."""
+    return fsspec.open(url, mode, compression=compression).open()
+
+
+@contextlib.contextmanager
+def atomic_write(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write to a temporary sibling, then rename onto ``url`` on success."""
+    fs, path = fs_and_path(url)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with fs.open(tmp, mode) as fh:
+            yield fh
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+
+
+def save_npy(url: str, array: np.ndarray) -> None:
+    """Write ``array`` as .npy (atomic)."""
+    with atomic_write(url, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def load_npy(url: str, mmap: bool = False) -> np.ndarray:
+    """Read a .npy file, refusing pickled object arrays.
+
+    ``mmap`` maps local files instead of reading them (large feature tables).
+    """
+    fs, path = fs_and_path(url)
+    if not fs.exists(path):
+        raise DataError(f"{url}: file not found")
+    try:
+        if mmap and fs.protocol in ("file", ("file", "local")) or (mmap and "local" in str(fs.protocol)):
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        with fs.open(path, "rb") as fh:
+            data = fh.read()
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "allow_pickle" in str(exc):
+            raise DataError(f"{url}: holds a pickled object where a numeric array is expected; "
+                            "refusing to unpickle data files") from exc
+        raise DataError(f"{url}: not a readable .npy array ({exc})") from exc
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{url}: not a readable .npy array ({exc})") from exc

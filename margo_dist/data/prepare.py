@@ -1,0 +1,692 @@
+"""Raw interactions and item side files -> a dataset folder (MMRec or Parquet layout).
+
+The steps, in order (each one is vectorised over rows):
+
+1. read the interaction file: CSV, TSV or JSON lines, optionally compressed (.gz,
+   .bz2, .xz: fsspec infers it from the suffix). The format comes from the suffix
+   (.csv, .tsv/.tab, .jsonl/.json/.ndjson) or, for any other suffix (.inter, .txt, ...),
+   from the first line (``{`` -> JSON lines, a tab -> TSV, a comma -> CSV);
+2. duplicate (user, item) pairs: the latest by timestamp is kept (file order breaks
+   ties and stands in for time when there is no timestamp column);
+3. ``min_rating``: only ratings >= the threshold are kept (after step 2, so a user's
+   latest rating of an item decides);
+4. k-core: users and items with fewer than ``k_core`` interactions are dropped,
+   repeatedly, until none is left to drop;
+5. dense ids 0..n-1 in raw-id order (numeric order when every raw id is an
+   integer, else string order), recorded in ``user_map.tsv`` / ``item_map.tsv``;
+6. per-user random split (:func:`split_per_user`);
+7. features: ``text`` from the item file (one sentence per item, encoded by
+   :mod:`margo_dist.data.text_encoder`) and ``image`` from a precomputed table.
+
+Column names: ``columns`` maps ``user``/``item``/``rating``/``timestamp`` to header
+names; otherwise the usual names are recognised (user, user_id, userID, reviewerID;
+item, item_id, itemID, asin, movie_id; rating, overall; timestamp, unixReviewTime).
+RecBole headers (``user_id:token``) are matched by the part before the colon.
+
+Image features are one Parquet file with columns ``item_id`` (the raw item id,
+string or integer) and ``feature`` (list<float> or fixed_size_list<float>, the same
+length in every row). Items without a row get a zero vector (and a note).
+
+Everything is computed before anything is written; ``write_dataset`` writes the
+folder atomically, so a failure leaves no output folder behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from margo_dist.data import io as dio
+from margo_dist.data.dataset import SPLIT_NAMES, Dataset
+from margo_dist.errors import ConfigError, DataError
+
+COLUMN_KEYS = ("user", "item", "rating", "timestamp")
+# Recognised header names per column, in priority order (compared lower-cased,
+# after dropping a RecBole ``:type`` suffix).
+COLUMN_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "user": ("user", "user_id", "userid", "reviewerid", "uid"),
+    "item": ("item", "item_id", "itemid", "asin", "movie_id", "movieid", "iid", "parent_asin"),
+    "rating": ("rating", "overall", "score"),
+    "timestamp": ("timestamp", "unixreviewtime", "time", "ts"),
+}
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+TEXT_TYPES = ("token", "token_seq")  # RecBole field types that hold text
+USER_MAP, ITEM_MAP = "user_map.tsv", "item_map.tsv"
+_INT_ID_RE = r"^[+-]?[0-9]{1,18}$"
+Picker = Callable[[list[str]], list[str]]  # header -> the columns to keep
+
+
+# ---------------------------------------------------------------- split
+
+
+def split_per_user(user: np.ndarray, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> np.ndarray:
+    """Label every interaction 0 (train), 1 (valid) or 2 (test), per user at random.
+
+    Each user's interactions are shuffled (numpy ``Generator(seed)``, one random key
+    per row, so the result depends on the row order given); the valid and test
+    counts are ``round(ratio * n)`` (halves round up), at least 1 each when n >= 3,
+    and train takes the rest, never fewer than 1. Returns int8 labels aligned with
+    ``user``.
+    """
+    r = _check_ratios(ratios)
+    user = np.asarray(user)
+    n = len(user)
+    if n == 0:
+        return np.zeros(0, dtype=np.int8)
+    _, group, counts = np.unique(user, return_inverse=True, return_counts=True)
+    group = group.reshape(-1)
+    key = np.random.default_rng(seed).random(n)
+    order = np.lexsort((key, group))
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    g = group[order]
+    rank = np.arange(n) - starts[g]
+    n_valid, n_test = _split_counts(counts, r)
+    n_train = counts - n_valid - n_test
+    sorted_label = np.where(rank < n_train[g], 0, np.where(rank < (n_train + n_valid)[g], 1, 2))
+    label = np.empty(n, dtype=np.int8)
+    label[order] = sorted_label
+    return label
+
+
+def _check_ratios(ratios: Sequence[float]) -> np.ndarray:
+    r = np.asarray(ratios, dtype=np.float64).reshape(-1)
+    if r.shape != (3,) or not np.all(np.isfinite(r)) or np.any(r < 0) or r[0] <= 0:
+        raise ConfigError(f"split ratios {tuple(ratios)}: expected three non-negative numbers "
+                          "(train, valid, test) with train > 0")
+    return r / r.sum()
+
+
+def _split_counts(counts: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user (valid, test) sizes; see :func:`split_per_user`."""
+    n_valid = np.floor(r[1] * counts + 0.5 + 1e-9).astype(np.int64)
+    n_test = np.floor(r[2] * counts + 0.5 + 1e-9).astype(np.int64)
+    big = counts >= 3
+    if r[1] > 0:
+        n_valid = np.where(big, np.maximum(n_valid, 1), n_valid)
+    if r[2] > 0:
+        n_test = np.where(big, np.maximum(n_test, 1), n_test)
+    n_test = np.minimum(n_test, counts - 1)
+    n_valid = np.minimum(n_valid, counts - 1 - n_test)
+    return n_valid, n_test
+
+
+# ---------------------------------------------------------------- filtering
+
+
+def k_core_mask(user: np.ndarray, item: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """Mask of the interactions in the k-core, and how many passes dropped something.
+
+    ``user``/``item`` are non-negative integer codes. A pass drops every row whose
+    user or item has fewer than ``k`` rows left; passes repeat until one drops nothing.
+    """
+    keep = np.ones(len(user), dtype=bool)
+    if k <= 1 or len(user) == 0:
+        return keep, 0
+    n_u = int(user.max()) + 1
+    n_i = int(item.max()) + 1
+    idx = np.arange(len(user))
+    passes = 0
+    while len(idx):
+        u, i = user[idx], item[idx]
+        ok = (np.bincount(u, minlength=n_u)[u] >= k) & (np.bincount(i, minlength=n_i)[i] >= k)
+        if ok.all():
+            break
+        passes += 1
+        idx = idx[ok]
+    keep[:] = False
+    keep[idx] = True
+    return keep, passes
+
+
+def _latest_per_pair(u: np.ndarray, i: np.ndarray, n_items: int, ts: np.ndarray | None) -> np.ndarray:
+    """Row indices that keep one row per (user, item): the latest, then the last in the file."""
+    key = u.astype(np.int64) * np.int64(max(n_items, 1)) + i
+    order = np.lexsort((ts, key)) if ts is not None else np.argsort(key, kind="stable")
+    k = key[order]
+    last = np.ones(len(k), dtype=bool)
+    last[:-1] = k[1:] != k[:-1]
+    return np.sort(order[last])
+
+
+# ---------------------------------------------------------------- reading raw tables
+
+
+@dataclass
+class _Table:
+    """A raw file as string columns (nulls where a value is absent)."""
+
+    url: str
+    kind: str  # csv | tsv | jsonl
+    header: list[str]
+    columns: dict[str, pa.Array]
+    textual: dict[str, bool] = field(default_factory=dict)  # column holds text (default text fields)
+    raw: bytes = b""  # the decompressed file, to turn a row index into a line number
+
+    @property
+    def n_rows(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def row(self, idx: int) -> str:
+        """``file row N (line L)`` for data row index ``idx`` (blank lines are not rows)."""
+        skip = 0 if self.kind == "jsonl" else 1
+        seen = -1
+        for lineno, line in enumerate(self.raw.split(b"\n"), start=1):
+            if lineno <= skip or not line.strip():
+                continue
+            seen += 1
+            if seen == idx:
+                return f"{self.url} row {idx + 1} (line {lineno})"
+        return f"{self.url} row {idx + 1}"
+
+
+def _base(name: str) -> str:
+    """Header name without RecBole's ``:type`` suffix."""
+    return name.rsplit(":", 1)[0] if ":" in name else name
+
+
+def _type_of(name: str) -> str | None:
+    return name.rsplit(":", 1)[1] if ":" in name else None
+
+
+def _find_column(header: list[str], key: str, url: str, columns: dict | None,
+                 required: bool) -> str | None:
+    """The header entry for logical column ``key`` (from ``columns`` or the usual names)."""
+    wanted = (columns or {}).get(key)
+    if wanted is not None:
+        for h in header:
+            if h == wanted or _base(h) == wanted:
+                return h
+        for h in header:
+            if _base(h).lower() == str(wanted).lower():
+                return h
+        raise DataError(f"{url}: column {wanted!r} (given for {key!r}) is not in the header; "
+                        f"columns found: {header}")
+    lowered = {}
+    for h in header:
+        lowered.setdefault(_base(h).strip().lower(), h)
+    for cand in COLUMN_CANDIDATES[key]:
+        if cand in lowered:
+            return lowered[cand]
+    if required:
+        raise DataError(f"{url}: no {key} column; columns found: {header}; expected one of "
+                        f"{list(COLUMN_CANDIDATES[key])} or set columns={{'{key}': NAME}}")
+    return None
+
+
+def _inner_suffix(url: str) -> str:
+    name = posixpath.basename(url.rstrip("/")).lower()
+    for comp in COMPRESSION_SUFFIXES:
+        if name.endswith(comp):
+            name = name[: -len(comp)]
+            break
+    return posixpath.splitext(name)[1]
+
+
+def _read_bytes(url: str) -> bytes:
+    if not dio.exists(url):
+        raise DataError(f"{url}: file not found")
+    try:
+        with dio.open_url(url, "rb", compression="infer") as fh:
+            raw = fh.read()
+    except (OSError, EOFError, ValueError) as exc:
+        raise DataError(f"{url}: cannot read or decompress ({exc})") from exc
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    return raw
+
+
+def _detect_kind(url: str, raw: bytes) -> str:
+    suffix = _inner_suffix(url)
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".tsv", ".tab"):
+        return "tsv"
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    first = next((ln for ln in raw.split(b"\n") if ln.strip()), b"")
+    if first.lstrip().startswith(b"{"):
+        return "jsonl"
+    if b"\t" in first:
+        return "tsv"
+    if b"," in first:
+        return "csv"
+    raise DataError(f"{url}: cannot tell the format from the suffix {suffix!r} or the first line "
+                    f"{first[:80]!r}; use .csv, .tsv or .jsonl")
+
+
+def _read_table(url: str, pick: Picker | None = None) -> _Table:
+    """Read ``url`` into string columns; ``pick(header)`` chooses the columns to keep."""
+    raw = _read_bytes(url)
+    if not raw.strip():
+        raise DataError(f"{url}: the file is empty")
+    kind = _detect_kind(url, raw)
+    if kind == "jsonl":
+        return _read_jsonl(url, raw, pick)
+    return _read_delimited(url, raw, kind, pick)
+
+
+def _read_delimited(url: str, raw: bytes, kind: str, pick: Picker | None) -> _Table:
+    delim = "\t" if kind == "tsv" else ","
+    first = raw.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
+    header = next(csv.reader([first], delimiter=delim, quoting=csv.QUOTE_NONE if kind == "tsv"
+                             else csv.QUOTE_MINIMAL))
+    header = [h.strip() for h in header]
+    if not any(header):
+        raise DataError(f"{url}: line 1: empty header")
+    if len(set(header)) != len(header):
+        raise DataError(f"{url}: line 1: the header repeats a column name ({header})")
+    chosen = pick(header) if pick else header
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(raw),
+            read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=1 << 26),
+            parse_options=pacsv.ParseOptions(delimiter=delim, quote_char=False if kind == "tsv" else '"'),
+            convert_options=pacsv.ConvertOptions(include_columns=chosen,
+                                                 column_types={c: pa.string() for c in chosen},
+                                                 strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        where = _bad_delimited_row(raw, kind, len(header))
+        raise DataError(f"{url}{where}: not readable as {kind.upper()} ({exc})") from exc
+    cols = {c: _one_chunk(table.column(c)) for c in chosen}
+    typed = {h: _type_of(h) for h in header}
+    textual = {}
+    for c in chosen:
+        t = typed[c]
+        textual[c] = (t in TEXT_TYPES) if t is not None else _has_non_numeric(cols[c])
+    return _Table(url, kind, header, cols, textual, raw)
+
+
+def _bad_delimited_row(raw: bytes, kind: str, n_fields: int) -> str:
+    """Which row has the wrong number of fields (only run after parsing failed)."""
+    text = raw.decode("utf-8", errors="replace").splitlines()
+    reader = (ln.split("\t") for ln in text) if kind == "tsv" else csv.reader(text)
+    row = 0
+    for lineno, fields in enumerate(reader, start=1):
+        if lineno == 1 or not fields or fields == [""]:
+            continue
+        row += 1
+        if len(fields) != n_fields:
+            return f" row {row} (line {lineno}): {len(fields)} fields where the header has {n_fields}"
+    return ""
+
+
+def _read_jsonl(url: str, raw: bytes, pick: Picker | None) -> _Table:
+    try:
+        table = pajson.read_json(io.BytesIO(raw), read_options=pajson.ReadOptions(block_size=1 << 26))
+        header = list(table.column_names)
+        chosen = pick(header) if pick else header
+        cols, textual = {}, {}
+        for c in chosen:
+            arr = _one_chunk(table.column(c))
+            textual[c] = _arrow_textual(arr.type)
+            cols[c] = _arrow_to_text(arr)
+        return _Table(url, "jsonl", header, cols, textual, raw)
+    except pa.ArrowInvalid:
+        return _read_jsonl_python(url, raw, pick)
+
+
+def _read_jsonl_python(url: str, raw: bytes, pick: Picker | None) -> _Table:
+    """Line-by-line reader: tolerates mixed value types and names the line of a bad object."""
+    records: list[dict] = []
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{url} row {len(records) + 1} (line {lineno}): not valid JSON ({exc})") from exc
+        if not isinstance(obj, dict):
+            raise DataError(f"{url} row {len(records) + 1} (line {lineno}): expected a JSON object, "
+                            f"got {type(obj).__name__}")
+        records.append(obj)
+    header: list[str] = list(dict.fromkeys(k for rec in records for k in rec))
+    chosen = pick(header) if pick else header
+    cols, textual = {}, {}
+    for c in chosen:
+        values = [rec.get(c) for rec in records]
+        textual[c] = any(isinstance(v, (str, list)) for v in values)
+        cols[c] = pa.array([None if v is None else _text_of(v) for v in values], type=pa.string())
+    return _Table(url, "jsonl", header, cols, textual, raw)
+
+
+def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
+    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+
+
+def _arrow_textual(t: pa.DataType) -> bool:
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _arrow_to_text(arr: pa.Array) -> pa.Array:
+    """Any JSON column as strings: scalars cast, lists flattened to space-joined text."""
+    t = arr.type
+    if pa.types.is_string(t):
+        return arr
+    if pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_floating(t) \
+            or pa.types.is_boolean(t):
+        return pc.cast(arr, pa.string())
+    if pa.types.is_null(t):
+        return pa.nulls(len(arr), pa.string())
+    return pa.array([None if v is None else _text_of(v) for v in arr.to_pylist()], type=pa.string())
+
+
+def _text_of(value: object) -> str:
+    """A JSON value as text: lists flattened, numbers written out, objects as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = (_text_of(v) for v in value if v is not None)
+        return " ".join(p for p in parts if p)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _has_non_numeric(col: pa.Array) -> bool:
+    """A header without types counts as text when some non-empty value is not a number."""
+    trimmed = pc.utf8_trim_whitespace(col)
+    nonempty = pc.filter(trimmed, pc.not_equal(trimmed, ""))
+    if len(nonempty) == 0:
+        return False
+    numeric = pc.match_substring_regex(nonempty, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+    return not pc.all(numeric).as_py()
+
+
+def _ids(table: _Table, col: str) -> pa.Array:
+    """An id column with surrounding whitespace removed; an empty id is an error."""
+    arr = pc.utf8_trim_whitespace(table.columns[col])
+    missing = np.asarray(pc.fill_null(pc.equal(arr, ""), True).to_numpy(zero_copy_only=False), dtype=bool)
+    if missing.any():
+        idx = int(np.flatnonzero(missing)[0])
+        raise DataError(f"{table.row(idx)}, field {col}: empty id ({int(missing.sum())} such rows)")
+    return arr
+
+
+def _floats(table: _Table, col: str) -> np.ndarray:
+    """A numeric column as float64; the first unparseable or non-finite value is an error naming its row."""
+    arr = pc.utf8_trim_whitespace(table.columns[col])
+    try:
+        out = pc.cast(arr, pa.float64())
+        if out.null_count == 0:
+            values = out.to_numpy(zero_copy_only=False)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if len(bad) == 0:
+                return values
+            idx = int(bad[0])
+            raise DataError(f"{table.row(idx)}, field {col}: {arr[idx].as_py()!r} is not a finite number "
+                            f"({len(bad)} such rows)")
+    except pa.ArrowInvalid:
+        pass
+    for idx, v in enumerate(arr.to_pylist()):
+        try:
+            if v is None:
+                raise ValueError
+            float(v)
+        except ValueError:
+            raise DataError(f"{table.row(idx)}, field {col}: {v!r} is not a number") from None
+    raise DataError(f"{table.url}: field {col}: not readable as numbers")
+
+
+def _natural_order(ids: pa.Array) -> np.ndarray:
+    """Permutation sorting raw ids: by integer value when all are integers, else as strings."""
+    strs = np.asarray(ids.to_numpy(zero_copy_only=False)).astype(str)
+    if len(strs) and pc.all(pc.match_substring_regex(ids, _INT_ID_RE)).as_py():
+        return np.lexsort((strs, strs.astype(np.int64)))
+    return np.argsort(strs, kind="stable")
+
+
+def _codes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes whose order is the raw ids' natural order, and the raw ids by code."""
+    enc = pc.dictionary_encode(arr)
+    idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    dictionary = enc.dictionary
+    perm = _natural_order(dictionary)
+    rank = np.empty(len(perm), dtype=np.int64)
+    rank[perm] = np.arange(len(perm))
+    raw = np.asarray(dictionary.to_numpy(zero_copy_only=False)).astype(str)[perm]
+    return rank[idx], raw
+
+
+# ---------------------------------------------------------------- features
+
+
+def _item_texts(url: str, item_raw: np.ndarray, text_fields: list[str] | None, columns: dict | None,
+                notes: list[str]) -> list[str]:
+    """One sentence per dense item: the chosen fields joined by '. '; '' where there is none."""
+    table = _read_table(url)
+    named = (columns or {}).get("item")
+    # the interaction file's item column name applies here only when this file has it too
+    use = columns if named is not None and any(h == named or _base(h) == named for h in table.header) else None
+    id_col = _find_column(table.header, "item", url, use, required=True)
+    if text_fields is None:
+        fields = [h for h in table.header if h != id_col and table.textual.get(h)]
+        if not fields:
+            raise DataError(f"{url}: no text column besides the id column {id_col!r}; columns found: "
+                            f"{table.header}; name them with text_fields")
+    else:
+        fields = []
+        for f in text_fields:
+            match = [h for h in table.header if h == f or _base(h) == f]
+            if not match:
+                raise DataError(f"{url}: text field {f!r} is not a column; columns found: {table.header}")
+            fields.append(match[0])
+    ids = np.asarray(_ids(table, id_col).to_numpy(zero_copy_only=False)).astype(str)
+    values = [[(v or "").strip() for v in table.columns[f].to_pylist()] for f in fields]
+    sentences: dict[str, str] = {}
+    dup = 0
+    for row, raw_id in enumerate(ids):
+        if raw_id in sentences:
+            dup += 1
+            continue
+        sentences[raw_id] = ". ".join(v[row] for v in values if v[row])
+    if dup:
+        notes.append(f"{url}: {dup} rows repeat an item id already seen; the first row of each id is used")
+    texts = [sentences.get(r, "") for r in item_raw]
+    missing = sum(1 for t in texts if not t)
+    if missing:
+        notes.append(f"{url}: {missing} of {len(texts)} items have no text; their text feature is a zero vector")
+    return texts
+
+
+def _image_features(url: str, item_raw: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Rows of the Parquet table (item_id, feature) in dense item order; absent items are zero."""
+    if not dio.exists(url):
+        raise DataError(f"{url}: file not found")
+    fs, path = dio.fs_and_path(url)
+    try:
+        with fs.open(path, "rb") as fh:
+            schema = pq.read_schema(fh)
+            for c in ("item_id", "feature"):
+                if c not in schema.names:
+                    raise DataError(f"{url}: required column {c!r} is missing (found {schema.names})")
+            fh.seek(0)
+            table = pq.read_table(fh, columns=["item_id", "feature"])
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{url}: not a readable Parquet file ({exc})") from exc
+    ids_arr = _one_chunk(table.column("item_id"))
+    if ids_arr.null_count:
+        idx = int(np.flatnonzero(ids_arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{url} row {idx + 1}, field item_id: missing value")
+    ids = np.asarray(pc.cast(ids_arr, pa.string()).to_numpy(zero_copy_only=False)).astype(str)
+    feat = _one_chunk(table.column("feature"))
+    t = feat.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
+            or not (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
+        raise DataError(f"{url}: field feature has type {t}; expected list<float>")
+    if feat.null_count:
+        idx = int(np.flatnonzero(feat.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{url} row {idx + 1} (item {ids[idx]}), field feature: missing vector")
+    lengths = pc.list_value_length(feat).to_numpy(zero_copy_only=False)
+    dim = int(lengths[0]) if len(lengths) else 0
+    bad = np.flatnonzero(lengths != dim)
+    if len(bad):
+        idx = int(bad[0])
+        raise DataError(f"{url} row {idx + 1} (item {ids[idx]}), field feature: length {int(lengths[idx])}, "
+                        f"row 1 has {dim}")
+    if dim == 0:
+        raise DataError(f"{url}: field feature: no rows or empty vectors")
+    flat = pc.list_flatten(feat)
+    if flat.null_count:
+        pos = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{url} row {pos // dim + 1} (item {ids[pos // dim]}), field feature: missing value")
+    matrix = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(ids), dim)
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        idx = int(np.flatnonzero(~finite)[0])
+        raise DataError(f"{url} row {idx + 1} (item {ids[idx]}), field feature: non-finite value")
+    uniq, first = np.unique(ids, return_index=True)
+    if len(uniq) != len(ids):
+        notes.append(f"{url}: {len(ids) - len(uniq)} rows repeat an item id; the first row of each id is used")
+    pos = np.searchsorted(uniq, item_raw)
+    pos_c = np.minimum(pos, max(len(uniq) - 1, 0))
+    found = (pos < len(uniq)) & (uniq[pos_c] == item_raw)
+    out = np.zeros((len(item_raw), dim), dtype=np.float32)
+    out[found] = matrix[first[pos_c[found]]]
+    if not found.all():
+        notes.append(f"{url}: {int((~found).sum())} of {len(item_raw)} items have no image feature; "
+                     "their image feature is a zero vector")
+    return out
+
+
+def _mapping_file(raw: np.ndarray, url: str, what: str) -> bytes:
+    """``raw_id<TAB>id`` lines (header first); an id that would break the TSV is an error."""
+    for r in raw:
+        if "\t" in r or "\n" in r or "\r" in r:
+            raise DataError(f"{url}: {what} id {r!r} contains a tab or line break; it cannot be recorded")
+    lines = ["raw_id\tid"] + [f"{r}\t{i}" for i, r in enumerate(raw)]
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------- the step
+
+
+def _dataset_name(url: str) -> str:
+    name = posixpath.basename(url.rstrip("/"))
+    for comp in COMPRESSION_SUFFIXES:
+        if name.lower().endswith(comp):
+            name = name[: -len(comp)]
+            break
+    stem = posixpath.splitext(name)[0]
+    return stem or "dataset"
+
+
+def prepare(interactions_url: str, out_url: str, items_url: str | None = None,
+            image_features_url: str | None = None, k_core: int = 5, seed: int = 0,
+            split: tuple[float, float, float] = (0.8, 0.1, 0.1), fmt: str = "mmrec",
+            text_fields: list[str] | None = None, text_encoder: str = "minilm",
+            min_rating: float | None = None, columns: dict | None = None, progress: bool = True,
+            text_modalities: dict[str, list[str]] | None = None) -> Dataset:
+    """Build the dataset folder at ``out_url`` from raw files (steps in the module docstring).
+
+    ``items_url`` gives the ``text`` modality (``text_fields`` joined), or one text
+    modality per entry of ``text_modalities`` (name -> fields), e.g. MovieLens titles
+    and genres as two modalities so that fusion has something to weigh;
+    ``image_features_url`` gives the ``image`` one; at least one is needed. Returns
+    the dataset that was written.
+    """
+    from margo_dist.data.formats import FORMATS, write_dataset
+    from margo_dist.data.text_encoder import ENCODERS, encode_texts, minilm_model_dir
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"output format {fmt!r} is not one of {list(FORMATS)}")
+    if items_url is None and image_features_url is None:
+        raise ConfigError("prepare needs an item text file or an image feature file: "
+                          "a dataset needs at least one modality")
+    if items_url is not None and text_encoder not in ENCODERS:
+        raise ConfigError(f"text encoder {text_encoder!r} is not one of {list(ENCODERS)}")
+    if not isinstance(k_core, int) or k_core < 0:
+        raise ConfigError(f"k_core={k_core!r}: expected a non-negative integer")
+    if items_url is not None and text_encoder == "minilm":
+        minilm_model_dir()  # fail before the work, not after it, when the extra is missing
+    unknown = sorted(set(columns or {}) - set(COLUMN_KEYS))
+    if unknown:
+        raise ConfigError(f"columns: unknown key(s) {unknown}; expected some of {list(COLUMN_KEYS)}")
+    ratios = _check_ratios(split)
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"[prepare] {msg}", file=sys.stderr, flush=True)
+
+    notes: list[str] = []
+    found: dict[str, str | None] = {}
+
+    def pick(header: list[str]) -> list[str]:
+        found["user"] = _find_column(header, "user", interactions_url, columns, required=True)
+        found["item"] = _find_column(header, "item", interactions_url, columns, required=True)
+        found["rating"] = _find_column(header, "rating", interactions_url, columns,
+                                       required=min_rating is not None)
+        found["timestamp"] = _find_column(header, "timestamp", interactions_url, columns, required=False)
+        return list(dict.fromkeys(c for c in found.values() if c is not None))
+
+    table = _read_table(interactions_url, pick)
+    n_raw = table.n_rows
+    if n_raw == 0:
+        raise DataError(f"{interactions_url}: no interaction rows")
+    u_code, user_raw = _codes(_ids(table, found["user"]))
+    i_code, item_raw = _codes(_ids(table, found["item"]))
+    ts = _floats(table, found["timestamp"]) if found["timestamp"] else None
+    rating = _floats(table, found["rating"]) if min_rating is not None else None
+    say(f"read {n_raw} rows, {len(user_raw)} users, {len(item_raw)} items from {interactions_url}")
+
+    rows = _latest_per_pair(u_code, i_code, len(item_raw), ts)
+    if len(rows) < n_raw:
+        notes.append(f"{interactions_url}: {n_raw - len(rows)} repeated (user, item) rows dropped; "
+                     "the latest of each pair is kept")
+    if rating is not None:
+        rows = rows[rating[rows] >= min_rating]
+        say(f"min_rating {min_rating}: {len(rows)} interactions left")
+    u, i = u_code[rows], i_code[rows]
+    keep, passes = k_core_mask(u, i, k_core)
+    u, i = u[keep], i[keep]
+    if len(u) == 0:
+        raise DataError(f"{interactions_url}: no interaction is left after filtering "
+                        f"(min_rating={min_rating}, k_core={k_core})")
+    say(f"{k_core}-core: {len(u)} interactions left (filtering passes: {passes})")
+
+    users_kept = np.unique(u)
+    items_kept = np.unique(i)
+    user = np.searchsorted(users_kept, u).astype(np.int64)
+    item = np.searchsorted(items_kept, i).astype(np.int64)
+    order = np.lexsort((item, user))
+    user, item = user[order], item[order]
+    label = split_per_user(user, tuple(ratios), seed)
+    user_ids, item_ids = user_raw[users_kept], item_raw[items_kept]
+
+    features: dict[str, np.ndarray] = {}
+    if image_features_url is not None:
+        features["image"] = _image_features(image_features_url, item_ids, notes)
+        say(f"image features {features['image'].shape} from {image_features_url}")
+    if items_url is not None:
+        groups = text_modalities or {"text": text_fields}
+        for name, fields in groups.items():
+            if name in features:
+                raise ConfigError(f"text modality name {name!r} is used twice")
+            texts = _item_texts(items_url, item_ids, fields, columns, notes)
+            say(f"encoding {len(texts)} item texts for modality {name!r} with {text_encoder}")
+            features[name] = encode_texts(texts, encoder=text_encoder, progress=progress)
+
+    ds = Dataset(name=_dataset_name(interactions_url), n_users=len(user_ids), n_items=len(item_ids),
+                 user=user, item=item, label=label, features=features, source=interactions_url, notes=notes)
+    extra = {USER_MAP: _mapping_file(user_ids, interactions_url, "user"),
+             ITEM_MAP: _mapping_file(item_ids, interactions_url, "item")}
+    write_dataset(ds, out_url, fmt, extra=extra)
+    counts = ", ".join(f"{SPLIT_NAMES[k]} {int((label == k).sum())}" for k in SPLIT_NAMES)
+    say(f"wrote {out_url} ({fmt}): {ds.n_users} users, {ds.n_items} items, {len(user)} interactions ({counts})")
+    for note in notes:
+        say(f"note: {note}")
+    return ds
