@@ -48,14 +48,6 @@ class EdgeList:
             self.csr = coo.to_sparse_csr()
             self.csr_t = coo.t().coalesce().to_sparse_csr()
 
-    def __getstate__(self) -> dict:
-        """Pickle (DataLoader workers) without the sparse forms; they are rebuilt on load."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("csr", "csr_t")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.__post_init__()
-
     def to(self, device: torch.device | str) -> "EdgeList":
         if self.src.device == torch.device(device):
             return self

@@ -97,8 +97,8 @@ def test_workers_give_the_same_batches(small):
         # same batches in the same order; DGL's per-thread RNG makes the samples differ
         assert torch.equal(x.users, y.users) and torch.equal(x.neg, y.neg)
         assert torch.equal(x.graph.output_items, y.graph.output_items)
-    again = pickle.loads(pickle.dumps(a[0].graph.item_item))
-    assert torch.equal(again.csr.to_dense(), a[0].graph.item_item.csr.to_dense())
+    again = pickle.loads(pickle.dumps(b[0].graph.item_item))
+    assert torch.equal(again.csr.to_dense(), b[0].graph.item_item.csr.to_dense())
 
 
 def test_fanout_errors():
