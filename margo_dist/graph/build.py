@@ -75,7 +75,28 @@ def _order_by_value_then_id(val: torch.Tensor, idx: torch.Tensor) -> tuple[torch
     return val.gather(1, by_val), idx.gather(1, by_val)
 
 
-def _tied_topk(x: torch.Tensor, rows: torch.Tensor, k: int, chunk_elems: int = 1 << 24
+class _UnitRows:
+    """Rows of ``x`` scaled to unit length on demand, so no normalised copy of ``x`` is held.
+
+    A zero row stays zero (its cosine with everything is 0). Scaling a slice costs
+    rows * dim, against block_rows times as much for the products that use it.
+    """
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self.norm = torch.linalg.vector_norm(x, dim=1).clamp_min(torch.finfo(torch.float32).tiny)[:, None]
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        return self.x[start:stop] / self.norm[start:stop]
+
+    def take(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.x[ids] / self.norm[ids]
+
+
+def _tied_topk(unit: _UnitRows, rows: torch.Tensor, k: int, cols: int, chunk_elems: int = 1 << 24
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k of whole similarity rows where the k-th value is tied: lowest ids win.
 
@@ -83,12 +104,15 @@ def _tied_topk(x: torch.Tensor, rows: torch.Tensor, k: int, chunk_elems: int = 1
     near ``chunk_elems`` elements), takes every value above the row's k-th value and
     then the first ids equal to it. Only rows with such a tie come here.
     """
-    n = x.shape[0]
+    n = len(unit)
     step = max(1, chunk_elems // max(1, n))
     out_v, out_i = [], []
     for start in range(0, rows.numel(), step):
         r = rows[start:start + step]
-        sub = x[r] @ x.T
+        xr = unit.take(r)
+        sub = torch.empty((r.numel(), n), dtype=xr.dtype, device=xr.device)
+        for c0 in range(0, n, cols):
+            torch.mm(xr, unit.rows(c0, min(n, c0 + cols)).T, out=sub[:, c0:c0 + cols])
         sub[torch.arange(r.numel(), device=sub.device), r] = float("-inf")
         kth = torch.topk(sub, k, dim=1).values[:, -1:]
         above = sub > kth
@@ -113,9 +137,10 @@ def item_knn(features: np.ndarray, k: int, block_rows: int = 2048, *, progress: 
     Each block of ``block_rows`` rows is scored against ``col_chunk`` items at a
     time into one reused buffer, keeping each chunk's best k + 1; the extra candidate
     shows whether the k-th place is tied, and only tied rows are recomputed whole to
-    break the tie by id. Memory: block_rows * col_chunk floats plus the features.
-    Similarities can differ in the last bit between block sizes (BLAS picks kernels
-    by shape); the neighbours do not, unless two of them are that close.
+    break the tie by id. Memory beyond the features (a float32 copy only if they are
+    not float32 already): block_rows * col_chunk floats. Similarities can differ in
+    the last bit between block sizes (BLAS picks kernels by shape), and so can the
+    order of neighbours whose similarities differ only there.
     """
     feats = np.asarray(features)
     if feats.ndim != 2:
@@ -129,23 +154,25 @@ def item_knn(features: np.ndarray, k: int, block_rows: int = 2048, *, progress: 
     if kk == 0:
         return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
     x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).to(device)
-    finite = torch.isfinite(x).all(dim=1)
-    if not bool(finite.all()):
-        row = int(torch.nonzero(~finite)[0, 0])
-        raise DataError(f"{name}: item row {row} holds a non-finite value (NaN or inf)")
-    x = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    check_rows = max(1, (1 << 24) // max(1, x.shape[1]))
+    for c0 in range(0, n, check_rows):
+        finite = torch.isfinite(x[c0:c0 + check_rows]).all(dim=1)
+        if not bool(finite.all()):
+            row = c0 + int(torch.nonzero(~finite)[0, 0])
+            raise DataError(f"{name}: item row {row} holds a non-finite value (NaN or inf)")
+    unit = _UnitRows(x)
     idx_out = np.empty((n, kk), np.int64)
     sim_out = np.empty((n, kk), np.float32)
     probe = min(kk + 1, n)  # self is -inf, so it is never the tied (k+1)-th
     cols = min(col_chunk, n)
     buf = torch.empty((min(block_rows, n), cols), dtype=torch.float32, device=x.device)
     for start, stop in _blocks(n, block_rows, progress, f"item kNN {name}"):
-        xb = x[start:stop]
+        xb = unit.rows(start, stop)
         cand_v, cand_i = [], []
         for c0 in range(0, n, cols):
             c1 = min(n, c0 + cols)
             sims = buf[:stop - start, :c1 - c0]
-            torch.mm(xb, x[c0:c1].T, out=sims)
+            torch.mm(xb, unit.rows(c0, c1).T, out=sims)
             lo, hi = max(start, c0), min(stop, c1)
             if lo < hi:
                 diag = torch.arange(lo, hi, device=x.device)
@@ -159,7 +186,7 @@ def item_knn(features: np.ndarray, k: int, block_rows: int = 2048, *, progress: 
             tied = torch.nonzero(val[:, kk] == val[:, kk - 1]).flatten()
             val, idx = val[:, :kk].clone(), idx[:, :kk].clone()
             if tied.numel():
-                val[tied], idx[tied] = _tied_topk(x, tied + start, kk)
+                val[tied], idx[tied] = _tied_topk(unit, tied + start, kk, cols)
         val, idx = _order_by_value_then_id(val, idx)
         idx_out[start:stop] = idx.cpu().numpy()
         sim_out[start:stop] = val.cpu().numpy()
