@@ -123,9 +123,7 @@ def write_dataset(ds: Dataset, url: str, fmt: str, extra: dict[str, bytes] | Non
             _write_parquet(ds, tmp_url)
         for rel, data in (extra or {}).items():
             _write_extra(tmp_url, rel, data)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-        fs.mv(tmp_path, path, recursive=True)
+        dio.move_into_place(fs, tmp_path, path)
     except BaseException:
         if fs.exists(tmp_path):
             fs.rm(tmp_path, recursive=True)

@@ -84,6 +84,16 @@ def atomic_write(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
+def move_into_place(fs: fsspec.AbstractFileSystem, tmp: str, path: str) -> None:
+    """Replace folder ``path`` by the finished temporary folder ``tmp`` (same filesystem)."""
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    fs.mv(tmp, path, recursive=True)
+
+
 def save_npy(url: str, array: np.ndarray) -> None:
     """Write ``array`` as .npy (atomic)."""
     with atomic_write(url, "wb") as fh:

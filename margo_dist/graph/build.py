@@ -364,12 +364,7 @@ def save_graphs(g: GraphArtifacts, url: str) -> None:
                     return
             except DataError:
                 pass
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-        parent = posixpath.dirname(path)
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        fs.mv(tmp_path, path, recursive=True)
+        mio.move_into_place(fs, tmp_path, path)
     finally:
         if fs.exists(tmp_path):
             fs.rm(tmp_path, recursive=True)

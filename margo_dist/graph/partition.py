@@ -240,12 +240,7 @@ def _publish(local_dir: str, rel_paths: list[str], out_url: str) -> None:
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         _upload(local_dir, rel_paths + [MANIFEST], fs, tmp)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-        parent = posixpath.dirname(path)
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        fs.mv(tmp, path, recursive=True)
+        mio.move_into_place(fs, tmp, path)
     finally:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
