@@ -61,27 +61,3 @@ def calibration_term(model: Recommender, cfg: ModelConfig, r_pos: Tensor, r_neg:
     w_pos, w_neg = model.item_weights(pos), model.item_weights(neg)
     cal = losses.calibration_loss(z, mask, gamma, w_pos, w_neg, stop_grad=cfg.variant != "wo_nograd")
     return cal, float(((gamma > 0) & mask).float().mean())
-
-
-@torch.no_grad()
-def weight_detection_auc(weights: Tensor, unreliable: Tensor) -> float:
-    """ROC AUC of ``-weight`` as a detector of unreliable (item, modality) pairs.
-
-    weights, unreliable: [n_items, M]. 1.0 means every noisy pair has a lower weight
-    than every clean pair; 0.5 is chance. Ties count one half.
-    """
-    score = -weights.flatten().double()
-    label = unreliable.flatten().bool()
-    n_pos, n_neg = int(label.sum()), int((~label).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUC needs both unreliable and reliable pairs")
-    order = torch.argsort(score)
-    sorted_score = score[order]
-    ranks = torch.empty_like(score)
-    # average ranks over ties
-    _, inverse, counts = torch.unique_consecutive(sorted_score, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    avg = ends - (counts.double() - 1) / 2
-    ranks[order] = avg[inverse]
-    rank_sum = ranks[label].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

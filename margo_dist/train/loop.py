@@ -23,9 +23,9 @@ from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
 from margo_dist.graph.tensors import Batch, FullGraph, full_graph
 from margo_dist.errors import MargoError
 from margo_dist.model.margo import CALIBRATE, PRETRAIN, Recommender, build_model, stages_for
-from margo_dist.model.objective import triplet_loss, weight_detection_auc
+from margo_dist.model.objective import triplet_loss
 from margo_dist.train.batches import TripletSampler
-from margo_dist.train.metrics import csr_from_pairs, full_ranking_eval
+from margo_dist.train.metrics import csr_from_pairs, full_ranking_eval, weight_detection_auc
 from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
 
 

@@ -10,7 +10,7 @@ from margo_dist.config import ModelConfig
 from margo_dist.graph.build import GraphArtifacts
 from margo_dist.graph.tensors import full_graph
 from margo_dist.model.margo import CALIBRATE, DRAGON, PRETRAIN, build_model, fuse, modality_ratings, stages_for
-from margo_dist.model.objective import calibration_term, triplet_loss, weight_detection_auc
+from margo_dist.model.objective import calibration_term, triplet_loss
 
 N_USERS, N_ITEMS = 4, 5
 TRAIN = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (3, 0), (3, 4), (2, 1)]
@@ -189,15 +189,3 @@ def test_stages_of_each_variant():
     assert stages_for("dragon") == [DRAGON]
     with pytest.raises(ValueError, match="nope"):
         stages_for("nope")
-
-
-def test_weight_detection_auc_hand_values():
-    w = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
-    bad = torch.tensor([[False, True], [True, False], [False, False]])
-    # noisy weights 0.1, 0.2; clean 0.9, 0.8, 0.6, 0.4: every noisy pair is lower -> AUC 1
-    assert weight_detection_auc(w, bad) == pytest.approx(1.0)
-    bad2 = torch.tensor([[True, False], [False, False], [False, False]])
-    # noisy 0.9 is above all five clean weights -> 0
-    assert weight_detection_auc(w, bad2) == pytest.approx(0.0)
-    tie = torch.tensor([[0.5, 0.5]])
-    assert weight_detection_auc(tie, torch.tensor([[True, False]])) == pytest.approx(0.5)

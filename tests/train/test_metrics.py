@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from margo_dist.train.metrics import (
+    weight_detection_auc,
     csr_from_pairs,
     full_ranking_eval,
     full_ranking_sums,
@@ -214,3 +215,15 @@ def test_bad_inputs_are_rejected() -> None:
         ranking_metrics(np.zeros((2, 3), np.int64), [np.array([1]), np.array([2])], ks=[5])
     with pytest.raises(ValueError, match="eval_users"):
         full_ranking_eval(lambda ids: scores[ids], np.array([0, 4]), train, heldout, ks=[2])
+
+
+def test_weight_detection_auc_hand_values():
+    w = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    bad = torch.tensor([[False, True], [True, False], [False, False]])
+    # noisy weights 0.1, 0.2; clean 0.9, 0.8, 0.6, 0.4: every noisy pair is lower -> AUC 1
+    assert weight_detection_auc(w, bad) == pytest.approx(1.0)
+    bad2 = torch.tensor([[True, False], [False, False], [False, False]])
+    # noisy 0.9 is above all five clean weights -> 0
+    assert weight_detection_auc(w, bad2) == pytest.approx(0.0)
+    tie = torch.tensor([[0.5, 0.5]])
+    assert weight_detection_auc(tie, torch.tensor([[True, False]])) == pytest.approx(0.5)
