@@ -41,6 +41,8 @@ def check_fanouts(fanouts: dict[str, list[int]], n_layers: int) -> dict[str, lis
     for rel in RELATIONS:
         want = n_layers if rel in ("ui", "iu") else 1
         values = fanouts.get(rel, [-1] * want)
+        if want == 0:  # no propagation step (BPR-MF): the ui/iu fan-outs are not used
+            values = []
         if len(values) != want:
             raise ConfigError(f"sampler.fanouts.{rel}={values} needs {want} entries (model.n_layers={n_layers})")
         for v in values:

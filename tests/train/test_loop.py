@@ -132,3 +132,10 @@ def test_stage_two_from_another_runs_pretraining(data_dir, tmp_path):
     with pytest.raises(Exception, match="model.dim=8, this run has 16"):
         train(cfg_for(data_dir, str(tmp_path / "c"), "model.dim=16", f"run.pretrained={tmp_path / 'a'}"),
               log=lambda _m: None)
+
+
+def test_sampled_mode_runs_every_encoder_with_default_fanouts(data_dir, tmp_path):
+    for variant in ("bpr_mf", "lightgcn"):
+        summary = train(cfg_for(data_dir, str(tmp_path / variant), "train.mode=sampled", f"model.variant={variant}",
+                                "sampler.num_workers=0", "train.max_epochs=1"), log=lambda _m: None)
+        assert summary["test"]["recall@20"] > 0.0
