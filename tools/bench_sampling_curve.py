@@ -110,6 +110,7 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        rows = sorted(rows, key=lambda r: r["interactions"])
         fig, ax = plt.subplots(figsize=(6, 4))
         x = [r["interactions"] for r in rows]
         ax.plot(x, [r["full"]["epoch_s"] for r in rows], "o-", label="full graph")
