@@ -69,6 +69,7 @@ class TrainConfig:
 
     seed: int = 1
     lr: float = 1e-3
+    weight_lr: float = 0.0  # learning rate of the fusion-weight tables (θ); 0: train.lr
     batch_size: int = 2048
     max_epochs: int = 200
     patience: int = 20  # evaluations without validation improvement before stopping

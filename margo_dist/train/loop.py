@@ -178,7 +178,15 @@ class Trainer:
         yield from sampled_batches(self.block_sampler, triplets, seed, self.cfg.sampler.num_workers)
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+        """Adam; the fusion-weight tables get ``train.weight_lr`` when it is set."""
+        weight_tables = [t for t in (self.model.theta, self.model.user_weight) if t is not None]
+        if self.cfg.train.weight_lr <= 0 or not weight_tables:
+            return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+        table_ids = {id(p) for t in weight_tables for p in t.parameters()}
+        rest = [p for p in self.model.parameters() if id(p) not in table_ids]
+        tables = [p for p in self.model.parameters() if id(p) in table_ids]
+        return torch.optim.Adam([{"params": rest}, {"params": tables, "lr": self.cfg.train.weight_lr}],
+                                lr=self.cfg.train.lr)
 
     def _fresh_stage_state(self, stage_index: int) -> dict[str, Any]:
         return {"stage_index": stage_index, "epoch": 0, "best_metric": -1.0, "best_epoch": 0, "bad_evals": 0,
