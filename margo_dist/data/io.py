@@ -100,6 +100,11 @@ def save_npy(url: str, array: np.ndarray) -> None:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
 def load_npy(url: str, mmap: bool = False) -> np.ndarray:
     """Read a .npy file, refusing pickled object arrays.
 
@@ -109,8 +114,9 @@ def load_npy(url: str, mmap: bool = False) -> np.ndarray:
     if not fs.exists(path):
         raise DataError(f"{url}: file not found")
     try:
-        if mmap and fs.protocol in ("file", ("file", "local")) or (mmap and "local" in str(fs.protocol)):
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+        if _is_local(fs):
+            # straight from disk: no second in-memory copy of a large feature table
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         with fs.open(path, "rb") as fh:
             data = fh.read()
         return np.load(io.BytesIO(data), allow_pickle=False)
