@@ -97,8 +97,8 @@ def main() -> None:
               f"ratio {r['sampled']['epoch_s'] / r['full']['epoch_s']:.2f}  receptive field items "
               f"{r['sampled']['field_items']:.0%} users {r['sampled']['field_users']:.0%}", flush=True)
     print(f"\nfan-outs {args.fanouts}; batch 2048; epoch = mean of {args.batches} steps x steps per epoch")
-    print(f"| size | users | items | interactions | full s/epoch | sampled s/epoch | sampled/full | "
-          f"items reached | users reached |")
+    print("| size | users | items | interactions | full s/epoch | sampled s/epoch | sampled/full | "
+          "items reached | users reached |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']} | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | {r['full']['epoch_s']:.0f} | "

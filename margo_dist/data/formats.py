@@ -346,7 +346,8 @@ def _read_meta(url: str) -> dict[str, Any]:
     return meta
 
 
-def _read_table(url: str, columns: list[str]) -> pa.Table:
+def read_parquet_columns(url: str, columns: list[str]) -> pa.Table:
+    """``columns`` of a Parquet file; a missing file or column is a DataError naming it."""
     if not dio.exists(url):
         raise DataError(f"{url}: file not found")
     fs, path = dio.fs_and_path(url)
@@ -363,7 +364,7 @@ def _read_table(url: str, columns: list[str]) -> pa.Table:
 
 
 def _read_interactions_parquet(url: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    table = _read_table(url, list(PARQUET_COLUMNS))
+    table = read_parquet_columns(url, list(PARQUET_COLUMNS))
     user = _parquet_int(table.column("user_id"), url, "user_id")
     item = _parquet_int(table.column("item_id"), url, "item_id")
     label = _label_column(_parquet_int(table.column("x_label"), url, "x_label"), url, "x_label")
@@ -392,7 +393,7 @@ def _parquet_int(col: pa.ChunkedArray, url: str, field: str) -> np.ndarray:
 
 def _read_feature_parquet(url: str) -> np.ndarray:
     """``feature`` as a [n, dim] array via the flat values buffer (no per-row Python work)."""
-    table = _read_table(url, ["item_id", "feature"])
+    table = read_parquet_columns(url, ["item_id", "feature"])
     ids = _parquet_int(table.column("item_id"), url, "item_id")
     bad = np.flatnonzero(ids != np.arange(len(ids), dtype=np.int64))
     if len(bad):

@@ -46,10 +46,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
 from margo_dist.data import io as dio
 from margo_dist.data.dataset import SPLIT_NAMES, Dataset
+from margo_dist.data.formats import read_parquet_columns
 from margo_dist.errors import ConfigError, DataError
 
 COLUMN_KEYS = ("user", "item", "rating", "timestamp")
@@ -505,19 +505,7 @@ def _item_texts(url: str, item_raw: np.ndarray, text_fields: list[str] | None, c
 
 def _image_features(url: str, item_raw: np.ndarray, notes: list[str]) -> np.ndarray:
     """Rows of the Parquet table (item_id, feature) in dense item order; absent items are zero."""
-    if not dio.exists(url):
-        raise DataError(f"{url}: file not found")
-    fs, path = dio.fs_and_path(url)
-    try:
-        with fs.open(path, "rb") as fh:
-            schema = pq.read_schema(fh)
-            for c in ("item_id", "feature"):
-                if c not in schema.names:
-                    raise DataError(f"{url}: required column {c!r} is missing (found {schema.names})")
-            fh.seek(0)
-            table = pq.read_table(fh, columns=["item_id", "feature"])
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{url}: not a readable Parquet file ({exc})") from exc
+    table = read_parquet_columns(url, ["item_id", "feature"])
     ids_arr = _one_chunk(table.column("item_id"))
     if ids_arr.null_count:
         idx = int(np.flatnonzero(ids_arr.is_null().to_numpy(zero_copy_only=False))[0])

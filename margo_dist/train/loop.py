@@ -130,7 +130,8 @@ class Trainer:
 
         self.model.train()
         return full_ranking_eval(score, self.data.eval_users(split), self.data.train_csr,
-                                 self.data.heldout[split], self.cfg.train.topk, self.cfg.train.eval_user_chunk)
+                                 self.data.heldout[split], self.cfg.train.topk, self.cfg.train.eval_user_chunk,
+                                 fresh_scores=True)
 
     @torch.no_grad()
     def item_weight_table(self) -> np.ndarray | None:

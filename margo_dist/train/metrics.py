@@ -67,6 +67,13 @@ def csr_from_pairs(users: np.ndarray, items: np.ndarray, n_users: int) -> Csr:
     return indptr, items
 
 
+def train_mask(train_csr: Csr, users: np.ndarray) -> tuple[Tensor, Tensor]:
+    """(row, col) of the training items of ``users``, rows numbered within ``users``."""
+    ptr, items = _csr_rows(train_csr, users)
+    rows = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(ptr))
+    return torch.from_numpy(rows), torch.from_numpy(items)
+
+
 def _csr_rows(csr: Csr, rows: np.ndarray) -> Csr:
     """The sub-CSR of the given rows, in that order (vectorised gather)."""
     indptr, indices = csr
@@ -248,13 +255,14 @@ def full_ranking_sums(
     heldout_csr: Csr,
     ks: Sequence[int],
     user_chunk: int = 4096,
+    fresh_scores: bool = False,
 ) -> tuple[dict[str, float], int]:
     """Metric sums and counted users for eval_users, scoring user_chunk users at a time.
 
     score_fn maps a LongTensor of user ids [n] to scores [n, n_items]. train_csr and
     heldout_csr are indexed by global user id. Memory is bounded by one chunk's
-    score matrix (and its masked copy: score_fn may return a view of a cache, so
-    it is not overwritten).
+    score matrix, plus its masked copy unless ``fresh_scores`` says score_fn returns
+    a new tensor each call (then it is masked in place instead of copied).
     """
     ks = _check_ks(ks)
     user_chunk = int(user_chunk)
@@ -284,13 +292,7 @@ def full_ranking_sums(
                     f"score_fn returned shape {tuple(scores.shape)} for {ids.size} users, "
                     f"expected [{ids.size}, n_items]"
                 )
-            tr_ptr, tr_items = _csr_rows(train_csr, ids)
-            tr_rows = np.repeat(np.arange(ids.size, dtype=np.int64), np.diff(tr_ptr))
-            top = rank_topk(
-                scores,
-                (torch.from_numpy(tr_rows), torch.from_numpy(tr_items)),
-                k_max,
-            )
+            top = rank_topk(scores, train_mask(train_csr, ids), k_max, inplace=fresh_scores)
             sums, n = ranking_sums(top, _csr_rows(heldout_csr, ids), ks)
             for name, value in sums.items():
                 totals[name] += value
@@ -305,9 +307,10 @@ def full_ranking_eval(
     heldout_csr: Csr,
     ks: Sequence[int],
     user_chunk: int = 4096,
+    fresh_scores: bool = False,
 ) -> dict[str, float]:
     """MMRec full-ranking recall@K / ndcg@K means over eval_users with held-out items."""
-    sums, n = full_ranking_sums(score_fn, eval_users, train_csr, heldout_csr, ks, user_chunk)
+    sums, n = full_ranking_sums(score_fn, eval_users, train_csr, heldout_csr, ks, user_chunk, fresh_scores)
     return _means(sums, n)
 
 

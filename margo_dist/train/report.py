@@ -12,7 +12,8 @@ from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, VALID
 from margo_dist.errors import MargoError
 from margo_dist.train.loop import Trainer, load_training_data
-from margo_dist.train.rundir import SUMMARY, WEIGHTS, RunDir
+from margo_dist.train.metrics import rank_topk, train_mask
+from margo_dist.train.rundir import SUMMARY, WEIGHTS, RunDir, write_parquet
 
 METRIC_COLUMNS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -54,32 +55,20 @@ def recommend(run_url: str, k: int, out_url: str, user_chunk: int = 4096) -> int
     uvec, ivec = model.score_vectors(stage, users_emb, items_emb)
     n_users, n_items = data.ds.n_users, data.ds.n_items
     k = min(k, n_items)
-    indptr, indices = data.train_csr
     parts: list[pa.RecordBatch] = []
     for start in range(0, n_users, user_chunk):
         stop = min(start + user_chunk, n_users)
         scores = uvec[start:stop] @ ivec.t()
-        rows = np.repeat(np.arange(stop - start), np.diff(indptr[start:stop + 1]))
-        cols = indices[indptr[start]:indptr[stop]]
-        scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
-        top_s, top_i = torch.topk(scores, k, dim=1)
+        top_i = rank_topk(scores, train_mask(data.train_csr, np.arange(start, stop)), k, inplace=True)
+        top_s = scores.gather(1, top_i)
         users = np.repeat(np.arange(start, stop, dtype=np.int64), k)
         parts.append(pa.record_batch({
             "user_id": pa.array(users), "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), stop - start)),
             "item_id": pa.array(top_i.flatten().cpu().numpy().astype(np.int64)),
             "score": pa.array(top_s.flatten().float().cpu().numpy())}))
     table = pa.Table.from_batches(parts)
-    _write_parquet(out_url, table)
+    write_parquet(out_url, table)
     return table.num_rows
-
-
-def _write_parquet(url: str, table: pa.Table) -> None:
-    import pyarrow.parquet as pq
-
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf)
-    with mio.atomic_write(url, "wb") as fh:
-        fh.write(buf.getvalue().to_pybytes())
 
 
 def _raw_item_ids(dataset_url: str) -> dict[int, str]:

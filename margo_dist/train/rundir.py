@@ -23,6 +23,14 @@ CONFIG, METRICS, SUMMARY, WEIGHTS = "config.yaml", "metrics.jsonl", "summary.jso
 CHECKPOINT = "checkpoint.pt"
 
 
+def write_parquet(url: str, table: pa.Table) -> None:
+    """``table`` as a Parquet file at ``url``, written atomically."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    with mio.atomic_write(url, "wb") as fh:
+        fh.write(buf.getvalue().to_pybytes())
+
+
 class RunDir:
     """Reads and writes the files of one run."""
 
@@ -87,9 +95,7 @@ class RunDir:
         self.write_table(WEIGHTS, pa.table(cols))
 
     def write_table(self, name: str, table: pa.Table) -> None:
-        buf = pa.BufferOutputStream()
-        pq.write_table(table, buf)
-        self.write_bytes(name, buf.getvalue().to_pybytes())
+        write_parquet(self.path(name), table)
 
     def read_table(self, name: str) -> pa.Table:
         if not self.exists(name):

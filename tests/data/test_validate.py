@@ -35,6 +35,11 @@ def write_mmrec(folder, rows=ROWS, feats=None, header="userID\titemID\tx_label")
     return folder
 
 
+def write_toy_parquet(folder, arr) -> None:
+    write_dataset(Dataset("toy", 4, 5, arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int8), {"image": IMAGE}),
+                  str(folder), "parquet")
+
+
 def inter(folder) -> str:
     return os.path.join(str(folder), "toy.inter")
 
@@ -97,8 +102,7 @@ def test_parquet_user_id_beyond_meta_n_users(tmp_path):
 def test_parquet_float_ids(tmp_path):
     arr = np.array(ROWS)
     folder = tmp_path / "pq"
-    write_dataset(Dataset("toy", 4, 5, arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int8), {"image": IMAGE}),
-                  str(folder), "parquet")
+    write_toy_parquet(folder, arr)
     items = arr[:, 1].astype(np.float64)
     items[4] = 2.5
     pq.write_table(pa.table({"user_id": arr[:, 0], "item_id": items, "x_label": arr[:, 2].astype(np.int8)}),
@@ -228,8 +232,7 @@ def test_missing_folder(tmp_path):
 def test_missing_parquet_file(tmp_path, part):
     arr = np.array(ROWS)
     folder = tmp_path / "pq"
-    write_dataset(Dataset("toy", 4, 5, arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int8), {"image": IMAGE}),
-                  str(folder), "parquet")
+    write_toy_parquet(folder, arr)
     os.remove(folder / part)
     with pytest.raises(DataError, match=re.escape(f"{folder / part}: file not found")):
         read_dataset(str(folder), fmt="parquet")
@@ -238,8 +241,7 @@ def test_missing_parquet_file(tmp_path, part):
 def test_missing_parquet_column(tmp_path):
     folder = tmp_path / "pq"
     arr = np.array(ROWS)
-    write_dataset(Dataset("toy", 4, 5, arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int8), {"image": IMAGE}),
-                  str(folder), "parquet")
+    write_toy_parquet(folder, arr)
     pq.write_table(pa.table({"user_id": arr[:, 0], "item": arr[:, 1], "x_label": arr[:, 2]}),
                    folder / "interactions.parquet")
     with pytest.raises(DataError, match=re.escape(f"{folder / 'interactions.parquet'}: required column "
@@ -250,8 +252,7 @@ def test_missing_parquet_column(tmp_path):
 def test_bad_meta_key(tmp_path):
     folder = tmp_path / "pq"
     arr = np.array(ROWS)
-    write_dataset(Dataset("toy", 4, 5, arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int8), {"image": IMAGE}),
-                  str(folder), "parquet")
+    write_toy_parquet(folder, arr)
     (folder / "meta.json").write_text(json.dumps({"n_users": "four"}))
     with pytest.raises(DataError, match=re.escape(f"{folder / 'meta.json'}: key n_users='four' must be")):
         read_dataset(str(folder), fmt="parquet")
