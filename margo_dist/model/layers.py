@@ -8,20 +8,32 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from margo_dist.graph.tensors import EdgeList
+from margo_dist.graph.tensors import CSR, EdgeList
 
 
 class _SpMM(torch.autograd.Function):
     """``A @ x`` with the gradient ``A^T @ g`` from a prebuilt transpose (A is constant)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, a: Tensor, a_t: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, a: CSR, a_t: CSR) -> Tensor:  # type: ignore[override]
         ctx.a_t = a_t
-        return torch.sparse.mm(a, x)  # about 2x faster than `a @ x` for CSR on CPU
+        return csr_product(a, x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        return torch.sparse.mm(ctx.a_t, grad), None, None
+        return csr_product(ctx.a_t, grad.contiguous()), None, None
+
+
+def csr_product(a: CSR, x: Tensor) -> Tensor:
+    """``A @ x`` for a CSR matrix A [R, C] and dense x [C, F]; rows without entries are 0.
+
+    Each row of A is a weighted bag of rows of x, which is what ``embedding_bag`` sums
+    (2-4x faster on CPU than ``torch.sparse.mm`` with a CSR tensor, see ``CSR``).
+    """
+    if x.shape[0] != a.n_cols:
+        raise ValueError(f"csr_product: x has {x.shape[0]} rows, the matrix has {a.n_cols} columns")
+    return nn.functional.embedding_bag(a.indices, x, a.indptr, mode="sum", per_sample_weights=a.weights.to(x.dtype),
+                                       include_last_offset=True)
 
 
 def propagate(x_src: Tensor, edges: EdgeList) -> Tensor:
@@ -34,7 +46,7 @@ def propagate(x_src: Tensor, edges: EdgeList) -> Tensor:
         raise ValueError(f"propagate: x_src has {x_src.shape[0]} rows, the edge list expects {edges.n_src}")
     if edges.src.numel() == 0:
         return x_src.new_zeros((edges.n_dst, x_src.shape[1]))
-    return _SpMM.apply(x_src, edges.csr.to(x_src.dtype), edges.csr_t.to(x_src.dtype))
+    return _SpMM.apply(x_src, edges.csr, edges.csr_t)
 
 
 class MLP(nn.Module):
