@@ -81,6 +81,21 @@ class EdgeList:
         where = None if self.dst_in_src is None else self.dst_in_src.to(device)
         return EdgeList(self.src.to(device), self.dst.to(device), self.w.to(device), self.n_dst, self.n_src, where)
 
+    def rows(self, dst: Tensor) -> "EdgeList":
+        """The edges into the dst nodes ``dst`` (ids of this list's dst side), renumbered 0..len-1.
+
+        Only valid where dst ids are also src positions (``dst_in_src`` is None), as for
+        the whole graph's homogeneous layers: the residual then reads ``x_src[dst]``.
+        """
+        if self.dst_in_src is not None:
+            raise ValueError("EdgeList.rows needs an edge list whose dst nodes are its first src nodes")
+        start = self.csr.indptr[dst]
+        count = self.csr.indptr[dst + 1] - start
+        local = torch.repeat_interleave(torch.arange(dst.numel(), device=dst.device), count)
+        offset = torch.cumsum(count, 0) - count
+        pos = torch.arange(local.numel(), device=dst.device) - offset[local] + start[local]
+        return EdgeList(self.csr.indices[pos], local, self.csr.weights[pos], dst.numel(), self.n_src, dst)
+
     def select_dst(self, x_src: Tensor) -> Tensor:
         """The rows of ``x_src`` that belong to this edge list's dst nodes."""
         return x_src[: self.n_dst] if self.dst_in_src is None else x_src.index_select(0, self.dst_in_src)
@@ -221,5 +236,16 @@ class Batch:
 
     @staticmethod
     def full(graph: ComputeGraph, users: Tensor, pos: Tensor, neg: Tensor) -> "Batch":
-        """A batch on the whole graph: local ids are the global ones."""
-        return Batch(graph, users, pos, neg, users, pos, neg)
+        """A batch on the whole graph, whose homogeneous layers output only the batch's nodes.
+
+        Propagation still covers every node (as DRAGON does), but the last (item-item and
+        user-user) layer is computed for the batch's users and items alone: the loss reads
+        nothing else, and the user-user layer over every user is the largest sparse product.
+        """
+        if graph.input_users is not None:
+            raise ValueError("Batch.full needs the whole-graph compute graph (FullGraph.compute_graph)")
+        out_users, users_local = torch.unique(users, return_inverse=True)
+        out_items, items_local = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        g = ComputeGraph(graph.bipartite, graph.n_mid_users, graph.item_item.rows(out_items),
+                         graph.user_user.rows(out_users), output_users=out_users, output_items=out_items)
+        return Batch(g, users, pos, neg, users_local, items_local[: pos.numel()], items_local[pos.numel():])

@@ -39,3 +39,15 @@ def test_propagate_gradient_is_the_transpose_product():
 def test_csr_product_checks_the_inner_dimension():
     with pytest.raises(ValueError, match="x has 5 rows, the matrix has 4 columns"):
         csr_product(_edges().csr, torch.zeros(5, 2))
+
+
+def test_rows_keeps_the_chosen_rows_in_the_given_order():
+    e = EdgeList(torch.tensor([1, 2, 0, 3, 2]), torch.tensor([0, 0, 2, 2, 3]), torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]),
+                 n_dst=4, n_src=4)
+    sub = e.rows(torch.tensor([3, 1, 0]))
+    assert sub.n_dst == 3 and sub.n_src == 4 and sub.dst_in_src.tolist() == [3, 1, 0]
+    assert torch.equal(sub.csr.to_dense(), e.csr.to_dense()[[3, 1, 0]])
+    x = torch.randn(4, 2)
+    assert torch.equal(sub.select_dst(x), x[[3, 1, 0]])
+    with pytest.raises(ValueError, match="dst nodes are its first src nodes"):
+        sub.rows(torch.tensor([0]))

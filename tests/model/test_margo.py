@@ -8,7 +8,7 @@ import torch
 
 from margo_dist.config import ModelConfig
 from margo_dist.graph.build import GraphArtifacts
-from margo_dist.graph.tensors import full_graph
+from margo_dist.graph.tensors import Batch, full_graph
 from margo_dist.model.margo import CALIBRATE, DRAGON, PRETRAIN, build_model, fuse, modality_ratings, stages_for
 from margo_dist.model.objective import calibration_term, triplet_loss
 
@@ -189,3 +189,27 @@ def test_stages_of_each_variant():
     assert stages_for("dragon") == [DRAGON]
     with pytest.raises(ValueError, match="nope"):
         stages_for("nope")
+
+
+@pytest.mark.parametrize("variant", ["margo", "lightgcn"])
+def test_full_batch_outputs_only_its_nodes_with_the_same_loss_and_gradients(setup, variant):
+    art, g, feats, cfg, _ = setup
+    cfg = ModelConfig(dim=4, hidden_mult=2, variant=variant)
+    model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=3)
+    users, pos, neg = torch.tensor([2, 0, 2]), torch.tensor([3, 1, 1]), torch.tensor([4, 4, 0])
+    batch = Batch.full(g, users, pos, neg)
+    assert batch.graph.output_users.tolist() == [0, 2] and batch.graph.output_items.tolist() == [0, 1, 3, 4]
+    stage = stages_for(variant)[-1]
+
+    def loss_and_grads(ue, ie, ul, pl, nl):
+        parts = triplet_loss(model, stage, cfg, ue[ul], ie[pl], ie[nl], users, pos, neg)
+        return parts.total, torch.autograd.grad(parts.total, list(model.parameters()))
+
+    ue, ie = model.encode(batch.graph, feats)
+    assert ue.shape[0] == 2 and ie.shape[0] == 4
+    loss_b, grads_b = loss_and_grads(ue, ie, batch.users_local, batch.pos_local, batch.neg_local)
+    ue, ie = model.encode(g, feats)
+    loss_w, grads_w = loss_and_grads(ue, ie, users, pos, neg)
+    torch.testing.assert_close(loss_b, loss_w)
+    for a, b in zip(grads_b, grads_w):
+        torch.testing.assert_close(a, b)
