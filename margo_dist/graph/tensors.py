@@ -98,7 +98,10 @@ class EdgeList:
 
     def select_dst(self, x_src: Tensor) -> Tensor:
         """The rows of ``x_src`` that belong to this edge list's dst nodes."""
-        return x_src[: self.n_dst] if self.dst_in_src is None else x_src.index_select(0, self.dst_in_src)
+        if self.dst_in_src is not None:
+            return x_src.index_select(0, self.dst_in_src)
+        # the whole graph: no slice, whose backward would zero-fill and copy a full-size gradient
+        return x_src if x_src.shape[0] == self.n_dst else x_src[: self.n_dst]
 
 
 @dataclass

@@ -77,7 +77,7 @@ class DragonEncoder(nn.Module):
                              f"{self.n_layers}")
         x = self.input_rows(self.user_inputs(g.input_users), self.item_inputs(features, g.input_items))
         r = propagate_bipartite(x, g.bipartite)
-        r_users, r_items = r[: g.n_mid_users], r[g.n_mid_users:]
+        r_users, r_items = torch.split(r, [g.n_mid_users, r.shape[0] - g.n_mid_users])
         items = g.item_item.select_dst(r_items) + propagate(r_items, g.item_item)
         users = g.user_user.select_dst(r_users) + propagate(r_users, g.user_user)
         return users.view(-1, self.n_blocks, self.dim), items.view(-1, self.n_blocks, self.dim)
