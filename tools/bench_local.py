@@ -56,7 +56,7 @@ def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, queue
     t0 = time.time()
     trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
     setup_s = time.time() - t0
-    optimizer = torch.optim.Adam(trainer.model.parameters(), lr=cfg.train.lr)
+    optimizer = trainer.new_optimizer()
     rng = np.random.default_rng(0)
     n_triplets = int((trainer.data.ds.label == 0).sum())
     epoch_s = []

@@ -39,7 +39,7 @@ def measure(url: str, mode: str, fanouts: str, n_batches: int, queue: "mp.Queue"
     cfg = load_config("configs/default.yaml", [f"data.path={url}", f"train.mode={mode}", "train.progress=false",
                                                f"sampler.fanouts={fanouts}", "run.dir=memory://curve"])
     trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
-    optimizer = torch.optim.Adam(trainer.model.parameters(), lr=cfg.train.lr)
+    optimizer = trainer.new_optimizer()
     times, field_items, field_users = [], [], []
     batches = trainer._batches(np.random.default_rng(0))
     for k in range(n_batches + 1):

@@ -114,7 +114,7 @@ def do_epoch(url: str, dtype: str, batch: int, fanouts: str, workers: int) -> di
     cfg = _cfg(url, dtype, ["train.mode=sampled", f"train.batch_size={batch}", f"sampler.fanouts={fanouts}",
                             f"sampler.num_workers={workers}", "run.dir=memory://bench-scale"])
     trainer = Trainer(cfg, load_training_data(cfg, build_graphs=False), log=lambda _m: None)
-    optimizer = torch.optim.Adam(trainer.model.parameters(), lr=cfg.train.lr)
+    optimizer = trainer.new_optimizer()
     t0 = time.time()
     losses = trainer._train_epoch(CALIBRATE, optimizer, np.random.default_rng(0), "scale")
     seconds = time.time() - t0

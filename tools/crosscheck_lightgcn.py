@@ -251,7 +251,7 @@ def run_pyg(cfg: Config, split: Split, form: str) -> SideResult:
     torch.manual_seed(cfg.train.seed)
     model = LightGCN(ds.n_users + ds.n_items, cfg.model.dim, cfg.model.n_layers)
     edge_index = pyg_adjacency(ds, form)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)  # as Trainer.new_optimizer
     sampler = TripletSampler(*ds.split(TRAIN), ds.n_items, cfg.train.batch_size)
     rng = np.random.default_rng(cfg.train.seed)
     best_metric, best_epoch, best_state = -1.0, 0, None

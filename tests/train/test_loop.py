@@ -144,8 +144,8 @@ def test_sampled_mode_runs_every_encoder_with_default_fanouts(data_dir, tmp_path
 def test_weight_tables_can_have_their_own_learning_rate(data_dir, tmp_path):
     cfg = cfg_for(data_dir, str(tmp_path / "w"), "train.weight_lr=0.05")
     trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
-    groups = trainer._new_optimizer().param_groups
+    groups = trainer.new_optimizer().param_groups
     assert [g["lr"] for g in groups] == [cfg.train.lr, 0.05]
     assert groups[1]["params"] == [trainer.model.theta.weight]
     plain = Trainer(cfg_for(data_dir, str(tmp_path / "p")), trainer.data, log=lambda _m: None)
-    assert len(plain._new_optimizer().param_groups) == 1
+    assert len(plain.new_optimizer().param_groups) == 1
