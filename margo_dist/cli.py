@@ -60,7 +60,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from margo_dist.data.synth import SynthSpec, write_synthetic
 
     spec = SynthSpec(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
-                     modality_dims=args.modalities, seed=args.seed, unreliable_frac=args.unreliable_frac)
+                     modality_dims=args.modalities, seed=args.seed, unreliable_frac=args.unreliable_frac,
+                     noise_kind=args.noise_kind)
     t0 = time.time()
     ds = write_synthetic(spec, args.out, args.format)
     print(f"wrote {args.out} ({ds.n_users} users, {ds.n_items} items, {ds.user.size} interactions, "
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NAME:DIM,... (default image:256,text:128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--unreliable-frac", type=float, default=0.3)
+    p.add_argument("--noise-kind", default="swap", choices=["swap", "gaussian"],
+                   help="an unreliable modality is another item's view (swap) or Gaussian noise")
     p.add_argument("--format", default="mmrec", choices=["mmrec", "parquet"])
     p.set_defaults(func=cmd_synth)
 

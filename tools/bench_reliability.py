@@ -1,7 +1,7 @@
 """Does MARGO find the planted unreliable modalities?  margo vs wo_cal vs wo_weight.
 
 For each seed: a synthetic dataset where ``--noise`` of the items have one modality
-replaced by the view of an unrelated item, then
+replaced (``--noise-kind``: the view of an unrelated item, or Gaussian noise), then
   margo      two stages (the full method),
   wo_cal     stage 2 with alpha = 0, started from margo's own stage-1 state
              (``run.pretrained``), so the two differ only by L_cal,
@@ -12,11 +12,13 @@ noisy (item, modality) pairs (lower weight = more likely noisy) and test Recall@
 
     python tools/bench_reliability.py                       # 3 seeds, 3000 users / 1500 items
     python tools/bench_reliability.py --seeds 1 --users 1000 --items 600 --interactions 12000
+    python tools/bench_reliability.py --noise-kind gaussian --set model.alpha=1
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -29,8 +31,15 @@ from margo_dist.data.synth import META_FILE, SynthSpec, write_synthetic
 from margo_dist.train.loop import train
 
 
+def run_dir(args: argparse.Namespace, data: str, name: str) -> str:
+    """Runs are resumed when complete, so their folder names the dataset and every setting."""
+    settings = json.dumps([args.config, args.set, args.max_epochs, args.patience])
+    tag = hashlib.blake2b(settings.encode(), digest_size=4).hexdigest()
+    return os.path.join(args.out, f"runs-{os.path.basename(data)}-{tag}", name)
+
+
 def run(args: argparse.Namespace, data: str, name: str, seed: int, *extra: str) -> dict:
-    out = os.path.join(args.out, f"seed{seed}", name)
+    out = run_dir(args, data, name)
     cfg = load_config(args.config, [f"data.path={data}", f"run.dir={out}", f"train.seed={seed}",
                                     f"train.max_epochs={args.max_epochs}", f"train.patience={args.patience}",
                                     "train.progress=false", "run.plots=false", *args.set, *extra])
@@ -49,6 +58,7 @@ def main() -> int:
     p.add_argument("--interactions", type=int, default=36000)
     p.add_argument("--dims", default="image:256,text:128")
     p.add_argument("--noise", type=float, default=0.3)
+    p.add_argument("--noise-kind", default="swap", choices=["swap", "gaussian"])
     p.add_argument("--max-epochs", type=int, default=100)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--config", default="configs/default.yaml")
@@ -60,13 +70,15 @@ def main() -> int:
     dims = {k: int(v) for k, v in (part.split(":") for part in args.dims.split(","))}
     rows = []
     for seed in range(args.seeds):
-        data = os.path.join(args.out, f"data-s{seed}-u{args.users}-i{args.items}-n{args.interactions}")
+        kind = "" if args.noise_kind == "swap" else f"-{args.noise_kind}"
+        data = os.path.join(args.out, f"data-s{seed}-u{args.users}-i{args.items}-n{args.interactions}{kind}")
         if not mio.exists(mio.join(data, META_FILE)):
             write_synthetic(SynthSpec(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
-                                      modality_dims=dims, seed=seed, unreliable_frac=args.noise), data)
+                                      modality_dims=dims, seed=seed, unreliable_frac=args.noise,
+                                      noise_kind=args.noise_kind), data)
         margo = run(args, data, "margo", seed, "model.variant=margo")
         wo_cal = run(args, data, "wo_cal", seed, "model.variant=wo_cal", "model.alpha=0",
-                     f"run.pretrained={os.path.join(args.out, f'seed{seed}', 'margo')}")
+                     f"run.pretrained={run_dir(args, data, 'margo')}")
         if args.independent:
             wo_weight = run(args, data, "wo_weight", seed, "model.variant=wo_weight")["test"]["recall@20"]
         else:

@@ -4,11 +4,20 @@ Users and items have latent tastes ``u, v ~ N(0, I_r)``. A user picks items by
 ``beta * <u, v> / sqrt(r) + log(popularity) + Gumbel`` (a softmax choice without
 replacement among popularity-drawn candidates). Modality m of item i is a noisy
 linear view of the item: ``f_i^m = v_i P^m + sigma * eps``. For ``unreliable_frac``
-of the items one modality (chosen uniformly) is instead the view of an unrelated
-random latent vector, with the same distribution, so it cannot be told apart by its
-norm, only by disagreeing with the interactions. The truth mask is returned and
-written next to the data (``unreliable.npy``: bool [n_items, M], columns in the
-order of ``synth.json``'s ``modalities``).
+of the items one modality (chosen uniformly) is replaced, in one of two ways
+(``noise_kind``):
+
+- ``swap``: the view of an unrelated random latent vector (wrong content: another
+  product's picture). Same distribution as a clean view.
+- ``gaussian``: isotropic Gaussian noise at the clean features' scale (no content: a
+  corrupt file). Same norm as a clean view, but it carries nothing of any item.
+
+Neither can be told apart by its norm, only by disagreeing with the interactions.
+The two stress different things: with ``swap`` BPR alone already learns which
+modality to trust, with ``gaussian`` the calibration loss matters (README, "Planted
+unreliable modalities"). The truth mask is returned and written next to the data
+(``unreliable.npy``: bool [n_items, M], columns in the order of ``synth.json``'s
+``modalities``).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from margo_dist.data.dataset import Dataset
 from margo_dist.errors import MargoError
 
 TRUTH_FILE = "unreliable.npy"
+NOISE_KINDS = ("swap", "gaussian")
 META_FILE = "synth.json"
 
 
@@ -42,6 +52,7 @@ class SynthSpec:
     feature_noise: float = 0.5  # sigma, relative to the unit-variance signal
     min_per_user: int = 5
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    noise_kind: str = "swap"  # how an unreliable modality is replaced: swap | gaussian
 
     def check(self) -> None:
         if self.n_users < 1 or self.n_items < 2:
@@ -52,6 +63,8 @@ class SynthSpec:
         for name, dim in self.modality_dims.items():
             if dim < 1:
                 raise MargoError(f"modality {name!r} has dimension {dim}; it must be >= 1")
+        if self.noise_kind not in NOISE_KINDS:
+            raise MargoError(f"noise_kind={self.noise_kind!r} is not one of {', '.join(NOISE_KINDS)}")
         if not 0.0 <= self.unreliable_frac <= 1.0:
             raise MargoError(f"unreliable_frac={self.unreliable_frac} must be in [0, 1]")
         if self.n_interactions < self.n_users * 3:
@@ -150,9 +163,13 @@ def generate(spec: SynthSpec) -> tuple[Dataset, np.ndarray]:
         proj = (rng.standard_normal((r, dim)) / np.sqrt(r)).astype(np.float32)
         source = items.copy()
         bad = truth[:, m]
-        source[bad] = rng.standard_normal((int(bad.sum()), r)).astype(np.float32)
+        if spec.noise_kind == "swap":
+            source[bad] = rng.standard_normal((int(bad.sum()), r)).astype(np.float32)
         feat = source @ proj
         feat += spec.feature_noise * rng.standard_normal(feat.shape, dtype=np.float32)
+        if spec.noise_kind == "gaussian":
+            scale = float(feat[~bad].std()) if (~bad).any() else 1.0
+            feat[bad] = scale * rng.standard_normal((int(bad.sum()), dim), dtype=np.float32)
         features[name] = feat
     ds = Dataset(name="synth", n_users=spec.n_users, n_items=spec.n_items, user=user, item=item,
                  label=label, features=features, source=f"synthetic(seed={spec.seed})")

@@ -31,16 +31,32 @@ def test_seed_determinism():
     assert not np.array_equal(a.item, c.item)
 
 
-def test_unreliable_modality_disagrees_with_the_other():
+@pytest.mark.parametrize("kind", ["swap", "gaussian"])
+def test_unreliable_modality_disagrees_with_the_other(kind):
     """Clean items' two views share the latent, so a linear map fits them; noisy ones do not."""
     ds, truth = make_synthetic(200, 600, 2400, {"image": 24, "text": 24}, seed=0, unreliable_frac=0.3,
-                               feature_noise=0.1)
+                               feature_noise=0.1, noise_kind=kind)
     img, txt = ds.features["image"], ds.features["text"]
     clean = ~truth.any(axis=1)
     coef, *_ = np.linalg.lstsq(img[clean], txt[clean], rcond=None)
     resid = ((img @ coef - txt) ** 2).sum(axis=1) / (txt ** 2).sum(axis=1)
     assert resid[clean].mean() < 0.1
     assert resid[truth.any(axis=1)].mean() > 1.0
+
+
+def test_gaussian_noise_has_the_clean_norm_but_no_item_subspace():
+    ds, truth = make_synthetic(200, 600, 2400, {"image": 48, "text": 24}, seed=1, noise_kind="gaussian",
+                               feature_noise=0.1)
+    img, bad = ds.features["image"], truth[:, 0]
+    norms = np.linalg.norm(img, axis=1)
+    assert abs(norms[bad].mean() / norms[~bad].mean() - 1) < 0.1
+    # clean views live in the 16-d latent subspace (plus a little noise); Gaussian rows fill all 48 dims
+    _, _, vt = np.linalg.svd(img[~bad], full_matrices=False)
+    basis = vt[:16]
+    inside = lambda x: (np.linalg.norm(x @ basis.T, axis=1) / np.linalg.norm(x, axis=1)).mean()
+    assert inside(img[~bad]) > 0.95 and inside(img[bad]) < 0.7
+    swap, truth_s = make_synthetic(200, 600, 2400, {"image": 48, "text": 24}, seed=1, feature_noise=0.1)
+    assert inside(swap.features["image"][truth_s[:, 0]]) > 0.95
 
 
 def test_written_with_truth(tmp_path):
@@ -55,5 +71,7 @@ def test_written_with_truth(tmp_path):
 def test_bad_spec_is_rejected():
     with pytest.raises(MargoError, match="below 3 per user"):
         make_synthetic(100, 50, 200, {"x": 4})
+    with pytest.raises(MargoError, match="noise_kind='pink' is not one of swap, gaussian"):
+        make_synthetic(100, 50, 400, {"x": 4}, noise_kind="pink")
     with pytest.raises(MargoError, match="unreliable_frac=1.5"):
         make_synthetic(10, 50, 100, {"x": 4}, unreliable_frac=1.5)
