@@ -62,7 +62,7 @@ def test_finite_fanout_rescales_to_an_unbiased_sum(small):
     src_global = sampler_mid_users(g)[uu.src]
     dst_global = users[uu.dst]
     dense = torch.sparse_coo_tensor(torch.stack([full.user_user.dst, full.user_user.src]), full.user_user.w,
-                                    (ds.n_users, ds.n_users)).to_dense()
+                                    (ds.n_users, ds.n_users), check_invariants=True).to_dense()
     full_deg = (dense > 0).sum(1)
     for e in range(uu.src.numel()):
         d, s = int(dst_global[e]), int(src_global[e])
