@@ -62,7 +62,14 @@ class DragonEncoder(nn.Module):
         return [t.all_rows() if users is None else t.lookup(users) for t in self.preferences]
 
     def item_inputs(self, features: list[Tensor], items: Tensor | None) -> list[Tensor]:
-        """Projected features per modality (all items when ``items`` is None)."""
+        """Projected features per modality (all items when ``items`` is None).
+
+        When a sampled graph needs most items, projecting every item and keeping the
+        rows it needs costs about the same arithmetic and skips copying the raw feature
+        rows (for 4096-d features, over 100 MB per step); the result is the same.
+        """
+        if items is not None and 2 * items.numel() > self.n_items:
+            return [mlp(f).index_select(0, items) for mlp, f in zip(self.projections, features)]
         return [mlp(f if items is None else f[items]) for mlp, f in zip(self.projections, features)]
 
     def input_rows(self, user_rows: list[Tensor], item_rows: list[Tensor]) -> Tensor:

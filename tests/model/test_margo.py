@@ -213,3 +213,12 @@ def test_full_batch_outputs_only_its_nodes_with_the_same_loss_and_gradients(setu
     torch.testing.assert_close(loss_b, loss_w)
     for a, b in zip(grads_b, grads_w):
         torch.testing.assert_close(a, b)
+
+
+def test_item_inputs_are_the_same_whichever_way_the_rows_are_taken(setup):
+    _, _, feats, _, model = setup
+    enc = model.encoder
+    every = enc.item_inputs(feats, None)
+    for items in (torch.tensor([4, 1]), torch.tensor([0, 3, 1, 4])):  # below and above half of the items
+        for got, full in zip(enc.item_inputs(feats, items), every):
+            torch.testing.assert_close(got, full[items])
