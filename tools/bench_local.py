@@ -43,7 +43,6 @@ def dataset(shape: dict[str, int], root: str) -> str:
 
 def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, queue: "mp.Queue") -> None:
     import numpy as np
-    import torch
 
     from margo_dist.config import load_config
     from margo_dist.data.dataset import VALID

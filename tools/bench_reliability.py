@@ -88,10 +88,10 @@ def main() -> int:
                      "wo_weight_r20": wo_weight})
     print(f"\n{'seed':<6} {'AUC margo':>10} {'AUC wo_cal':>11} {'R@20 margo':>11} {'R@20 wo_cal':>12} "
           f"{'R@20 wo_weight':>15}")
-    for r in rows + [{"seed": "mean", **{k: statistics.mean(x[k] for x in rows) for k in rows[0] if k != "seed"}}]:
+    mean = {k: statistics.mean(x[k] for x in rows) for k in rows[0] if k != "seed"}
+    for r in rows + [{"seed": "mean", **mean}]:
         print(f"{r['seed']!s:<6} {r['margo_auc']:>10.4f} {r['wo_cal_auc']:>11.4f} {r['margo_r20']:>11.4f} "
               f"{r['wo_cal_r20']:>12.4f} {r['wo_weight_r20']:>15.4f}")
-    mean = {k: statistics.mean(x[k] for x in rows) for k in rows[0] if k != "seed"}
     print(json.dumps({"mean": mean}))
     ok = mean["margo_auc"] >= 0.75 and mean["margo_auc"] >= mean["wo_cal_auc"] + 0.05 and \
         mean["margo_r20"] > mean["wo_weight_r20"]

@@ -29,11 +29,9 @@ SIZES = {
 
 def measure(url: str, mode: str, fanouts: str, n_batches: int, queue: "mp.Queue") -> None:
     import numpy as np
-    import torch
 
     from margo_dist.config import load_config
     from margo_dist.model.margo import CALIBRATE
-    from margo_dist.model.objective import triplet_loss
     from margo_dist.train.loop import Trainer, load_training_data
 
     cfg = load_config("configs/default.yaml", [f"data.path={url}", f"train.mode={mode}", "train.progress=false",
@@ -45,12 +43,7 @@ def measure(url: str, mode: str, fanouts: str, n_batches: int, queue: "mp.Queue"
     for k in range(n_batches + 1):
         t0 = time.time()
         b = next(batches)
-        users_emb, items_emb = trainer.model.encode(b.graph, trainer.features)
-        parts = triplet_loss(trainer.model, CALIBRATE, cfg.model, users_emb[b.users_local], items_emb[b.pos_local],
-                             items_emb[b.neg_local], b.users, b.pos, b.neg)
-        optimizer.zero_grad()
-        parts.total.backward()
-        optimizer.step()
+        trainer.train_step(CALIBRATE, b, optimizer)
         if k > 0:
             times.append(time.time() - t0)
         if b.graph.input_items is not None:

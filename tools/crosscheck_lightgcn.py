@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 import time
@@ -162,7 +161,7 @@ def run_ours(cfg: Config, split: Split) -> tuple[SideResult, Tensor, FullGraph]:
     from margo_dist.model.margo import build_model
     from margo_dist.train.loop import train
     from margo_dist.train.report import load_trained
-    from margo_dist.train.rundir import METRICS, RunDir
+    from margo_dist.train.rundir import RunDir
 
     initial = build_model(split.ds.n_users, split.ds.n_items, [], cfg.model, cfg.train.seed)
     init_table = initial.encoder.embedding.all_rows().detach().clone()
@@ -179,7 +178,7 @@ def run_ours(cfg: Config, split: Split) -> tuple[SideResult, Tensor, FullGraph]:
     if abs(recheck - summary["test"][METRIC]) > 1e-6:
         raise RuntimeError(f"re-scoring the saved best state gives test {METRIC} {recheck:.6f}, "
                            f"summary.json says {summary['test'][METRIC]:.6f}")
-    records = [json.loads(line) for line in RunDir(cfg.run.dir).read_text(METRICS).splitlines() if line.strip()]
+    records = RunDir(cfg.run.dir).read_metrics()
     curve = [float(r["valid"][METRIC]) for r in records]
     result = SideResult("ours (margo_dist IdEncoder)", int(stage["best_epoch"]), float(summary["valid"][METRIC]),
                         float(summary["test"][METRIC]), independent_recall(u.numpy(), i.numpy(), split.ds),

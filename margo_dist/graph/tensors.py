@@ -124,6 +124,14 @@ class ComputeGraph:
     output_users: Tensor | None = None
     output_items: Tensor | None = None
 
+    def split_mid(self, r: Tensor) -> tuple[Tensor, Tensor]:
+        """The last propagation step's output rows as (users, items).
+
+        ``torch.split`` rather than two slices: its backward writes one gradient, where
+        each slice's backward would zero-fill a full-size copy.
+        """
+        return torch.split(r, [self.n_mid_users, r.shape[0] - self.n_mid_users])
+
     def to(self, device: torch.device | str) -> "ComputeGraph":
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)

@@ -84,7 +84,7 @@ class DragonEncoder(nn.Module):
                              f"{self.n_layers}")
         x = self.input_rows(self.user_inputs(g.input_users), self.item_inputs(features, g.input_items))
         r = propagate_bipartite(x, g.bipartite)
-        r_users, r_items = torch.split(r, [g.n_mid_users, r.shape[0] - g.n_mid_users])
+        r_users, r_items = g.split_mid(r)
         items = g.item_item.select_dst(r_items) + propagate(r_items, g.item_item)
         users = g.user_user.select_dst(r_users) + propagate(r_users, g.user_user)
         return users.view(-1, self.n_blocks, self.dim), items.view(-1, self.n_blocks, self.dim)
@@ -113,9 +113,9 @@ class IdEncoder(nn.Module):
             x = self.embedding.all_rows()
         else:
             x = torch.cat([self.embedding.lookup(g.input_users), self.embedding.lookup(g.input_items + self.n_users)])
-        out = propagate_bipartite(x, g.bipartite) / (self.n_layers + 1)
-        users = g.user_user.select_dst(out[: g.n_mid_users])
-        items = g.item_item.select_dst(out[g.n_mid_users:])
+        out_users, out_items = g.split_mid(propagate_bipartite(x, g.bipartite) / (self.n_layers + 1))
+        users = g.user_user.select_dst(out_users)
+        items = g.item_item.select_dst(out_items)
         return users.view(-1, 1, self.dim), items.view(-1, 1, self.dim)
 
     def regularised_rows(self, users: Tensor, items: Tensor | None = None) -> list[Tensor]:

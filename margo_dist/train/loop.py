@@ -23,7 +23,7 @@ from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
 from margo_dist.graph.tensors import Batch, FullGraph, full_graph
 from margo_dist.errors import MargoError
 from margo_dist.model.margo import CALIBRATE, PRETRAIN, Recommender, build_model, stages_for
-from margo_dist.model.objective import triplet_loss
+from margo_dist.model.objective import LossParts, triplet_loss
 from margo_dist.train.batches import TripletSampler
 from margo_dist.train.metrics import csr_from_pairs, full_ranking_eval, weight_detection_auc
 from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
@@ -133,6 +133,12 @@ class Trainer:
                                  self.data.heldout[split], self.cfg.train.topk, self.cfg.train.eval_user_chunk,
                                  fresh_scores=True)
 
+    def weight_auc(self) -> float | None:
+        """Planted-noise detection AUC of the current item weights (synthetic data with θ only)."""
+        if self.model.theta is None or self.data.truth is None:
+            return None
+        return weight_detection_auc(self.model.item_weights().detach().float().cpu(), torch.from_numpy(self.data.truth))
+
     @torch.no_grad()
     def item_weight_table(self) -> np.ndarray | None:
         if self.model.theta is None:
@@ -141,6 +147,17 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------
 
+    def train_step(self, stage: str, batch: Batch, optimizer: torch.optim.Optimizer) -> LossParts:
+        """One optimiser step on one batch; embeddings are computed afresh for it."""
+        b = batch.to(self.device)
+        users_emb, items_emb = self.model.encode(b.graph, self.features)
+        parts = triplet_loss(self.model, stage, self.cfg.model, users_emb[b.users_local],
+                             items_emb[b.pos_local], items_emb[b.neg_local], b.users, b.pos, b.neg)
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        optimizer.step()
+        return parts
+
     def _train_epoch(self, stage: str, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
                      desc: str) -> dict[str, float]:
         sums = {"loss": 0.0, "bpr": 0.0, "cal": 0.0, "reg": 0.0, "calibrated": 0.0}
@@ -148,13 +165,7 @@ class Trainer:
         bar = tqdm(self._batches(rng), total=len(self.sampler), desc=desc, leave=False,
                    disable=not self.cfg.train.progress, dynamic_ncols=True)
         for batch in bar:
-            b = batch.to(self.device)
-            users_emb, items_emb = self.model.encode(b.graph, self.features)
-            parts = triplet_loss(self.model, stage, self.cfg.model, users_emb[b.users_local],
-                                 items_emb[b.pos_local], items_emb[b.neg_local], b.users, b.pos, b.neg)
-            optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            optimizer.step()
+            parts = self.train_step(stage, batch, optimizer)
             loss = float(parts.total.detach())
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} in stage {stage} ({desc}); "
@@ -184,9 +195,9 @@ class Trainer:
         weight_tables = [t for t in (self.model.theta, self.model.user_weight) if t is not None]
         if self.cfg.train.weight_lr <= 0 or not weight_tables:
             return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr, fused=True)
-        table_ids = {id(p) for t in weight_tables for p in t.parameters()}
+        tables = [p for t in weight_tables for p in t.parameters()]
+        table_ids = {id(p) for p in tables}
         rest = [p for p in self.model.parameters() if id(p) not in table_ids]
-        tables = [p for p in self.model.parameters() if id(p) in table_ids]
         return torch.optim.Adam([{"params": rest}, {"params": tables, "lr": self.cfg.train.weight_lr}],
                                 lr=self.cfg.train.lr, fused=True)
 
@@ -236,10 +247,9 @@ class Trainer:
                     record = {"stage": stage, "epoch": epoch, **{f"train_{k}": v for k, v in losses.items()},
                               "valid": valid, "train_seconds": train_s, "eval_seconds": eval_s,
                               "best": improved}
-                    weights = self.item_weight_table() if stage == CALIBRATE else None
-                    if weights is not None and self.data.truth is not None:
-                        record["weight_auc"] = weight_detection_auc(torch.from_numpy(weights),
-                                                                    torch.from_numpy(self.data.truth))
+                    auc = self.weight_auc() if stage == CALIBRATE else None
+                    if auc is not None:
+                        record["weight_auc"] = auc
                     self.records.append(record)
                     self.run.write_metrics(self.records)
                     self.log(f"[{stage}] epoch {epoch:3d}  loss {losses['loss']:.4f}  "
@@ -269,9 +279,9 @@ class Trainer:
         test = self.evaluate(stage, TEST)
         result: dict[str, Any] = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
                                   "valid": state["best_valid"], "test": test}
-        weights = self.item_weight_table() if stage == CALIBRATE else None
-        if weights is not None and self.data.truth is not None:
-            result["weight_auc"] = weight_detection_auc(torch.from_numpy(weights), torch.from_numpy(self.data.truth))
+        auc = self.weight_auc() if stage == CALIBRATE else None
+        if auc is not None:
+            result["weight_auc"] = auc
         self.log(f"[{stage}] best epoch {state['best_epoch']}: valid {self.cfg.train.select_metric} "
                  f"{state['best_metric']:.4f}, test {test.get(self.cfg.train.select_metric, float('nan')):.4f}")
         return result
