@@ -100,7 +100,8 @@ def save_npy(url: str, array: np.ndarray) -> None:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local disk (paths can be opened directly)."""
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protocols or "local" in protocols
 
@@ -114,7 +115,7 @@ def load_npy(url: str, mmap: bool = False) -> np.ndarray:
     if not fs.exists(path):
         raise DataError(f"{url}: file not found")
     try:
-        if _is_local(fs):
+        if is_local(fs):
             # straight from disk: no second in-memory copy of a large feature table
             return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         with fs.open(path, "rb") as fh:

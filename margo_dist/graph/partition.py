@@ -37,7 +37,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
 from margo_dist.data import io as mio
 from margo_dist.errors import ConfigError, DataError
@@ -357,15 +356,11 @@ class Shard:
                 None if data is None else data[keep])
 
 
-def _is_local(fs: Any) -> bool:
-    return isinstance(fs, LocalFileSystem)
-
-
 @contextlib.contextmanager
 def _local_copy(url: str, man: dict, part: int) -> Iterator[str]:
     """A local folder holding the DGL config and shard ``part``'s files (no download if local)."""
     fs, path = mio.fs_and_path(url)
-    if _is_local(fs):
+    if mio.is_local(fs):
         yield path
         return
     prefix = f"part{part}/"
@@ -495,7 +490,7 @@ def artifacts_from_shards(url: str) -> GraphArtifacts:
         for t, ids, inner, deg in (("user", sh.user_ids, sh.inner_user, sh.user_degree),
                                    ("item", sh.item_ids, sh.inner_item, sh.item_degree)):
             degree[t][ids[inner]] = deg[inner]
-            np.add.at(seen[t], ids[inner], 1)
+            seen[t] += np.bincount(ids[inner], minlength=seen[t].size)
         for r in got:
             got[r].append(sh.edges(r))
     for t in NTYPES:

@@ -126,11 +126,8 @@ class BlockSampler:
     def batch(self, u: np.ndarray, i: np.ndarray, j: np.ndarray) -> Batch:
         """Sample for one batch of triplets (global ids)."""
         users, pos, neg = (torch.from_numpy(np.ascontiguousarray(a)) for a in (u, i, j))
-        out_users, users_local = torch.unique(users, return_inverse=True)
-        out_items, items_local = torch.unique(torch.cat([pos, neg]), return_inverse=True)
-        graph = self.sample(out_users, out_items)
-        b = users.numel()
-        return Batch(graph, users, pos, neg, users_local, items_local[:b], items_local[b:])
+        (out_users, out_items), local = Batch.output_nodes(users, pos, neg)
+        return Batch(self.sample(out_users, out_items), users, pos, neg, *local)
 
 
 class _EpochBatches(IterableDataset):

@@ -46,6 +46,9 @@ class CSR:
     def n_rows(self) -> int:
         return self.indptr.numel() - 1
 
+    def to(self, device: torch.device | str) -> "CSR":
+        return CSR(self.indptr.to(device), self.indices.to(device), self.weights.to(device), self.n_cols)
+
     def to_dense(self) -> Tensor:
         rows = torch.repeat_interleave(torch.arange(self.n_rows, device=self.indptr.device), torch.diff(self.indptr))
         out = torch.zeros(self.n_rows, self.n_cols, dtype=self.weights.dtype, device=self.weights.device)
@@ -68,18 +71,24 @@ class EdgeList:
     n_src: int
     # position of each dst node among the src nodes (for residuals); None: dst = src[:n_dst]
     dst_in_src: Tensor | None = None
-    csr: CSR = field(init=False, repr=False)
-    csr_t: CSR = field(init=False, repr=False)
+    # the row form and its transpose; built from the edges unless given (already built)
+    csr: CSR = field(default=None, repr=False)  # type: ignore[assignment]
+    csr_t: CSR = field(default=None, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        self.csr = CSR.from_coo(self.dst, self.src, self.w, self.n_dst, self.n_src)
-        self.csr_t = CSR.from_coo(self.src, self.dst, self.w, self.n_src, self.n_dst)
+        if self.csr is None:
+            self.csr = CSR.from_coo(self.dst, self.src, self.w, self.n_dst, self.n_src)
+        if self.csr_t is None:
+            self.csr_t = CSR.from_coo(self.src, self.dst, self.w, self.n_src, self.n_dst)
 
     def to(self, device: torch.device | str) -> "EdgeList":
-        if self.src.device == torch.device(device):
+        """This edge list on ``device``; the CSR forms are moved, not rebuilt."""
+        src = self.src.to(device)
+        if src is self.src:
             return self
         where = None if self.dst_in_src is None else self.dst_in_src.to(device)
-        return EdgeList(self.src.to(device), self.dst.to(device), self.w.to(device), self.n_dst, self.n_src, where)
+        return EdgeList(src, self.dst.to(device), self.w.to(device), self.n_dst, self.n_src, where,
+                        self.csr.to(device), self.csr_t.to(device))
 
     def rows(self, dst: Tensor) -> "EdgeList":
         """The edges into the dst nodes ``dst`` (ids of this list's dst side), renumbered 0..len-1.
@@ -92,9 +101,12 @@ class EdgeList:
         start = self.csr.indptr[dst]
         count = self.csr.indptr[dst + 1] - start
         local = torch.repeat_interleave(torch.arange(dst.numel(), device=dst.device), count)
-        offset = torch.cumsum(count, 0) - count
-        pos = torch.arange(local.numel(), device=dst.device) - offset[local] + start[local]
-        return EdgeList(self.csr.indices[pos], local, self.csr.weights[pos], dst.numel(), self.n_src, dst)
+        indptr = torch.zeros(dst.numel() + 1, dtype=torch.int64, device=dst.device)
+        torch.cumsum(count, 0, out=indptr[1:])
+        pos = torch.arange(local.numel(), device=dst.device) - indptr[local] + start[local]
+        # the selected edges are already grouped by (new) row: the row form needs no sort
+        rows = CSR(indptr, self.csr.indices[pos], self.csr.weights[pos], self.n_src)
+        return EdgeList(rows.indices, local, rows.weights, dst.numel(), self.n_src, dst, csr=rows)
 
     def select_dst(self, x_src: Tensor) -> Tensor:
         """The rows of ``x_src`` that belong to this edge list's dst nodes."""
@@ -255,8 +267,16 @@ class Batch:
         """
         if graph.input_users is not None:
             raise ValueError("Batch.full needs the whole-graph compute graph (FullGraph.compute_graph)")
-        out_users, users_local = torch.unique(users, return_inverse=True)
-        out_items, items_local = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        device = graph.item_item.src.device
+        users, pos, neg = users.to(device), pos.to(device), neg.to(device)
+        (out_users, out_items), local = Batch.output_nodes(users, pos, neg)
         g = ComputeGraph(graph.bipartite, graph.n_mid_users, graph.item_item.rows(out_items),
                          graph.user_user.rows(out_users), output_users=out_users, output_items=out_items)
-        return Batch(g, users, pos, neg, users_local, items_local[: pos.numel()], items_local[pos.numel():])
+        return Batch(g, users, pos, neg, *local)
+
+    @staticmethod
+    def output_nodes(users: Tensor, pos: Tensor, neg: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, ...]]:
+        """((unique users, unique items), (users_local, pos_local, neg_local)) of a batch of triplets."""
+        out_users, users_local = torch.unique(users, return_inverse=True)
+        out_items, items_local = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        return (out_users, out_items), (users_local, items_local[: pos.numel()], items_local[pos.numel():])
