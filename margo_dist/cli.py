@@ -97,20 +97,17 @@ def cmd_graphs(args: argparse.Namespace) -> int:
 
 def cmd_partition(args: argparse.Namespace) -> int:
     from margo_dist.config import load_config
-    from margo_dist.data import io as mio
     from margo_dist.data.formats import read_dataset_cfg
-    from margo_dist.graph.build import ensure_graphs, graph_key
+    from margo_dist.graph.build import ensure_graphs, shards_dir
     from margo_dist.graph.partition import partition_graphs
     from margo_dist.train.loop import dataset_url
 
     cfg = load_config(args.config, args.overrides)
     cfg.data.path = dataset_url(cfg)
     ds = read_dataset_cfg(cfg.data)
-    key = graph_key(ds, cfg.graph, cfg.data.modalities)
-    base = cfg.graph.cache_dir or mio.join(cfg.data.path, ".margo_cache")
-    out = args.out or mio.join(base, f"shards-{key}-{args.method}-{args.parts}")
     t0 = time.time()
     art = ensure_graphs(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=True)
+    out = args.out or shards_dir(cfg.data.path, cfg.graph, art.key, args.method, args.parts)
     man = partition_graphs(art, cfg.data.modalities, out, args.parts, args.method, seed=args.seed)
     for s in man["shards"]:
         print(f"shard {s['part']}: {s['users']} users, {s['items']} items, {s['inner_edges']} inner edges "

@@ -91,15 +91,14 @@ def do_graphs(url: str, dtype: str) -> dict[str, Any]:
 
 
 def do_partition(url: str, dtype: str, parts: int) -> dict[str, Any]:
-    from margo_dist.data import io as mio
     from margo_dist.data.formats import read_dataset_cfg
-    from margo_dist.graph.build import ensure_graphs
+    from margo_dist.graph.build import ensure_graphs, shards_dir
     from margo_dist.graph.partition import partition_graphs
 
     cfg = _cfg(url, dtype, [])
     ds = read_dataset_cfg(cfg.data)
     art = ensure_graphs(ds, url, cfg.graph, cfg.data.modalities, build=False)
-    out = mio.join(url, ".margo_cache", f"shards-{art.key}-metis-{parts}")
+    out = shards_dir(url, cfg.graph, art.key, "metis", parts)
     partition_graphs(art, cfg.data.modalities, out, parts, "metis")
     return {"note": f"{parts} parts -> {out}"}
 

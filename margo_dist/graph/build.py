@@ -409,10 +409,19 @@ def load_graphs(url: str) -> GraphArtifacts:
         user_nbr=arrays["user_nbr"], user_cnt=arrays["user_cnt"], key=key)
 
 
+def cache_base(ds_url: str, cfg: GraphConfig) -> str:
+    """Where a dataset's offline artefacts go: ``graph.cache_dir`` or ``<dataset>/.margo_cache``."""
+    return cfg.cache_dir or mio.join(ds_url, ".margo_cache")
+
+
 def graphs_dir(ds_url: str, cfg: GraphConfig, key: str) -> str:
-    """Cache folder of one key: ``<cache_dir or ds_url/.margo_cache>/graphs-<key>``."""
-    base = cfg.cache_dir or mio.join(ds_url, ".margo_cache")
-    return mio.join(base, f"graphs-{key}")
+    """Cache folder of one key: ``<cache base>/graphs-<key>``."""
+    return mio.join(cache_base(ds_url, cfg), f"graphs-{key}")
+
+
+def shards_dir(ds_url: str, cfg: GraphConfig, key: str, method: str, parts: int) -> str:
+    """Default folder of a shard set: ``<cache base>/shards-<key>-<method>-<parts>``."""
+    return mio.join(cache_base(ds_url, cfg), f"shards-{key}-{method}-{parts}")
 
 
 def ensure_graphs(ds: Dataset, ds_url: str, cfg: GraphConfig, modalities: list[str] | None = None,
