@@ -442,9 +442,9 @@ def _floats(table: _Table, col: str) -> np.ndarray:
     raise DataError(f"{table.url}: field {col}: not readable as numbers")
 
 
-def _natural_order(ids: pa.Array) -> np.ndarray:
-    """Permutation sorting raw ids: by integer value when all are integers, else as strings."""
-    strs = np.asarray(ids.to_numpy(zero_copy_only=False)).astype(str)
+def _natural_order(ids: pa.Array, strs: np.ndarray) -> np.ndarray:
+    """Permutation sorting raw ids (``strs``: the same ids as strings): by integer value when
+    all are integers, else as strings."""
     if len(strs) and pc.all(pc.match_substring_regex(ids, _INT_ID_RE)).as_py():
         return np.lexsort((strs, strs.astype(np.int64)))
     return np.argsort(strs, kind="stable")
@@ -455,20 +455,20 @@ def _codes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     enc = pc.dictionary_encode(arr)
     idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     dictionary = enc.dictionary
-    perm = _natural_order(dictionary)
+    strs = np.asarray(dictionary.to_numpy(zero_copy_only=False)).astype(str)
+    perm = _natural_order(dictionary, strs)
     rank = np.empty(len(perm), dtype=np.int64)
     rank[perm] = np.arange(len(perm))
-    raw = np.asarray(dictionary.to_numpy(zero_copy_only=False)).astype(str)[perm]
-    return rank[idx], raw
+    return rank[idx], strs[perm]
 
 
 # ---------------------------------------------------------------- features
 
 
-def _item_texts(url: str, item_raw: np.ndarray, text_fields: list[str] | None, columns: dict | None,
+def _item_texts(table: _Table, item_raw: np.ndarray, text_fields: list[str] | None, columns: dict | None,
                 notes: list[str]) -> list[str]:
     """One sentence per dense item: the chosen fields joined by '. '; '' where there is none."""
-    table = _read_table(url)
+    url = table.url
     named = (columns or {}).get("item")
     # the interaction file's item column name applies here only when this file has it too
     use = columns if named is not None and any(h == named or _base(h) == named for h in table.header) else None
@@ -661,10 +661,11 @@ def prepare(interactions_url: str, out_url: str, items_url: str | None = None,
         say(f"image features {features['image'].shape} from {image_features_url}")
     if items_url is not None:
         groups = text_modalities or {"text": text_fields}
+        items_table = _read_table(items_url)  # once, however many text modalities read it
         for name, fields in groups.items():
             if name in features:
                 raise ConfigError(f"text modality name {name!r} is used twice")
-            texts = _item_texts(items_url, item_ids, fields, columns, notes)
+            texts = _item_texts(items_table, item_ids, fields, columns, notes)
             say(f"encoding {len(texts)} item texts for modality {name!r} with {text_encoder}")
             features[name] = encode_texts(texts, encoder=text_encoder, progress=progress)
 
