@@ -22,6 +22,8 @@ import os
 import resource
 import time
 
+from margo_dist.data.synth import margo_home
+
 BABY = {"users": 19445, "items": 7050, "interactions": 160792, "image": 4096, "text": 384}
 QUICK = {"users": 2000, "items": 1000, "interactions": 20000, "image": 512, "text": 384}
 DEFAULT_FANOUTS = "{ui: [10, 10], iu: [10, 10], ii: [10], uu: [20]}"
@@ -29,16 +31,12 @@ DEFAULT_FANOUTS = "{ui: [10, 10], iu: [10, 10], ii: [10], uu: [20]}"
 
 def dataset(shape: dict[str, int], root: str) -> str:
     """The synthetic dataset of ``shape`` under ``root`` (made once, then reused)."""
-    from margo_dist.data import io as mio
-    from margo_dist.data.synth import META_FILE, SynthSpec, write_synthetic
+    from margo_dist.data.synth import SynthSpec, ensure_synthetic
 
     url = os.path.join(root, "u{users}-i{items}-n{interactions}-v{image}-t{text}".format(**shape))
-    if not mio.exists(mio.join(url, META_FILE)):
-        print(f"generating {url} ...", flush=True)
-        spec = SynthSpec(n_users=shape["users"], n_items=shape["items"], n_interactions=shape["interactions"],
-                         modality_dims={"image": shape["image"], "text": shape["text"]}, seed=0)
-        write_synthetic(spec, url, "mmrec")
-    return url
+    spec = SynthSpec(n_users=shape["users"], n_items=shape["items"], n_interactions=shape["interactions"],
+                     modality_dims={"image": shape["image"], "text": shape["text"]}, seed=0)
+    return ensure_synthetic(spec, url)
 
 
 def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, queue: "mp.Queue") -> None:
@@ -78,8 +76,7 @@ def main() -> None:
     parser.add_argument("--fanouts", default=DEFAULT_FANOUTS)
     parser.add_argument("--epochs", type=int, default=1, help="epochs timed per mode (the fastest is reported)")
     parser.add_argument("--workers", type=int, default=1, help="sampling DataLoader processes")
-    parser.add_argument("--root", default=os.path.join(os.environ.get("MARGO_DIST_HOME", os.path.expanduser(
-        "~/.cache/margo-dist")), "bench"))
+    parser.add_argument("--root", default=os.path.join(margo_home(), "bench"))
     args = parser.parse_args()
     shape = QUICK if args.quick else BABY
     url = dataset(shape, args.root)

@@ -26,8 +26,7 @@ import sys
 import time
 
 from margo_dist.config import load_config
-from margo_dist.data import io as mio
-from margo_dist.data.synth import META_FILE, SynthSpec, write_synthetic
+from margo_dist.data.synth import SynthSpec, ensure_synthetic, margo_home
 from margo_dist.train.loop import train
 
 
@@ -64,18 +63,16 @@ def main() -> int:
     p.add_argument("--config", default="configs/default.yaml")
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every run")
     p.add_argument("--independent", action="store_true", help="train wo_weight as its own run")
-    p.add_argument("--out", default=os.path.join(os.environ.get("MARGO_DIST_HOME", os.path.expanduser(
-        "~/.cache/margo-dist")), "bench-reliability"))
+    p.add_argument("--out", default=os.path.join(margo_home(), "bench-reliability"))
     args = p.parse_args()
     dims = {k: int(v) for k, v in (part.split(":") for part in args.dims.split(","))}
     rows = []
     for seed in range(args.seeds):
         kind = "" if args.noise_kind == "swap" else f"-{args.noise_kind}"
         data = os.path.join(args.out, f"data-s{seed}-u{args.users}-i{args.items}-n{args.interactions}{kind}")
-        if not mio.exists(mio.join(data, META_FILE)):
-            write_synthetic(SynthSpec(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
-                                      modality_dims=dims, seed=seed, unreliable_frac=args.noise,
-                                      noise_kind=args.noise_kind), data)
+        ensure_synthetic(SynthSpec(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
+                                   modality_dims=dims, seed=seed, unreliable_frac=args.noise,
+                                   noise_kind=args.noise_kind), data)
         margo = run(args, data, "margo", seed, "model.variant=margo")
         wo_cal = run(args, data, "wo_cal", seed, "model.variant=wo_cal", "model.alpha=0",
                      f"run.pretrained={run_dir(args, data, 'margo')}")

@@ -17,6 +17,8 @@ import multiprocessing as mp
 import os
 import time
 
+from margo_dist.data.synth import margo_home
+
 SIZES = {
     "tiny": (2000, 1000, 20000),
     "baby": (19445, 7050, 160792),
@@ -61,11 +63,9 @@ def main() -> None:
     p.add_argument("--fanouts", default="{ui: [5, 5], iu: [5, 5], ii: [5], uu: [10]}")
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--plot", default="")
-    p.add_argument("--root", default=os.path.join(os.environ.get("MARGO_DIST_HOME", os.path.expanduser(
-        "~/.cache/margo-dist")), "bench"))
+    p.add_argument("--root", default=os.path.join(margo_home(), "bench"))
     args = p.parse_args()
-    from margo_dist.data import io as mio
-    from margo_dist.data.synth import META_FILE, SynthSpec, write_synthetic
+    from margo_dist.data.synth import SynthSpec, ensure_synthetic
 
     ctx = mp.get_context("spawn")
     rows = []
@@ -74,9 +74,8 @@ def main() -> None:
         url = os.path.join(args.root, f"curve-{name}")
         if name == "elec":
             url = os.path.join(args.root, f"elec-u{users}-i{items}-n{inter}")
-        if not mio.exists(mio.join(url, META_FILE)):
-            write_synthetic(SynthSpec(n_users=users, n_items=items, n_interactions=inter,
-                                      modality_dims={"image": 4096, "text": 384}, seed=0), url)
+        ensure_synthetic(SynthSpec(n_users=users, n_items=items, n_interactions=inter,
+                                   modality_dims={"image": 4096, "text": 384}, seed=0), url)
         row = {"size": name, "users": users, "items": items, "interactions": inter}
         for mode in ("full", "sampled"):
             queue: mp.Queue = ctx.Queue()

@@ -28,6 +28,8 @@ import resource
 import time
 from typing import Any, Callable
 
+from margo_dist.data.synth import margo_home
+
 ELEC = {"users": 192403, "items": 63001, "interactions": 1689188, "image": 4096, "text": 384}
 
 
@@ -57,13 +59,12 @@ def step(name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, 
 
 def do_synth(url: str, shape: dict[str, int]) -> dict[str, Any]:
     from margo_dist.data import io as mio
-    from margo_dist.data.synth import META_FILE, SynthSpec, write_synthetic
+    from margo_dist.data.synth import META_FILE, SynthSpec, ensure_synthetic
 
-    if mio.exists(mio.join(url, META_FILE)):
-        return {"note": "reused"}
-    write_synthetic(SynthSpec(n_users=shape["users"], n_items=shape["items"], n_interactions=shape["interactions"],
-                              modality_dims={"image": shape["image"], "text": shape["text"]}, seed=0), url)
-    return {}
+    reused = mio.exists(mio.join(url, META_FILE))
+    ensure_synthetic(SynthSpec(n_users=shape["users"], n_items=shape["items"], n_interactions=shape["interactions"],
+                               modality_dims={"image": shape["image"], "text": shape["text"]}, seed=0), url)
+    return {"note": "reused"} if reused else {}
 
 
 def _cfg(url: str, dtype: str, extra: list[str]) -> Any:
@@ -148,8 +149,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--parts", type=int, default=2)
     p.add_argument("--steps", default="synth,read,graphs,partition,epoch,evaluate")
-    p.add_argument("--root", default=os.path.join(os.environ.get("MARGO_DIST_HOME", os.path.expanduser(
-        "~/.cache/margo-dist")), "bench"))
+    p.add_argument("--root", default=os.path.join(margo_home(), "bench"))
     args = p.parse_args()
     shape = dict(ELEC)
     for key in ("users", "items", "interactions"):

@@ -206,19 +206,28 @@ def load_truth(url: str) -> tuple[list[str], np.ndarray]:
 DEFAULT_SPEC = SynthSpec(n_users=2000, n_items=1000, n_interactions=24000)
 
 
+def margo_home() -> str:
+    """The project's working folder: ``$MARGO_DIST_HOME``, else ``~/.cache/margo-dist``."""
+    return os.environ.get("MARGO_DIST_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "margo-dist")
+
+
 def default_dataset_url() -> str:
     """Folder of the built-in default dataset (made on first use)."""
-    home = os.environ.get("MARGO_DIST_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "margo-dist")
-    return os.path.join(home, f"synth-default-s{DEFAULT_SPEC.seed}-u{DEFAULT_SPEC.n_users}-i{DEFAULT_SPEC.n_items}")
+    return os.path.join(margo_home(), f"synth-default-s{DEFAULT_SPEC.seed}-u{DEFAULT_SPEC.n_users}"
+                                      f"-i{DEFAULT_SPEC.n_items}")
+
+
+def ensure_synthetic(spec: SynthSpec, url: str, progress: bool = True) -> str:
+    """Write the dataset of ``spec`` to ``url`` unless it is already there; return ``url``."""
+    from margo_dist.data import io as mio
+
+    if not mio.exists(mio.join(url, META_FILE)):
+        if progress:
+            print(f"creating synthetic dataset {url} ...", flush=True)
+        write_synthetic(spec, url, "mmrec")
+    return url
 
 
 def ensure_default_dataset(progress: bool = True) -> str:
     """Create the default synthetic dataset if it is not there; return its URL."""
-    from margo_dist.data import io as mio
-
-    url = default_dataset_url()
-    if not mio.exists(mio.join(url, META_FILE)):
-        if progress:
-            print(f"creating the built-in synthetic dataset at {url} ...", flush=True)
-        write_synthetic(DEFAULT_SPEC, url, "mmrec")
-    return url
+    return ensure_synthetic(DEFAULT_SPEC, default_dataset_url(), progress)
