@@ -38,11 +38,13 @@ class MF(nn.Module):
         self.maps = nn.ParameterList([nn.Parameter(torch.randn(k, d, generator=gen) / k ** 0.5) for k in dims])
         self.theta = nn.Parameter(torch.zeros(n_items, len(dims)))
 
-    def items(self, feats: list[Tensor]) -> Tensor:
-        return torch.stack([f @ w for f, w in zip(feats, self.maps)])  # [M, I, d]
+    def items(self, feats: list[Tensor], rows: Tensor | None = None) -> Tensor:
+        """Item vectors per modality, [M, I or len(rows), d]."""
+        return torch.stack([(f if rows is None else f[rows]) @ w for f, w in zip(feats, self.maps)])
 
-    def ratings(self, q: Tensor, u: Tensor, i: Tensor) -> Tensor:
-        return (self.users[:, u] * q[:, i]).sum(-1).t()  # [B, M]
+    def ratings(self, feats: list[Tensor], u: Tensor, i: Tensor) -> Tensor:
+        """r_ui^m for a batch, projecting only the batch's items: [B, M]."""
+        return (self.users[:, u] * self.items(feats, i)).sum(-1).t()
 
 
 def main() -> int:
@@ -83,8 +85,7 @@ def main() -> int:
             epoch += 1
             for u, i, j in sampler.epoch(rng):
                 u, i, j = (torch.from_numpy(a) for a in (u, i, j))
-                q = model.items(feats)
-                r_pos, r_neg = model.ratings(q, u, i), model.ratings(q, u, j)
+                r_pos, r_neg = model.ratings(feats, u, i), model.ratings(feats, u, j)
                 w_pos, w_neg = torch.softmax(model.theta[i], 1), torch.softmax(model.theta[j], 1)
                 y_pos = (w_pos * r_pos).sum(1) if calibrated else r_pos.sum(1)
                 y_neg = (w_neg * r_neg).sum(1) if calibrated else r_neg.sum(1)
