@@ -81,10 +81,10 @@ def cmd_graphs(args: argparse.Namespace) -> int:
     from margo_dist.config import load_config
     from margo_dist.data.formats import read_dataset_cfg
     from margo_dist.graph.build import build_graphs, graph_key, graphs_dir, save_graphs
-    from margo_dist.train.loop import dataset_url
+    from margo_dist.data.synth import dataset_url
 
     cfg = load_config(args.config, args.overrides)
-    cfg.data.path = dataset_url(cfg)
+    cfg.data.path = dataset_url(cfg.data.path)
     ds = read_dataset_cfg(cfg.data)
     key = graph_key(ds, cfg.graph, cfg.data.modalities)
     out = graphs_dir(cfg.data.path, cfg.graph, key)
@@ -100,10 +100,10 @@ def cmd_partition(args: argparse.Namespace) -> int:
     from margo_dist.data.formats import read_dataset_cfg
     from margo_dist.graph.build import ensure_graphs, shards_dir
     from margo_dist.graph.partition import partition_graphs
-    from margo_dist.train.loop import dataset_url
+    from margo_dist.data.synth import dataset_url
 
     cfg = load_config(args.config, args.overrides)
-    cfg.data.path = dataset_url(cfg)
+    cfg.data.path = dataset_url(cfg.data.path)
     ds = read_dataset_cfg(cfg.data)
     t0 = time.time()
     art = ensure_graphs(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=True)

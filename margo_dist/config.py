@@ -16,8 +16,7 @@ from typing import Any
 import yaml
 
 from margo_dist.errors import ConfigError
-
-VARIANTS = ("margo", "wo_weight", "wo_cal", "wo_two_stage", "wo_nograd", "dragon", "lightgcn", "bpr_mf")
+from margo_dist.model.variants import VARIANTS
 
 
 @dataclass
@@ -50,7 +49,7 @@ class GraphConfig:
 
 @dataclass
 class ModelConfig:
-    """The model and the MARGO hyper-parameters (equations.md sections 1-8, 10)."""
+    """The model and the MARGO hyper-parameters (docs/equations.md sections 1-8, 10)."""
 
     variant: str = "margo"
     dim: int = 64
@@ -60,7 +59,7 @@ class ModelConfig:
     tau: float = 0.1  # confidence sensitivity (grid 0.1..5; 0.1 kept the planted-noise AUC highest)
     reg_weight: float = 1e-3  # lambda
     fusion_scale: str = "one"  # one | num_modalities
-    theta_init_std: float = 0.01  # theta ~ N(0, std^2) at the start of stage 2
+    theta_init_std: float = 0.01  # theta ~ N(0, std^2) at the start of stage 2; 0: uniform weights
 
 
 @dataclass
@@ -77,6 +76,9 @@ class TrainConfig:
     eval_user_chunk: int = 4096  # users scored at once in full ranking
     topk: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
     select_metric: str = "recall@20"
+    # evaluate stage 2's starting state (stage 1's best, fresh θ) as its epoch 0 and keep it
+    # if no later epoch beats it on validation; false: the paper as written (docs/equations.md 7)
+    eval_stage_start: bool = True
     mode: str = "full"  # full | sampled
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
@@ -127,7 +129,7 @@ class Config:
     def validate(self) -> None:
         """Check values that a type alone does not constrain."""
         checks = [
-            ("model.variant", self.model.variant, VARIANTS),
+            ("model.variant", self.model.variant, tuple(VARIANTS)),
             ("data.format", self.data.format, ("mmrec", "parquet")),
             ("data.feature_dtype", self.data.feature_dtype, ("float32", "float16")),
             ("model.fusion_scale", self.model.fusion_scale, ("one", "num_modalities")),
@@ -156,6 +158,7 @@ class Config:
             if value <= 0:
                 raise ConfigError(f"{key}={value} must be > 0")
         for key, value in {"model.alpha": self.model.alpha, "model.reg_weight": self.model.reg_weight,
+                           "model.theta_init_std": self.model.theta_init_std,
                            "graph.user_k": self.graph.user_k}.items():
             if value < 0:
                 raise ConfigError(f"{key}={value} must be >= 0")

@@ -59,14 +59,14 @@ def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, queue
     epoch_s = []
     for e in range(epochs):
         t1 = time.time()
-        trainer._train_epoch(CALIBRATE, optimizer, rng, f"{mode} {e}")
+        trainer.train_epoch(CALIBRATE, optimizer, rng, f"{mode} {e}")
         epoch_s.append(time.time() - t1)
     t2 = time.time()
     trainer.evaluate(CALIBRATE, VALID)
     eval_s = time.time() - t2
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put({"mode": mode, "setup_s": setup_s, "epoch_s": min(epoch_s), "triplets_per_s": n_triplets / min(epoch_s),
-               "eval_s": eval_s, "peak_rss_mb": peak, "batches": len(trainer.sampler)})
+               "eval_s": eval_s, "peak_rss_mb": peak, "batches": len(trainer.triplets)})
 
 
 def main() -> None:

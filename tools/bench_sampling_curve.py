@@ -41,7 +41,7 @@ def measure(url: str, mode: str, fanouts: str, n_batches: int, queue: "mp.Queue"
     trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
     optimizer = trainer.new_optimizer()
     times, field_items, field_users = [], [], []
-    batches = trainer._batches(np.random.default_rng(0))
+    batches = trainer.batches(np.random.default_rng(0))
     for k in range(n_batches + 1):
         t0 = time.time()
         b = next(batches)
@@ -52,7 +52,7 @@ def measure(url: str, mode: str, fanouts: str, n_batches: int, queue: "mp.Queue"
             field_items.append(b.graph.input_items.numel() / trainer.data.ds.n_items)
             field_users.append(b.graph.input_users.numel() / trainer.data.ds.n_users)
     step = float(np.mean(times))
-    queue.put({"step_s": step, "epoch_s": step * len(trainer.sampler), "steps": len(trainer.sampler),
+    queue.put({"step_s": step, "epoch_s": step * len(trainer.triplets), "steps": len(trainer.triplets),
                "field_items": float(np.mean(field_items)) if field_items else 1.0,
                "field_users": float(np.mean(field_users)) if field_users else 1.0})
 

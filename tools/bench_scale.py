@@ -116,11 +116,11 @@ def do_epoch(url: str, dtype: str, batch: int, fanouts: str, workers: int) -> di
     trainer = Trainer(cfg, load_training_data(cfg, build_graphs=False), log=lambda _m: None)
     optimizer = trainer.new_optimizer()
     t0 = time.time()
-    losses = trainer._train_epoch(CALIBRATE, optimizer, np.random.default_rng(0), "scale")
+    losses = trainer.train_epoch(CALIBRATE, optimizer, np.random.default_rng(0), "scale")
     seconds = time.time() - t0
     n = int((trainer.data.ds.label == 0).sum())
     torch.save(trainer.model.state_dict(), os.path.join(url, ".margo_cache", "bench_scale_model.pt"))
-    return {"note": f"{len(trainer.sampler)} steps of {batch}, {n / seconds:.0f} triplets/s, "
+    return {"note": f"{len(trainer.triplets)} steps of {batch}, {n / seconds:.0f} triplets/s, "
                     f"loss {losses['loss']:.4f}"}
 
 

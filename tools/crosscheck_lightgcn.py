@@ -172,7 +172,7 @@ def run_ours(cfg: Config, split: Split) -> tuple[SideResult, Tensor, FullGraph]:
     trainer, _ = load_trained(cfg.run.dir)
     with torch.no_grad():
         trainer.model.eval()
-        u, i = trainer.model.encode(trainer.graph, trainer.features)
+        u, i = trainer.model.encode(trainer.whole_graph, trainer.features)
         u, i = u.flatten(1), i.flatten(1)
     recheck = evaluate_embeddings(u, i, split, TEST)
     if abs(recheck - summary["test"][METRIC]) > 1e-6:
@@ -183,7 +183,7 @@ def run_ours(cfg: Config, split: Split) -> tuple[SideResult, Tensor, FullGraph]:
     result = SideResult("ours (margo_dist IdEncoder)", int(stage["best_epoch"]), float(summary["valid"][METRIC]),
                         float(summary["test"][METRIC]), independent_recall(u.numpy(), i.numpy(), split.ds),
                         seconds, curve)
-    return result, init_table, trainer.graph
+    return result, init_table, trainer.whole_graph
 
 
 def pyg_edge_index(ds: Dataset) -> Tensor:

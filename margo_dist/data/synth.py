@@ -231,3 +231,8 @@ def ensure_synthetic(spec: SynthSpec, url: str, progress: bool = True) -> str:
 def ensure_default_dataset(progress: bool = True) -> str:
     """Create the default synthetic dataset if it is not there; return its URL."""
     return ensure_synthetic(DEFAULT_SPEC, default_dataset_url(), progress)
+
+
+def dataset_url(path: str, progress: bool = True) -> str:
+    """The dataset a config names: ``data.path``, or the built-in synthetic one when it is empty."""
+    return path or ensure_default_dataset(progress)

@@ -1,4 +1,4 @@
-"""MARGO's loss terms as pure functions (equations.md sections 3-7).
+"""MARGO's loss terms as pure functions (docs/equations.md sections 3-7).
 
 Shapes: B = batch of (u, i, j) triplets, M = modalities. Every function works on
 any device and dtype the inputs have; none of them keeps state.

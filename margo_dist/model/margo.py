@@ -20,25 +20,13 @@ from margo_dist.graph.tensors import ComputeGraph, EdgeList
 from margo_dist.model.layers import MLP, propagate, xavier_normal
 from margo_dist.model.tables import LocalTable, Table
 
-PRETRAIN, CALIBRATE, DRAGON = "pretrain", "calibrate", "dragon"
-MULTIMODAL = ("margo", "wo_weight", "wo_cal", "wo_two_stage", "wo_nograd", "dragon")
+from margo_dist.model.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
 
-
-def stages_for(variant: str) -> list[str]:
-    """The training stages of a variant (equations.md section 8)."""
-    if variant in ("margo", "wo_cal", "wo_nograd"):
-        return [PRETRAIN, CALIBRATE]
-    if variant == "wo_two_stage":
-        return [CALIBRATE]
-    if variant == "dragon":
-        return [DRAGON]
-    if variant in ("wo_weight", "lightgcn", "bpr_mf"):
-        return [PRETRAIN]
-    raise ValueError(f"unknown model.variant {variant!r}")
+__all__ = ["CALIBRATE", "DRAGON", "PRETRAIN", "Recommender", "build_model", "fuse", "modality_ratings"]
 
 
 class DragonEncoder(nn.Module):
-    """DRAGON's graph encoder over M modalities (equations.md section 1).
+    """DRAGON's graph encoder over M modalities (docs/equations.md section 1).
 
     Per modality: item input ``MLP_m(f_i^m)``, user input a free table ``P^m``;
     rows L2-normalised; ``n_layers`` propagation steps on the bipartite graph summed
@@ -131,30 +119,42 @@ class Recommender(nn.Module):
     def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig,
                  generator: torch.Generator) -> None:
         super().__init__()
+        self.spec = get_variant(cfg.variant)
         self.variant = cfg.variant
         self.fusion_scale = cfg.fusion_scale
         self.encoder: DragonEncoder | IdEncoder
-        if cfg.variant in MULTIMODAL:
+        if self.spec.encoder == "dragon":
             if not feature_dims:
                 raise ValueError(f"model.variant={cfg.variant} needs at least one modality")
             self.encoder = DragonEncoder(n_users, n_items, feature_dims, cfg, generator)
-        elif cfg.variant == "lightgcn":
-            self.encoder = IdEncoder(n_users, n_items, cfg, cfg.n_layers, generator)
-        elif cfg.variant == "bpr_mf":
-            self.encoder = IdEncoder(n_users, n_items, cfg, 0, generator)
         else:
-            raise ValueError(f"unknown model.variant {cfg.variant!r}")
+            n_layers = cfg.n_layers if self.spec.encoder == "lightgcn" else 0
+            self.encoder = IdEncoder(n_users, n_items, cfg, n_layers, generator)
         m = self.encoder.n_blocks
         self.theta: Table | None = None
         self.user_weight: Table | None = None
-        if CALIBRATE in stages_for(cfg.variant):
+        if self.spec.item_weights:
             self.theta = LocalTable(n_items, m, torch.randn((n_items, m), generator=generator) * cfg.theta_init_std)
-        if cfg.variant == "dragon":
+        if self.spec.user_weights:
             self.user_weight = LocalTable(n_users, m, xavier_normal((n_users, m), generator))
 
     @property
     def n_blocks(self) -> int:
         return self.encoder.n_blocks
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The model's parameters by kind, for the optimiser (and, distributed, for placement).
+
+        ``dense``: the projection MLPs (replicated); ``tables``: the per-row embedding
+        tables (user preferences, ID embeddings); ``weights``: the fusion-weight tables
+        (θ, DRAGON's user weights), which ``train.weight_lr`` may give their own rate.
+        """
+        weights = [p for t in (self.theta, self.user_weight) if t is not None for p in t.parameters()]
+        taken = {id(p) for p in weights}
+        tables = [p for m in self.modules() if isinstance(m, Table) for p in m.parameters() if id(p) not in taken]
+        taken |= {id(p) for p in tables}
+        dense = [p for p in self.parameters() if id(p) not in taken]
+        return {"dense": dense, "tables": tables, "weights": weights}
 
     def encode(self, g: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Final vectors of the compute graph's output users and items, [., M, d] each."""

@@ -1,4 +1,4 @@
-"""The per-stage training objective on a batch of triplets (equations.md 3-7)."""
+"""The per-stage training objective on a batch of triplets (docs/equations.md 3-7)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def triplet_loss(model: Recommender, stage: str, cfg: ModelConfig, users_emb: Te
     bpr = losses.bpr_loss(y_pos, y_neg)
     total = bpr
     cal_value, calibrated = 0.0, 0.0
-    if stage == CALIBRATE and cfg.alpha > 0:
+    if stage == CALIBRATE and model.spec.calibration and cfg.alpha > 0:
         cal, calibrated = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, pos, neg)
         total = total + cfg.alpha * cal
         cal_value = float(cal.detach())
@@ -53,10 +53,10 @@ def calibration_term(model: Recommender, cfg: ModelConfig, r_pos: Tensor, r_neg:
     """``L_cal`` (Eq. 8) and the fraction of triplets it supervises.
 
     r_pos/r_neg: [B, M] modality ratings; y_pos/y_neg: [B] fused scores; pos/neg: [B]
-    item ids. The stop-gradient on z and gamma is on except for ``wo_nograd``.
+    item ids. The stop-gradient on z and gamma follows the variant (off for ``wo_nograd``).
     """
     z, mask = losses.reliability(r_pos, r_neg)
     gamma = losses.confidence(y_pos, y_neg, cfg.tau)
     w_pos, w_neg = model.item_weights(pos), model.item_weights(neg)
-    cal = losses.calibration_loss(z, mask, gamma, w_pos, w_neg, stop_grad=cfg.variant != "wo_nograd")
+    cal = losses.calibration_loss(z, mask, gamma, w_pos, w_neg, stop_grad=model.spec.stop_gradient)
     return cal, float(((gamma > 0) & mask).float().mean())

@@ -49,7 +49,9 @@ class LocalTable(Table):
         self.weight = nn.Parameter(init.clone())
 
     def lookup(self, ids: Tensor) -> Tensor:
-        return self.weight[ids]
+        # index_select, not weight[ids]: the backward of advanced indexing sums duplicate
+        # ids in a thread-dependent order on CPU, so runs would not repeat bit for bit
+        return self.weight.index_select(0, ids)
 
     def all_rows(self) -> Tensor:
         return self.weight

@@ -15,16 +15,18 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
-
 from margo_dist.config import Config
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
-from margo_dist.graph.tensors import Batch, FullGraph, full_graph
+from margo_dist.data.synth import dataset_url
 from margo_dist.errors import MargoError
-from margo_dist.model.margo import CALIBRATE, PRETRAIN, Recommender, build_model, stages_for
+from margo_dist.graph.tensors import Batch, FullGraph, full_graph
+from margo_dist.model.margo import Recommender, build_model
 from margo_dist.model.objective import LossParts, triplet_loss
+from margo_dist.model.variants import CALIBRATE, PRETRAIN, get_variant
+from margo_dist.progress import progress_bar
 from margo_dist.train.batches import TripletSampler
+from margo_dist.train.coordinator import Coordinator
 from margo_dist.train.metrics import csr_from_pairs, full_ranking_eval, weight_detection_auc
 from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
 
@@ -47,21 +49,12 @@ class TrainingData:
         return np.flatnonzero(np.diff(indptr) > 0)
 
 
-def dataset_url(cfg: Config, progress: bool = True) -> str:
-    """``data.path``, or the built-in synthetic dataset (made on first use)."""
-    if cfg.data.path:
-        return cfg.data.path
-    from margo_dist.data.synth import ensure_default_dataset
-
-    return ensure_default_dataset(progress)
-
-
 def load_training_data(cfg: Config, build_graphs: bool = True) -> TrainingData:
     """Read and validate the dataset, load (or build once) its graph artefacts."""
     from margo_dist.data.formats import read_dataset_cfg
     from margo_dist.graph.build import load_graph_source
 
-    url = dataset_url(cfg, cfg.train.progress)
+    url = dataset_url(cfg.data.path, cfg.train.progress)
     data_cfg = copy.copy(cfg.data)
     data_cfg.path = url
     ds = read_dataset_cfg(data_cfg)
@@ -89,7 +82,12 @@ def _load_truth(url: str, modalities: list[str]) -> np.ndarray | None:
 
 
 class Trainer:
-    """Runs the stages of ``cfg.model.variant`` on ``data``, writing to ``cfg.run.dir``."""
+    """Runs the stages of ``cfg.model.variant`` on ``data``, writing to ``cfg.run.dir``.
+
+    The :class:`Coordinator` decides what happens after each epoch and evaluation; the
+    trainer runs epochs (``train_epoch``), evaluates (``evaluate``), checkpoints and
+    writes the run folder's outputs.
+    """
 
     def __init__(self, cfg: Config, data: TrainingData, log: Callable[[str], None] = print) -> None:
         self.cfg = cfg
@@ -99,21 +97,25 @@ class Trainer:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         self.run = RunDir(cfg.run.dir)
-        self.stages = stages_for(cfg.model.variant)
-        uses_features = cfg.model.variant not in ("lightgcn", "bpr_mf")
-        dims = [f.shape[1] for f in data.features] if uses_features else []
+        self.variant = get_variant(cfg.model.variant)
+        self.stages = list(self.variant.stages)
+        for line in self.variant.ignored_settings(cfg.model.alpha):
+            log(f"warning: {line}")
+        dims = [f.shape[1] for f in data.features] if self.variant.uses_features else []
         self.model: Recommender = build_model(data.ds.n_users, data.ds.n_items, dims, cfg.model,
                                               cfg.train.seed).to(self.device)
-        self.graph = data.graph.to(self.device).compute_graph(self.model.encoder.n_layers)
+        self.whole_graph = data.graph.to(self.device).compute_graph(self.model.encoder.n_layers)
         self.features = [f.to(self.device) for f in data.features]
         tu, ti = data.ds.split(TRAIN)
-        self.sampler = TripletSampler(tu, ti, data.ds.n_items, cfg.train.batch_size)
+        self.triplets = TripletSampler(tu, ti, data.ds.n_items, cfg.train.batch_size)
         self.records: list[dict[str, Any]] = []
-        self.block_sampler = None
+        self.neighbour_sampler = None
         if cfg.train.mode == "sampled":
             from margo_dist.graph.sample import BlockSampler
 
-            self.block_sampler = BlockSampler(data.graph, cfg.sampler.fanouts, self.model.encoder.n_layers)
+            self.neighbour_sampler = BlockSampler(data.graph, cfg.sampler.fanouts, self.model.encoder.n_layers)
+        self.coordinator = Coordinator(self.stages, cfg.train.max_epochs, cfg.train.patience, cfg.train.eval_every,
+                                       cfg.train.eval_stage_start)
 
     # -- evaluation -------------------------------------------------------------------
 
@@ -121,7 +123,7 @@ class Trainer:
     def evaluate(self, stage: str, split: int) -> dict[str, float]:
         """Full ranking of ``split`` with embeddings recomputed now (never cached)."""
         self.model.eval()
-        users_emb, items_emb = self.model.encode(self.graph, self.features)
+        users_emb, items_emb = self.model.encode(self.whole_graph, self.features)
         uvec, ivec = self.model.score_vectors(stage, users_emb, items_emb)
         ivec_t = ivec.t().contiguous()
 
@@ -148,23 +150,28 @@ class Trainer:
     # -- training ---------------------------------------------------------------------
 
     def train_step(self, stage: str, batch: Batch, optimizer: torch.optim.Optimizer) -> LossParts:
-        """One optimiser step on one batch; embeddings are computed afresh for it."""
+        """One optimiser step on one batch; embeddings are computed afresh for it.
+
+        Rows are gathered with ``index_select``: the backward of advanced indexing
+        (``index_put_`` with accumulate) sums duplicate rows in an order that varies
+        from process to process on a multi-threaded CPU, so runs would not repeat bit for bit.
+        """
         b = batch.to(self.device)
         users_emb, items_emb = self.model.encode(b.graph, self.features)
-        parts = triplet_loss(self.model, stage, self.cfg.model, users_emb[b.users_local],
-                             items_emb[b.pos_local], items_emb[b.neg_local], b.users, b.pos, b.neg)
+        parts = triplet_loss(self.model, stage, self.cfg.model, users_emb.index_select(0, b.users_local),
+                             items_emb.index_select(0, b.pos_local), items_emb.index_select(0, b.neg_local),
+                             b.users, b.pos, b.neg)
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         optimizer.step()
         return parts
 
-    def _train_epoch(self, stage: str, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
-                     desc: str) -> dict[str, float]:
+    def train_epoch(self, stage: str, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
+                    desc: str) -> dict[str, float]:
+        """One pass over the training pairs; returns the mean loss parts."""
         sums = {"loss": 0.0, "bpr": 0.0, "cal": 0.0, "reg": 0.0, "calibrated": 0.0}
         n = 0
-        bar = tqdm(self._batches(rng), total=len(self.sampler), desc=desc, leave=False,
-                   disable=not self.cfg.train.progress, dynamic_ncols=True)
-        for batch in bar:
+        for batch in progress_bar(self.batches(rng), len(self.triplets), desc, self.cfg.train.progress, "batch"):
             parts = self.train_step(stage, batch, optimizer)
             loss = float(parts.total.detach())
             if not np.isfinite(loss):
@@ -174,122 +181,120 @@ class Trainer:
                                ("calibrated", parts.calibrated)):
                 sums[key] += value
             n += 1
-            bar.set_postfix(loss=f"{loss:.4f}")
         return {k: v / max(n, 1) for k, v in sums.items()}
 
-    def _batches(self, rng: np.random.Generator) -> Iterator[Batch]:
+    def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
         """One epoch of batches: on the whole graph, or with sampled blocks."""
-        if self.block_sampler is None:
-            for u, i, j in self.sampler.epoch(rng):
-                yield Batch.full(self.graph, *(torch.from_numpy(a) for a in (u, i, j)))
+        if self.neighbour_sampler is None:
+            for u, i, j in self.triplets.epoch(rng):
+                yield Batch.full(self.whole_graph, *(torch.from_numpy(a) for a in (u, i, j)))
             return
         from margo_dist.graph.sample import sampled_batches
 
-        triplets = list(self.sampler.epoch(rng))
+        triplets = list(self.triplets.epoch(rng))
         seed = int(rng.integers(0, 2**31 - 1))
-        yield from sampled_batches(self.block_sampler, triplets, seed, self.cfg.sampler.num_workers)
+        yield from sampled_batches(self.neighbour_sampler, triplets, seed, self.cfg.sampler.num_workers)
 
     def new_optimizer(self) -> torch.optim.Optimizer:
-        """Adam (fused: one kernel for every tensor, 5x faster than the default on CPU); the
-        fusion-weight tables get ``train.weight_lr`` when it is set."""
-        weight_tables = [t for t in (self.model.theta, self.model.user_weight) if t is not None]
-        if self.cfg.train.weight_lr <= 0 or not weight_tables:
-            return torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr, fused=True)
-        tables = [p for t in weight_tables for p in t.parameters()]
-        table_ids = {id(p) for p in tables}
-        rest = [p for p in self.model.parameters() if id(p) not in table_ids]
-        return torch.optim.Adam([{"params": rest}, {"params": tables, "lr": self.cfg.train.weight_lr}],
-                                lr=self.cfg.train.lr, fused=True)
-
-    def _fresh_stage_state(self, stage_index: int) -> dict[str, Any]:
-        return {"stage_index": stage_index, "epoch": 0, "best_metric": -1.0, "best_epoch": 0, "bad_evals": 0,
-                "best_valid": {}}
+        """Adam (fused: one kernel for every tensor, 5x faster than the default on CPU), one
+        parameter group per kind the model declares; the fusion-weight tables get
+        ``train.weight_lr`` when it is set."""
+        groups = []
+        for name, params in self.model.parameter_groups().items():
+            if not params:
+                continue
+            group: dict[str, Any] = {"params": params, "name": name}
+            if name == "weights" and self.cfg.train.weight_lr > 0:
+                group["lr"] = self.cfg.train.weight_lr
+            groups.append(group)
+        return torch.optim.Adam(groups, lr=self.cfg.train.lr, fused=True)
 
     def _start_stage(self, stage_index: int) -> None:
-        """Entering a stage: calibration starts from the best pretrained state, fresh θ."""
+        """Entering a stage: a later stage starts from the previous one's best state; calibration
+        draws a fresh θ."""
         stage = self.stages[stage_index]
         if stage_index > 0:
             prev = self.stages[stage_index - 1]
             self.model.load_state_dict(self.run.load_state(f"best_{prev}.pt")["model"])
         if stage == CALIBRATE and self.model.theta is not None:
+            # 7919 (a prime) only separates this stream from the model's initial one (seed)
             gen = torch.Generator().manual_seed(self.cfg.train.seed + 7919 * (stage_index + 1))
             self.model.theta.reset(self.cfg.model.theta_init_std, gen)
 
     def fit(self) -> dict[str, Any]:
         """Train every stage to early stop; write and return the summary."""
-        cfg = self.cfg
+        cfg, coord = self.cfg, self.coordinator
         t_start = time.time()
-        state, optimizer, rng = self._resume()
-        if state.get("done"):
+        optimizer, rng = self._resume()
+        if coord.done and self.run.exists(SUMMARY):
             self.log(f"run {self.run.url} is already complete; summary.json holds its result")
             return self.run.read_json(SUMMARY)
-        summary_stages: dict[str, Any] = state.setdefault("stage_results", {})
-        while state["stage_index"] < len(self.stages):
-            stage = self.stages[state["stage_index"]]
-            while state["epoch"] < cfg.train.max_epochs and state["bad_evals"] < cfg.train.patience:
-                state["epoch"] += 1
-                epoch = state["epoch"]
+        while not coord.done:
+            stage = coord.stage
+            if coord.wants_start_evaluation():
+                self._validate(stage, 0, None, 0.0)
+                self._checkpoint(optimizer, rng)
+            while not coord.stage_over():
+                epoch = coord.next_epoch()
                 t0 = time.time()
-                desc = f"{stage} {epoch}/{cfg.train.max_epochs}"
-                losses = self._train_epoch(stage, optimizer, rng, desc)
-                train_s = time.time() - t0
-                if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.max_epochs:
-                    t1 = time.time()
-                    valid = self.evaluate(stage, VALID)
-                    eval_s = time.time() - t1
-                    metric = valid[cfg.train.select_metric]
-                    improved = metric > state["best_metric"]
-                    if improved:
-                        state.update(best_metric=metric, best_epoch=epoch, bad_evals=0, best_valid=valid)
-                        self.run.save_state(f"best_{stage}.pt", {"model": self.model.state_dict(), "epoch": epoch})
-                    else:
-                        state["bad_evals"] += 1
-                    record = {"stage": stage, "epoch": epoch, **{f"train_{k}": v for k, v in losses.items()},
-                              "valid": valid, "train_seconds": train_s, "eval_seconds": eval_s,
-                              "best": improved}
-                    auc = self.weight_auc() if stage == CALIBRATE else None
-                    if auc is not None:
-                        record["weight_auc"] = auc
-                    self.records.append(record)
-                    self.run.write_metrics(self.records)
-                    self.log(f"[{stage}] epoch {epoch:3d}  loss {losses['loss']:.4f}  "
-                             f"valid {cfg.train.select_metric} {metric:.4f}"
-                             f"{'  *' if improved else ''}  ({train_s:.1f}s + {eval_s:.1f}s eval)")
+                losses = self.train_epoch(stage, optimizer, rng, f"{stage} {epoch}/{cfg.train.max_epochs}")
+                if coord.evaluates(epoch):
+                    self._validate(stage, epoch, losses, time.time() - t0)
                 if epoch % cfg.run.checkpoint_every == 0:
-                    self._checkpoint(state, optimizer, rng)
-            summary_stages[stage] = self._finish_stage(stage, state)
-            next_index = state["stage_index"] + 1
-            state.update(self._fresh_stage_state(next_index))
-            state["stage_results"] = summary_stages
-            if next_index < len(self.stages):
-                self._start_stage(next_index)
+                    self._checkpoint(optimizer, rng)
+            coord.finish_stage(self._finish_stage(stage))
+            if not coord.done:
+                self._start_stage(coord.stage_index)
                 optimizer = self.new_optimizer()
-            self._checkpoint(state, optimizer, rng)
-        summary = self._write_outputs(summary_stages, time.time() - t_start)
-        state["done"] = True
-        self._checkpoint(state, optimizer, rng)
-        return summary
+            self._checkpoint(optimizer, rng)
+        return self._write_outputs(time.time() - t_start)
 
-    def _finish_stage(self, stage: str, state: dict[str, Any]) -> dict[str, Any]:
+    def _validate(self, stage: str, epoch: int, losses: dict[str, float] | None, train_s: float) -> None:
+        """Validation after ``epoch`` (0: the stage's starting state): record it, keep the best state."""
+        t1 = time.time()
+        valid = self.evaluate(stage, VALID)
+        eval_s = time.time() - t1
+        metric = valid[self.cfg.train.select_metric]
+        improved = self.coordinator.report(epoch, metric, valid)
+        if improved:
+            self.run.save_state(f"best_{stage}.pt", {"model": self.model.state_dict(), "epoch": epoch})
+        record: dict[str, Any] = {"stage": stage, "epoch": epoch}
+        if losses is not None:
+            record.update({f"train_{k}": v for k, v in losses.items()})
+        record.update({"valid": valid, "train_seconds": train_s, "eval_seconds": eval_s, "best": improved})
+        auc = self.weight_auc() if stage == CALIBRATE else None
+        if auc is not None:
+            record["weight_auc"] = auc
+        self.records.append(record)
+        self.run.write_metrics(self.records)
+        what = f"loss {losses['loss']:.4f}" if losses is not None else "start state"
+        self.log(f"[{stage}] epoch {epoch:3d}  {what}  valid {self.cfg.train.select_metric} {metric:.4f}"
+                 f"{'  *' if improved else ''}  ({train_s:.1f}s + {eval_s:.1f}s eval)")
+
+    def _finish_stage(self, stage: str) -> dict[str, Any]:
         """Restore the stage's best state and score the test split once."""
-        if state["best_epoch"] == 0:
+        progress = self.coordinator.progress
+        if progress.best_epoch is None:
             raise RuntimeError(f"stage {stage} ran no evaluation (train.max_epochs={self.cfg.train.max_epochs}, "
                                f"train.eval_every={self.cfg.train.eval_every})")
         self.model.load_state_dict(self.run.load_state(f"best_{stage}.pt")["model"])
         test = self.evaluate(stage, TEST)
-        result: dict[str, Any] = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-                                  "valid": state["best_valid"], "test": test}
+        result: dict[str, Any] = {"best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+                                  "valid": progress.best_valid, "test": test}
         auc = self.weight_auc() if stage == CALIBRATE else None
         if auc is not None:
             result["weight_auc"] = auc
-        self.log(f"[{stage}] best epoch {state['best_epoch']}: valid {self.cfg.train.select_metric} "
-                 f"{state['best_metric']:.4f}, test {test.get(self.cfg.train.select_metric, float('nan')):.4f}")
+        kept = " (its starting state: stage 2 did not beat it)" if progress.best_epoch == 0 else ""
+        self.log(f"[{stage}] best epoch {progress.best_epoch}{kept}: valid {self.cfg.train.select_metric} "
+                 f"{progress.best_metric:.4f}, test {test.get(self.cfg.train.select_metric, float('nan')):.4f}")
         return result
 
-    def _write_outputs(self, stages: dict[str, Any], seconds: float) -> dict[str, Any]:
+    def _write_outputs(self, seconds: float) -> dict[str, Any]:
+        stages = self.coordinator.results
         final = stages[self.stages[-1]]
-        summary: dict[str, Any] = {"valid": final["valid"], "test": final["test"], "variant": self.cfg.model.variant,
-                                   "modalities": self.data.modalities, "stages": stages, "seconds": seconds}
+        summary: dict[str, Any] = {"valid": final["valid"], "test": final["test"], "best_epoch": final["best_epoch"],
+                                   "variant": self.cfg.model.variant, "modalities": self.data.modalities,
+                                   "stages": stages, "seconds": seconds}
         if "weight_auc" in final:
             summary["weight_auc"] = final["weight_auc"]
         weights = self.item_weight_table()
@@ -304,31 +309,36 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------
 
-    def _checkpoint(self, state: dict[str, Any], optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
-        self.run.save_state(CHECKPOINT, {"state": state, "model": self.model.state_dict(),
-                                         "optimizer": optimizer.state_dict(),
+    def _checkpoint(self, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
+        self.run.save_state(CHECKPOINT, {"coordinator": self.coordinator.state_dict(),
+                                         "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
                                          "rng": rng.bit_generator.state, "records": self.records})
 
-    def _resume(self) -> tuple[dict[str, Any], torch.optim.Optimizer, np.random.Generator]:
+    def _resume(self) -> tuple[torch.optim.Optimizer, np.random.Generator]:
         rng = np.random.default_rng(self.cfg.train.seed)
         if self.cfg.run.resume and self.run.exists(CHECKPOINT):
             ckpt = self.run.load_state(CHECKPOINT)
+            if "coordinator" not in ckpt:
+                raise MargoError(f"{self.run.path(CHECKPOINT)} was written by an older margo-dist: delete it, or "
+                                 f"set run.resume=false to start the run afresh")
+            self.coordinator.load_state_dict(ckpt["coordinator"])
             self.model.load_state_dict(ckpt["model"])
             optimizer = self.new_optimizer()
             optimizer.load_state_dict(ckpt["optimizer"])
             rng.bit_generator.state = ckpt["rng"]
             self.records = list(ckpt["records"])
-            state = ckpt["state"]
-            self.log(f"resuming {self.run.url}: stage {state['stage_index'] + 1}/{len(self.stages)}, "
-                     f"epoch {state['epoch']}")
-            return state, optimizer, rng
+            coord = self.coordinator
+            self.log(f"resuming {self.run.url}: stage {coord.stage_index + 1}/{len(self.stages)}, "
+                     f"epoch {coord.progress.epoch}")
+            return optimizer, rng
         self.run.write_config(self.cfg)
         if self.cfg.run.pretrained and self.stages[0] == PRETRAIN and len(self.stages) > 1:
-            return self._from_pretrained(), self.new_optimizer(), rng
-        self._start_stage(0)
-        return self._fresh_stage_state(0), self.new_optimizer(), rng
+            self._from_pretrained()
+        else:
+            self._start_stage(0)
+        return self.new_optimizer(), rng
 
-    def _from_pretrained(self) -> dict[str, Any]:
+    def _from_pretrained(self) -> None:
         """Skip stage 1: take its best state (and its results) from another run's folder.
 
         Stage 2 hyper-parameters (alpha, tau, ...) can then be searched from one
@@ -344,15 +354,11 @@ class Trainer:
                 raise MargoError(f"run.pretrained={self.cfg.run.pretrained} has model.{key}={getattr(theirs, key)}, "
                                  f"this run has {getattr(mine, key)}")
         self.run.save_state(name, other.load_state(name))
-        state = self._fresh_stage_state(1)
-        if other.exists(SUMMARY):
-            stage1 = other.read_json(SUMMARY).get("stages", {}).get(PRETRAIN)
-            if stage1 is not None:
-                state["stage_results"] = {PRETRAIN: stage1}
+        stage1 = other.read_json(SUMMARY).get("stages", {}).get(PRETRAIN) if other.exists(SUMMARY) else None
+        self.coordinator.skip_stage(stage1)
         self.records = [r for r in other.read_metrics() if r.get("stage") == PRETRAIN]
         self.log(f"stage {PRETRAIN} taken from {self.cfg.run.pretrained}")
         self._start_stage(1)
-        return state
 
 
 def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:

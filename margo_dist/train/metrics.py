@@ -1,4 +1,4 @@
-"""Full-ranking Recall@K and NDCG@K as in MMRec (equations.md section 9).
+"""Full-ranking Recall@K and NDCG@K as in MMRec (docs/equations.md section 9).
 
 Every item is ranked for every evaluated user, the user's training items are
 masked, and the top max(K) list is compared with the user's held-out items.

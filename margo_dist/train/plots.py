@@ -30,7 +30,7 @@ def write_plots(run: RunDir, records: list[dict[str, Any]], weights: np.ndarray 
         rows = [r for r in records if r["stage"] == stage]
         x = np.arange(step + 1, step + len(rows) + 1)
         step += len(rows)
-        ax_loss.plot(x, [r["train_loss"] for r in rows], label=f"{stage} loss")
+        ax_loss.plot(x, [r.get("train_loss", np.nan) for r in rows], label=f"{stage} loss")
         ax_val.plot(x, [r["valid"].get("recall@20", np.nan) for r in rows], label=f"{stage} recall@20")
         ax_val.plot(x, [r["valid"].get("ndcg@20", np.nan) for r in rows], "--", label=f"{stage} ndcg@20")
     ax_loss.set_xlabel("evaluation")

@@ -10,6 +10,7 @@ import torch
 
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, VALID
+from margo_dist.data.synth import dataset_url
 from margo_dist.errors import MargoError
 from margo_dist.train.loop import Trainer, load_training_data
 from margo_dist.train.metrics import rank_topk, train_mask
@@ -51,7 +52,7 @@ def recommend(run_url: str, k: int, out_url: str, user_chunk: int = 4096) -> int
     trainer, stage = load_trained(run_url)
     model, data = trainer.model, trainer.data
     model.eval()
-    users_emb, items_emb = model.encode(trainer.graph, trainer.features)
+    users_emb, items_emb = model.encode(trainer.whole_graph, trainer.features)
     uvec, ivec = model.score_vectors(stage, users_emb, items_emb)
     n_users, n_items = data.ds.n_users, data.ds.n_items
     k = min(k, n_items)
@@ -71,8 +72,8 @@ def recommend(run_url: str, k: int, out_url: str, user_chunk: int = 4096) -> int
     return table.num_rows
 
 
-def _raw_item_ids(dataset_url: str) -> dict[int, str]:
-    path = mio.join(dataset_url, "item_map.tsv")
+def _raw_item_ids(url: str) -> dict[int, str]:
+    path = mio.join(url, "item_map.tsv")
     if not mio.exists(path):
         return {}
     out: dict[int, str] = {}
@@ -116,9 +117,7 @@ def report(run_url: str, top: int = 10) -> str:
     if run.exists(WEIGHTS):
         table = run.read_table(WEIGHTS)
         cfg = run.load_config()
-        from margo_dist.train.loop import dataset_url
-
-        raw = _raw_item_ids(dataset_url(cfg, progress=False))
+        raw = _raw_item_ids(dataset_url(cfg.data.path, progress=False))
         item_ids = table.column("item_id").to_numpy()
         for name in [c for c in table.column_names if c != "item_id"]:
             w = table.column(name).to_numpy()

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from margo_dist.config import ModelConfig
+from margo_dist.errors import ConfigError
 from margo_dist.graph.build import GraphArtifacts
 from margo_dist.graph.tensors import Batch, full_graph
-from margo_dist.model.margo import CALIBRATE, DRAGON, PRETRAIN, build_model, fuse, modality_ratings, stages_for
+from margo_dist.model.margo import CALIBRATE, DRAGON, PRETRAIN, build_model, fuse, modality_ratings
+from margo_dist.model.variants import get_variant
 from margo_dist.model.objective import calibration_term, triplet_loss
 
 N_USERS, N_ITEMS = 4, 5
@@ -33,7 +35,7 @@ def tiny_artifacts() -> GraphArtifacts:
 
 
 def dense_reference(model, art: GraphArtifacts, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """equations.md section 1 with dense matrices, written independently of the edge lists."""
+    """docs/equations.md section 1 with dense matrices, written independently of the edge lists."""
     n = N_USERS + N_ITEMS
     adj = torch.zeros(n, n, dtype=torch.float64)
     for u, i in TRAIN:
@@ -169,26 +171,37 @@ def test_calibration_loss_reaches_ratings_without_stop_gradient(setup):
     assert any(gr is not None and gr.abs().sum() > 0 for gr in encoder_grads)
 
 
-def test_wo_cal_has_no_calibration_term(setup):
-    _, g, feats, cfg, _ = setup
-    cfg.variant = "wo_cal"
-    cfg.alpha = 0.0
-    model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=2)
-    users_emb, items_emb = model.encode(g, feats)
-    u, i, j = torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([3, 4])
-    parts = triplet_loss(model, CALIBRATE, cfg, users_emb[u], items_emb[i], items_emb[j], u, i, j)
-    assert parts.cal == 0.0
-    expected = parts.bpr + parts.reg
-    assert abs(parts.total.item() - expected) < 1e-6
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 1.0, 100.0])
+def test_wo_cal_has_no_calibration_term_for_any_alpha(setup, alpha):
+    _, g, feats, _, _ = setup
+    u, i, j = torch.tensor([0, 1, 2]), torch.tensor([0, 2, 1]), torch.tensor([3, 4, 4])
+    losses = {}
+    for variant in ("wo_cal", "margo"):
+        cfg = ModelConfig(dim=4, hidden_mult=2, variant=variant, alpha=alpha)
+        model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=2)
+        users_emb, items_emb = model.encode(g, feats)
+        losses[variant] = triplet_loss(model, CALIBRATE, cfg, users_emb[u], items_emb[i], items_emb[j], u, i, j)
+    parts = losses["wo_cal"]
+    assert parts.cal == 0.0 and parts.calibrated == 0.0
+    assert parts.total.item() == pytest.approx(parts.bpr + parts.reg, abs=1e-7)
+    # the same model under margo's name does calibrate when alpha > 0: the switch is the variant
+    assert (losses["margo"].cal > 0) == (alpha > 0)
+    assert losses["margo"].bpr == parts.bpr
+
+
+def test_only_a_contradicting_alpha_is_reported():
+    assert get_variant("wo_cal").ignored_settings(0.0) == []
+    assert "model.alpha=1 is ignored" in get_variant("wo_cal").ignored_settings(1.0)[0]
+    assert get_variant("margo").ignored_settings(1.0) == []
 
 
 def test_stages_of_each_variant():
-    assert stages_for("margo") == [PRETRAIN, CALIBRATE]
-    assert stages_for("wo_weight") == [PRETRAIN]
-    assert stages_for("wo_two_stage") == [CALIBRATE]
-    assert stages_for("dragon") == [DRAGON]
-    with pytest.raises(ValueError, match="nope"):
-        stages_for("nope")
+    assert get_variant("margo").stages == (PRETRAIN, CALIBRATE)
+    assert get_variant("wo_weight").stages == (PRETRAIN,)
+    assert get_variant("wo_two_stage").stages == (CALIBRATE,)
+    assert get_variant("dragon").stages == (DRAGON,)
+    with pytest.raises(ConfigError, match="nope"):
+        get_variant("nope")
 
 
 @pytest.mark.parametrize("variant", ["margo", "lightgcn"])
@@ -199,7 +212,7 @@ def test_full_batch_outputs_only_its_nodes_with_the_same_loss_and_gradients(setu
     users, pos, neg = torch.tensor([2, 0, 2]), torch.tensor([3, 1, 1]), torch.tensor([4, 4, 0])
     batch = Batch.full(g, users, pos, neg)
     assert batch.graph.output_users.tolist() == [0, 2] and batch.graph.output_items.tolist() == [0, 1, 3, 4]
-    stage = stages_for(variant)[-1]
+    stage = get_variant(variant).stages[-1]
 
     def loss_and_grads(ue, ie, ul, pl, nl):
         parts = triplet_loss(model, stage, cfg, ue[ul], ie[pl], ie[nl], users, pos, neg)
@@ -222,3 +235,16 @@ def test_item_inputs_are_the_same_whichever_way_the_rows_are_taken(setup):
     for items in (torch.tensor([4, 1]), torch.tensor([0, 3, 1, 4])):  # below and above half of the items
         for got, full in zip(enc.item_inputs(feats, items), every):
             torch.testing.assert_close(got, full[items])
+
+
+@pytest.mark.parametrize("scale,factor", [("num_modalities", 1.0), ("one", 0.5)])
+def test_stage_two_start_with_uniform_weights_is_stage_one_scores_times_a_constant(setup, scale, factor):
+    _, g, feats, _, _ = setup
+    cfg = ModelConfig(dim=4, hidden_mult=2, variant="margo", fusion_scale=scale)
+    model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=4)
+    model.theta.reset(0.0, torch.Generator().manual_seed(0))  # θ = 0: w = 1/M for every item
+    users_emb, items_emb = model.encode(g, feats)
+    u1, i1 = model.score_vectors(PRETRAIN, users_emb, items_emb)
+    u2, i2 = model.score_vectors(CALIBRATE, users_emb, items_emb)
+    # M = 2: the factor is a power of two, so "equal" and "a rescaling" hold bit for bit
+    assert torch.equal(u2 @ i2.t(), factor * (u1 @ i1.t()))

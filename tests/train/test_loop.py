@@ -39,8 +39,11 @@ def test_margo_run_writes_every_output(data_dir, tmp_path):
     for key in ("recall@10", "recall@20", "ndcg@10", "ndcg@20"):
         assert 0.0 <= on_disk["valid"][key] <= 1.0 and 0.0 <= on_disk["test"][key] <= 1.0
     assert 0.0 <= on_disk["weight_auc"] <= 1.0
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["stage"] for x in lines] == ["pretrain"] * 2 + ["calibrate"] * 2
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # stage 2 evaluates its starting state as epoch 0 (train.eval_stage_start, on by default)
+    assert [(r["stage"], r["epoch"]) for r in lines] == [("pretrain", 1), ("pretrain", 2), ("calibrate", 0),
+                                                         ("calibrate", 1), ("calibrate", 2)]
+    assert "train_loss" not in lines[2] and on_disk["best_epoch"] == on_disk["stages"]["calibrate"]["best_epoch"]
     weights = pq.read_table(str(tmp_path / "run" / "item_weights.parquet"))
     assert weights.column_names == ["item_id", "image", "text"]
     w = np.stack([weights.column("image").to_numpy(), weights.column("text").to_numpy()], 1)
@@ -83,7 +86,7 @@ def test_resume_after_a_crash_gives_the_same_result(data_dir, tmp_path, monkeypa
     straight = train(cfg_for(data_dir, str(tmp_path / "a"), *extra), log=lambda _m: None)
 
     calls = {"n": 0}
-    original = Trainer._train_epoch
+    original = Trainer.train_epoch
 
     def crashing(self, *args, **kwargs):
         calls["n"] += 1
@@ -91,10 +94,10 @@ def test_resume_after_a_crash_gives_the_same_result(data_dir, tmp_path, monkeypa
             raise KeyboardInterrupt("simulated crash")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(loop.Trainer, "_train_epoch", crashing)
+    monkeypatch.setattr(loop.Trainer, "train_epoch", crashing)
     with pytest.raises(KeyboardInterrupt):
         train(cfg_for(data_dir, str(tmp_path / "b"), *extra), log=lambda _m: None)
-    monkeypatch.setattr(loop.Trainer, "_train_epoch", original)
+    monkeypatch.setattr(loop.Trainer, "train_epoch", original)
     messages: list[str] = []
     resumed = train(cfg_for(data_dir, str(tmp_path / "b"), *extra), log=messages.append)
     assert any(m.startswith("resuming") for m in messages)
@@ -115,7 +118,7 @@ def test_sampled_training_improves_recall(tmp_path):
     trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
     before = trainer.evaluate("pretrain", VALID)["recall@20"]
     summary = trainer.fit()
-    assert trainer.block_sampler is not None
+    assert trainer.neighbour_sampler is not None
     assert summary["valid"]["recall@20"] > before + 0.03
 
 
@@ -127,7 +130,7 @@ def test_stage_two_from_another_runs_pretraining(data_dir, tmp_path):
     assert any("taken from" in m for m in messages)
     assert second["stages"]["pretrain"] == first["stages"]["pretrain"]
     lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in lines] == ["pretrain"] * 2 + ["calibrate"] * 2
+    assert [r["stage"] for r in lines] == ["pretrain"] * 2 + ["calibrate"] * 3
     assert all("weight_auc" in r for r in lines if r["stage"] == "calibrate")
     with pytest.raises(Exception, match="model.dim=8, this run has 16"):
         train(cfg_for(data_dir, str(tmp_path / "c"), "model.dim=16", f"run.pretrained={tmp_path / 'a'}"),
@@ -144,8 +147,52 @@ def test_sampled_mode_runs_every_encoder_with_default_fanouts(data_dir, tmp_path
 def test_weight_tables_can_have_their_own_learning_rate(data_dir, tmp_path):
     cfg = cfg_for(data_dir, str(tmp_path / "w"), "train.weight_lr=0.05")
     trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
-    groups = trainer.new_optimizer().param_groups
-    assert [g["lr"] for g in groups] == [cfg.train.lr, 0.05]
-    assert groups[1]["params"] == [trainer.model.theta.weight]
+    groups = {g["name"]: g for g in trainer.new_optimizer().param_groups}
+    assert {k: g["lr"] for k, g in groups.items()} == {"dense": cfg.train.lr, "tables": cfg.train.lr, "weights": 0.05}
+    assert groups["weights"]["params"] == [trainer.model.theta.weight]
+    model = trainer.model
+    assert groups["tables"]["params"] == [t.weight for t in model.encoder.preferences]
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
     plain = Trainer(cfg_for(data_dir, str(tmp_path / "p")), trainer.data, log=lambda _m: None)
-    assert len(plain.new_optimizer().param_groups) == 1
+    assert {g["lr"] for g in plain.new_optimizer().param_groups} == {cfg.train.lr}
+
+
+def test_wo_cal_ignores_alpha_with_a_warning(data_dir, tmp_path):
+    default, messages = {}, []
+    for name, extra in (("default", []), ("zero", ["model.alpha=0"]), ("one", ["model.alpha=1"])):
+        log = messages.append if name == "one" else (lambda _m: None)
+        default[name] = train(cfg_for(data_dir, str(tmp_path / name), "model.variant=wo_cal", *extra), log=log)
+    for name in ("default", "one"):
+        assert default[name]["test"] == default["zero"]["test"]
+        assert default[name]["weight_auc"] == default["zero"]["weight_auc"]
+    assert sum("model.alpha=1 is ignored" in m for m in messages) == 1
+
+
+def stage_two_from(data_dir: str, tmp_path, *extra: str) -> dict:
+    """A MARGO run's stage 1 (10 epochs), then stage 2 in another folder from that stage 1."""
+    first = tmp_path / "stage1"
+    train(cfg_for(data_dir, str(first), "train.max_epochs=10", "train.lr=0.01"), log=lambda _m: None)
+    return train(cfg_for(data_dir, str(tmp_path / "stage2"), f"run.pretrained={first}", *extra),
+                 log=lambda _m: None), json.loads((first / "summary.json").read_text())
+
+
+def test_stage_two_that_only_hurts_keeps_its_starting_state(data_dir, tmp_path):
+    # a learning rate of 10 wrecks a trained model in one epoch; θ = 0 makes the start uniform weights
+    summary, first = stage_two_from(data_dir, tmp_path, "train.lr=10", "model.theta_init_std=0",
+                                    "train.max_epochs=3")
+    assert summary["best_epoch"] == 0 == summary["stages"]["calibrate"]["best_epoch"]
+    lines = [json.loads(x) for x in (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    calibrate = [r for r in lines if r["stage"] == "calibrate"]
+    assert [r["epoch"] for r in calibrate] == [0, 1, 2, 3] and calibrate[0]["best"]
+    assert all(r["valid"]["recall@20"] < calibrate[0]["valid"]["recall@20"] for r in calibrate[1:])
+    # uniform weights rescale every score by 1/M: the ranking, so every metric, is stage 1's best
+    assert summary["test"] == first["stages"]["pretrain"]["test"]
+    assert summary["valid"] == first["stages"]["pretrain"]["valid"]
+
+
+def test_the_paper_protocol_is_one_override_away(data_dir, tmp_path):
+    summary, _ = stage_two_from(data_dir, tmp_path, "train.eval_stage_start=false", "train.lr=10",
+                                "model.theta_init_std=0")
+    lines = [json.loads(x) for x in (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["stage"] == "calibrate"] == [1, 2]
+    assert summary["best_epoch"] >= 1
