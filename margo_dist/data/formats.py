@@ -24,7 +24,6 @@ import io
 import json
 import posixpath
 import re
-import uuid
 from typing import Any
 
 import numpy as np
@@ -110,24 +109,13 @@ def write_dataset(ds: Dataset, url: str, fmt: str, extra: dict[str, bytes] | Non
                         f"{len(ds.user)}/{len(ds.item)}/{len(ds.label)}; they must be equal")
     if not ds.features:
         raise DataError(f"dataset {ds.name!r}: no feature table to write")
-    fs, path = dio.fs_and_path(url)
-    path = path.rstrip("/")
-    parent, base = posixpath.split(path)
-    tmp_path = posixpath.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp_url = _sibling_url(url, tmp_path)
-    try:
-        fs.makedirs(tmp_path, exist_ok=True)
+    with dio.staging_dir(url) as tmp_url:
         if fmt == "mmrec":
             _write_mmrec(ds, tmp_url)
         else:
             _write_parquet(ds, tmp_url)
         for rel, data in (extra or {}).items():
             _write_extra(tmp_url, rel, data)
-        dio.move_into_place(fs, tmp_path, path)
-    except BaseException:
-        if fs.exists(tmp_path):
-            fs.rm(tmp_path, recursive=True)
-        raise
 
 
 def convert(src: str, dst: str, src_fmt: str = "mmrec", dst_fmt: str = "parquet", name: str = "",
@@ -474,10 +462,3 @@ def _write_extra(url: str, rel: str, data: bytes) -> None:
     with fs.open(path, "wb") as fh:
         fh.write(data)
 
-
-def _sibling_url(url: str, path: str) -> str:
-    """``path`` (from fs_and_path) as a URL with ``url``'s protocol."""
-    if "://" in url:
-        proto = url.split("://", 1)[0]
-        return f"{proto}://{path}"
-    return path

@@ -11,7 +11,7 @@ import contextlib
 import io
 import posixpath
 import uuid
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import fsspec
 import numpy as np
@@ -84,14 +84,42 @@ def atomic_write(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
-def move_into_place(fs: fsspec.AbstractFileSystem, tmp: str, path: str) -> None:
-    """Replace folder ``path`` by the finished temporary folder ``tmp`` (same filesystem)."""
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    fs.mv(tmp, path, recursive=True)
+@contextlib.contextmanager
+def staging_dir(url: str, keep_existing: Callable[[str], bool] | None = None) -> Iterator[str]:
+    """A fresh temporary folder beside ``url`` (as a URL) to write a whole folder into.
+
+    When the body finishes, the folder replaces ``url`` (remove, then rename on the
+    same filesystem), so readers see the old folder or the complete new one, never a
+    partial one. If the body raises, the temporary folder is removed and ``url`` is
+    left as it was. ``keep_existing(url)``, asked only when ``url`` exists once the
+    body is done, can keep what is there (an identical earlier result); the staged
+    copy is then dropped. The name is hidden (``.<name>.tmp-*``) so listings of the
+    parent do not pick it up.
+    """
+    fs, path = fs_and_path(url)
+    path = path.rstrip("/")
+    parent, base = posixpath.split(path)
+    if not base:
+        raise DataError(f"{url!r}: not a folder path that can be written")
+    tmp = posixpath.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        fs.makedirs(tmp, exist_ok=True)
+        yield _with_protocol(url, tmp)
+        keep = keep_existing is not None and fs.exists(path) and keep_existing(url)
+        if not keep:
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+            fs.mv(tmp, path, recursive=True)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+
+
+def _with_protocol(url: str, path: str) -> str:
+    """``path`` (a path from :func:`fs_and_path`) as a URL with ``url``'s protocol."""
+    if "://" in url:
+        return f"{url.split('://', 1)[0]}://{path}"
+    return path
 
 
 def save_npy(url: str, array: np.ndarray) -> None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
-import uuid
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -348,26 +346,22 @@ def save_graphs(g: GraphArtifacts, url: str) -> None:
     manifest = {"format_version": FORMAT_VERSION, "key": g.key, "n_users": int(g.n_users),
                 "n_items": int(g.n_items), "modalities": g.modalities,
                 "arrays": {s: {"dtype": str(a.dtype), "shape": list(a.shape)} for s, a in arrays.items()}}
-    fs, path = mio.fs_and_path(url)
-    path = path.rstrip("/")
-    tmp_path = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        fs.makedirs(tmp_path, exist_ok=True)
+    with mio.staging_dir(url, keep_existing=lambda dest: _holds_key(dest, g.key)) as tmp:
         for stem, arr in arrays.items():
-            with fs.open(posixpath.join(tmp_path, f"{stem}.npy"), "wb") as fh:
+            with mio.open_url(mio.join(tmp, f"{stem}.npy"), "wb") as fh:
                 np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
-        with fs.open(posixpath.join(tmp_path, MANIFEST), "w") as fh:
+        with mio.open_url(mio.join(tmp, MANIFEST), "w") as fh:
             json.dump(manifest, fh, indent=1)
-        if fs.exists(posixpath.join(path, MANIFEST)):
-            try:
-                if g.key and _read_manifest(url).get("key") == g.key:
-                    return
-            except DataError:
-                pass
-        mio.move_into_place(fs, tmp_path, path)
-    finally:
-        if fs.exists(tmp_path):
-            fs.rm(tmp_path, recursive=True)
+
+
+def _holds_key(url: str, key: str) -> bool:
+    """Whether ``url`` already holds a complete cache of ``key`` (same key, same content)."""
+    if not key or not mio.exists(mio.join(url, MANIFEST)):
+        return False
+    try:
+        return _read_manifest(url).get("key") == key
+    except DataError:
+        return False
 
 
 def load_graphs(url: str) -> GraphArtifacts:

@@ -31,7 +31,6 @@ import os
 import posixpath
 import re
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -232,19 +231,6 @@ def _upload(local_dir: str, rel_paths: list[str], fs: Any, dest: str) -> None:
         fs.put_file(os.path.join(local_dir, *rel.split("/")), target)
 
 
-def _publish(local_dir: str, rel_paths: list[str], out_url: str) -> None:
-    """Upload under a temporary sibling (manifest last), then rename onto ``out_url``."""
-    fs, path = mio.fs_and_path(out_url)
-    path = path.rstrip("/")
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        _upload(local_dir, rel_paths + [MANIFEST], fs, tmp)
-        mio.move_into_place(fs, tmp, path)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp, recursive=True)
-
-
 def partition_graphs(art: GraphArtifacts, modalities: list[str], out_url: str, parts: int,
                      method: str = "metis", seed: int = 0) -> dict:
     """Split the training graph into ``parts`` shards at ``out_url``; returns the manifest.
@@ -274,7 +260,9 @@ def partition_graphs(art: GraphArtifacts, modalities: list[str], out_url: str, p
         }
         with open(os.path.join(work, MANIFEST), "w") as fh:
             json.dump(manifest, fh, indent=1)
-        _publish(work, rel_paths, out_url)
+        with mio.staging_dir(out_url) as tmp_url:
+            fs, tmp = mio.fs_and_path(tmp_url)
+            _upload(work, rel_paths + [MANIFEST], fs, tmp)  # manifest last: a set is complete once it has one
     return manifest
 
 

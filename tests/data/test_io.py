@@ -1,0 +1,75 @@
+"""io.staging_dir: a folder written under a temporary name, then moved into place."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from margo_dist.data import io as mio
+from margo_dist.errors import DataError
+
+
+def _write(url: str, name: str, text: str) -> None:
+    with mio.open_url(mio.join(url, name), "w") as fh:
+        fh.write(text)
+
+
+def _read(url: str, name: str) -> str:
+    with mio.open_url(mio.join(url, name), "r") as fh:
+        return fh.read()
+
+
+@pytest.fixture(params=["local", "memory"])
+def base(request, tmp_path):
+    if request.param == "local":
+        yield str(tmp_path)
+        return
+    root = f"memory://staging-{uuid.uuid4().hex}"
+    mio.makedirs(root)
+    yield root
+    mio.remove(root)
+
+
+def test_publishes_and_replaces_whole(base) -> None:
+    url = mio.join(base, "out")
+    with mio.staging_dir(url) as tmp:
+        assert tmp != url and not mio.exists(url)
+        _write(tmp, "a.txt", "first")
+        _write(tmp, "old.txt", "x")
+    assert mio.listdir(base) == ["out"] and _read(url, "a.txt") == "first"
+    with mio.staging_dir(url) as tmp:
+        _write(tmp, "a.txt", "second")
+    assert mio.listdir(url) == ["a.txt"] and _read(url, "a.txt") == "second"
+
+
+def test_failure_keeps_previous_and_leaves_no_temporary(base) -> None:
+    url = mio.join(base, "out")
+    with mio.staging_dir(url) as tmp:
+        _write(tmp, "a.txt", "first")
+    with pytest.raises(OSError, match="disk full"):
+        with mio.staging_dir(url) as tmp:
+            _write(tmp, "a.txt", "half")
+            raise OSError("disk full")
+    assert mio.listdir(base) == ["out"] and _read(url, "a.txt") == "first"
+    with pytest.raises(RuntimeError):
+        with mio.staging_dir(mio.join(base, "new")):
+            raise RuntimeError("interrupted")
+    assert mio.listdir(base) == ["out"]
+
+
+def test_keep_existing(base) -> None:
+    url = mio.join(base, "out")
+    asked = []
+    with mio.staging_dir(url, keep_existing=asked.append) as tmp:  # nothing there: not asked
+        _write(tmp, "a.txt", "first")
+    assert asked == []
+    with mio.staging_dir(url, keep_existing=lambda dest: True) as tmp:
+        _write(tmp, "a.txt", "second")
+    assert mio.listdir(base) == ["out"] and _read(url, "a.txt") == "first"
+
+
+def test_refuses_a_root() -> None:
+    with pytest.raises(DataError, match="'/'"):
+        with mio.staging_dir("/"):
+            pass
