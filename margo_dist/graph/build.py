@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -191,40 +191,73 @@ def item_knn(features: np.ndarray, k: int, block_rows: int = 2048, *, progress: 
     return idx_out, sim_out
 
 
-def _dedup_pairs(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int, where: str,
-                 row_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def dedup_pairs(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int, where: str,
+                row_ids: np.ndarray | None = None, names: tuple[str, str] = ("user", "item"),
+                cell: str = "row {row} field {field}") -> tuple[np.ndarray, np.ndarray]:
     """Unique (user, item) pairs sorted by (user, item); ids checked against the sizes.
 
-    ``row_ids`` maps positions to the rows named in errors (a split's rows in its dataset).
+    ``row_ids`` maps positions to the rows named in errors (a split's rows in its dataset);
+    ``names`` and ``cell`` (a format of ``row`` and ``field``) word the bad entry in the
+    caller's terms.
     """
     user = np.asarray(user, dtype=np.int64)
     item = np.asarray(item, dtype=np.int64)
     if user.shape != item.shape or user.ndim != 1:
-        raise DataError(f"{where}: user and item arrays must be 1-d and aligned, got {user.shape} and {item.shape}")
-    for field_name, ids, n in (("user", user, n_users), ("item", item, n_items)):
+        raise DataError(f"{where}: {names[0]} and {names[1]} arrays must be 1-d and aligned, "
+                        f"got {user.shape} and {item.shape}")
+    for field_name, ids, n in ((names[0], user, n_users), (names[1], item, n_items)):
         bad = np.flatnonzero((ids < 0) | (ids >= n))
         if bad.size:
             row = int(bad[0]) if row_ids is None else int(row_ids[bad[0]])
-            raise DataError(f"{where}: row {row} field {field_name}={int(ids[bad[0]])} "
+            raise DataError(f"{where}: {cell.format(row=row, field=field_name)}={int(ids[bad[0]])} "
                             f"is outside [0, {n})")
     code = np.unique(user * n_items + item)
     return code // n_items, code % n_items
 
 
-def _row_count_col_order(rows: np.ndarray, counts: np.ndarray, cols: np.ndarray, n_rows: int,
-                         n_cols: int) -> np.ndarray:
-    """Order of entries by (row, -count, col): one int64 key sort when it fits, else lexsort.
+def _row_value_col_order(rows: np.ndarray, values: np.ndarray, cols: np.ndarray, n_rows: int) -> np.ndarray:
+    """Order of entries by (row, -value, col): one int64 key sort for integer values when it fits, else lexsort.
 
     (row, col) pairs are unique, so the key is unique and sort stability does not matter;
     the single key sorts several times faster than a three-key lexsort.
     """
     if rows.size == 0:
         return np.zeros(0, np.int64)
-    top = int(counts.max())
-    if n_rows * (top + 1) * n_cols < 2**62:
-        key = (rows * (top + 1) + (top - counts)) * n_cols + cols
-        return np.argsort(key)
-    return np.lexsort((cols, -counts, rows))
+    if np.issubdtype(values.dtype, np.integer):
+        top, n_cols = int(values.max()), int(cols.max()) + 1
+        if top >= 0 and int(values.min()) >= 0 and n_rows * (top + 1) * n_cols < 2**62:
+            key = (rows * (top + 1) + (top - values)) * n_cols + cols
+            return np.argsort(key)
+    return np.lexsort((cols, -values, rows))
+
+
+def fill_ranked(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, idx_out: np.ndarray,
+                val_out: np.ndarray) -> None:
+    """Write each row's entries into padded [n_rows, width] tables, by value descending then lower column.
+
+    ``idx_out``/``val_out`` hold the padding already (-1 / 0); entries past a row's
+    ``width`` are dropped. (row, col) pairs must be unique. The one ranking behind the
+    co-occurrence tables and the ones rebuilt from shards, so both agree entry for entry.
+    """
+    n_rows, width = idx_out.shape
+    order = _row_value_col_order(rows, values, cols, n_rows)
+    rows, cols, values = rows[order], cols[order], values[order]
+    row_start = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=row_start[1:])
+    rank = np.arange(rows.size, dtype=np.int64) - row_start[rows]
+    top = rank < width
+    idx_out[rows[top], rank[top]] = cols[top]
+    val_out[rows[top], rank[top]] = values[top]
+
+
+def padded_edges(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(neighbour, row, valid mask) of a -1 padded neighbour table: one edge per non-padding entry.
+
+    Edges come row by row, in column order, so ``values[valid]`` lines up with them.
+    """
+    valid = idx >= 0
+    rows = np.repeat(np.arange(idx.shape[0], dtype=np.int64), valid.sum(axis=1))
+    return idx[valid].astype(np.int64), rows, valid
 
 
 def user_cooccurrence(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int, k: int,
@@ -237,7 +270,7 @@ def user_cooccurrence(user: np.ndarray, item: np.ndarray, n_users: int, n_items:
     """
     if k < 1:
         raise DataError(f"user co-occurrence needs k >= 1 (graph.user_k), got {k}")
-    u, i = _dedup_pairs(user, item, n_users, n_items, "user co-occurrence interactions")
+    u, i = dedup_pairs(user, item, n_users, n_items, "user co-occurrence interactions")
     r = sp.csr_matrix((np.ones(u.size, np.int32), (u, i)), shape=(n_users, n_items))
     rt = r.T.tocsr()
     nbr = np.full((n_users, k), -1, np.int64)
@@ -248,19 +281,12 @@ def user_cooccurrence(user: np.ndarray, item: np.ndarray, n_users: int, n_items:
         cols = co.indices.astype(np.int64)
         counts = co.data.astype(np.int64)
         keep = (cols != rows + start) & (counts > 0)
-        rows, cols, counts = rows[keep], cols[keep], counts[keep]
-        order = _row_count_col_order(rows, counts, cols, stop - start, n_users)
-        rows, cols, counts = rows[order], cols[order], counts[order]
-        row_start = np.zeros(stop - start + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=stop - start), out=row_start[1:])
-        rank = np.arange(rows.size, dtype=np.int64) - row_start[rows]
-        top = rank < k
-        nbr[start + rows[top], rank[top]] = cols[top]
-        cnt[start + rows[top], rank[top]] = counts[top]
+        fill_ranked(rows[keep], cols[keep], counts[keep], nbr[start:stop], cnt[start:stop])
     return nbr, cnt
 
 
-def _check_modalities(ds: Dataset, modalities: list[str] | None) -> list[str]:
+def check_modalities(ds: Dataset, modalities: list[str] | None) -> list[str]:
+    """The modalities to build graphs for (all of ``ds``'s when None), each a feature of ``ds``, once."""
     mods = list(ds.modalities if modalities is None else modalities)
     if not mods:
         raise DataError(f"dataset {ds.name!r}: no modality to build item kNN graphs from")
@@ -288,13 +314,13 @@ def graph_key(ds: Dataset, cfg: GraphConfig, modalities: list[str]) -> str:
 def build_graphs(ds: Dataset, cfg: GraphConfig, modalities: list[str] | None = None,
                  progress: bool = False) -> GraphArtifacts:
     """Build every artefact from the training split (label 0, duplicates dropped)."""
-    mods = _check_modalities(ds, modalities)
+    mods = check_modalities(ds, modalities)
     for m in mods:
         rows = np.asarray(ds.features[m]).shape[0]
         if rows != ds.n_items:
             raise DataError(f"dataset {ds.name!r}: features[{m!r}] has {rows} rows but n_items={ds.n_items}")
     rows = np.flatnonzero(np.asarray(ds.label) == TRAIN)
-    u, i = _dedup_pairs(np.asarray(ds.user)[rows], np.asarray(ds.item)[rows], ds.n_users, ds.n_items,
+    u, i = dedup_pairs(np.asarray(ds.user)[rows], np.asarray(ds.item)[rows], ds.n_users, ds.n_items,
                         f"dataset {ds.name!r} interactions", row_ids=rows)
     knn = {m: item_knn(ds.features[m], cfg.item_k, cfg.block_rows, progress=progress, name=m) for m in mods}
     nbr, cnt = user_cooccurrence(u, i, ds.n_users, ds.n_items, cfg.user_k, cfg.block_rows, progress=progress)
@@ -421,7 +447,7 @@ def shards_dir(ds_url: str, cfg: GraphConfig, key: str, method: str, parts: int)
 def ensure_graphs(ds: Dataset, ds_url: str, cfg: GraphConfig, modalities: list[str] | None = None,
                   build: bool = True, progress: bool = False) -> GraphArtifacts:
     """The cached artefacts for ``ds``; built and saved when missing and ``build`` is set."""
-    mods = _check_modalities(ds, modalities)
+    mods = check_modalities(ds, modalities)
     key = graph_key(ds, cfg, mods)
     folder = graphs_dir(ds_url, cfg, key)
     if mio.exists(mio.join(folder, MANIFEST)):
@@ -442,22 +468,13 @@ def ensure_graphs(ds: Dataset, ds_url: str, cfg: GraphConfig, modalities: list[s
     return g
 
 
-def load_graph_source(ds: Dataset, ds_url: str, cfg: GraphConfig, modalities: list[str] | None = None,
-                      build: bool = True, progress: bool = False) -> GraphArtifacts:
-    """The artefacts training uses: from the shard set ``cfg.shards`` when set, else the cache.
+def __getattr__(name: str) -> Any:
+    """``load_graph_source``, moved to :mod:`margo_dist.graph.source`, until train/loop.py imports it from there.
 
-    A shard set is accepted only if it was made from this dataset with these graph
-    parameters (same ``graph_key``), so a stale set cannot silently train another graph.
+    Resolved on first use, so importing build still never imports partition.
     """
-    if not cfg.shards:
-        return ensure_graphs(ds, ds_url, cfg, modalities, build=build, progress=progress)
-    from margo_dist.graph.partition import artifacts_from_shards, read_shard_manifest
+    if name == "load_graph_source":
+        from margo_dist.graph.source import load_graph_source
 
-    mods = _check_modalities(ds, modalities)
-    key = graph_key(ds, cfg, mods)
-    man = read_shard_manifest(cfg.shards)
-    if man["graph_key"] != key:
-        raise DataError(f"graph.shards={cfg.shards!r}: the shards were made from other data or graph parameters "
-                        f"(graph_key {man['graph_key']!r}, this dataset and config give {key!r}: item_k={cfg.item_k}, "
-                        f"user_k={cfg.user_k}, modalities {mods}); rerun `margo-dist data partition`")
-    return artifacts_from_shards(cfg.shards)
+        return load_graph_source
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

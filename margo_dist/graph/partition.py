@@ -39,7 +39,7 @@ import torch
 
 from margo_dist.data import io as mio
 from margo_dist.errors import ConfigError, DataError
-from margo_dist.graph.build import GraphArtifacts
+from margo_dist.graph.build import GraphArtifacts, dedup_pairs, fill_ranked, padded_edges
 from margo_dist.graph.dgl_backend import dgl
 
 FORMAT_VERSION = 1
@@ -88,28 +88,20 @@ def _padded_edges(idx: np.ndarray, val: np.ndarray, n_src: int, where: str) -> t
     """(neighbour, row, value) of every non-padding entry of a -1 padded neighbour table."""
     if idx.ndim != 2 or idx.shape != val.shape:
         raise DataError(f"{where}: id and value tables must be 2-d and aligned, got {idx.shape} and {val.shape}")
-    valid = idx >= 0
-    bad = np.argwhere(valid & (idx >= n_src))
+    bad = np.argwhere(idx >= n_src)
     if bad.size:
         r, c = (int(x) for x in bad[0])
         raise DataError(f"{where}: row {r} column {c} holds id {int(idx[r, c])}, outside [0, {n_src})")
-    rows = np.repeat(np.arange(idx.shape[0], dtype=np.int64), valid.sum(axis=1))
-    return idx[valid].astype(np.int64), rows, val[valid]
+    src, rows, valid = padded_edges(idx)
+    return src, rows, val[valid]
 
 
 def graph_relations(art: GraphArtifacts, modalities: list[str]) -> dict[str, Relation]:
     """Every relation of the shard heterograph, deduplicated, from the artefacts."""
     nu, ni = art.n_users, art.n_items
-    tu, ti = np.asarray(art.train_user, dtype=np.int64), np.asarray(art.train_item, dtype=np.int64)
-    if tu.shape != ti.shape or tu.ndim != 1:
-        raise DataError(f"graph artefacts {art.key}: train_user {tu.shape} and train_item {ti.shape} "
-                        "must be 1-d and aligned")
-    for name, ids, n in (("train_user", tu, nu), ("train_item", ti, ni)):
-        bad = np.flatnonzero((ids < 0) | (ids >= n))
-        if bad.size:
-            raise DataError(f"graph artefacts {art.key}: {name}[{int(bad[0])}]={int(ids[bad[0]])} "
-                            f"is outside [0, {n})")
-    ui = _dedup(tu, ti, ni, None)
+    tu, ti = dedup_pairs(art.train_user, art.train_item, nu, ni, f"graph artefacts {art.key}",
+                         names=("train_user", "train_item"), cell="{field}[{row}]")
+    ui = Relation(tu, ti, None)
     rels = {"ui": ui, "iu": _dedup(ui.dst, ui.src, nu, None)}
     for m in modalities:
         idx, sim = art.item_knn[m]
@@ -452,13 +444,7 @@ def _rows(dst: np.ndarray, src: np.ndarray, val: np.ndarray, n_rows: int, width:
     if counts.max() > width:
         r = int(np.argmax(counts))
         raise DataError(f"{where}: row {r} has {int(counts[r])} neighbours, the manifest's width is {width}")
-    order = np.lexsort((src, -val, dst))
-    dst, src, val = dst[order], src[order], val[order]
-    start = np.zeros(n_rows + 1, np.int64)
-    np.cumsum(counts, out=start[1:])
-    rank = np.arange(dst.size, dtype=np.int64) - start[dst]
-    idx[dst, rank] = src
-    out[dst, rank] = val
+    fill_ranked(dst, src, val, idx, out)
     return idx, out
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from margo_dist.errors import ConfigError
-from margo_dist.graph.build import GraphArtifacts
+from margo_dist.graph.build import GraphArtifacts, padded_edges
 
 
 @dataclass
@@ -200,24 +200,21 @@ def knn_edges(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     where both sides use row degrees; self-loops are excluded (the residual adds
     the item itself).
     """
-    valid = idx >= 0
+    src, dst, valid = padded_edges(idx)
     deg = valid.sum(axis=1).astype(np.float64)
-    dst = np.repeat(np.arange(idx.shape[0]), valid.sum(axis=1))
-    src = idx[valid]
     w = 1.0 / np.sqrt(deg[dst] * np.maximum(deg[src], 1.0))
-    return src.astype(np.int64), dst.astype(np.int64), w.astype(np.float32)
+    return src, dst, w.astype(np.float32)
 
 
 def user_edges(nbr: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """User u aggregates its co-occurrence neighbours with softmax(count) weights."""
-    valid = nbr >= 0
+    src, dst, valid = padded_edges(nbr)
     logits = np.where(valid, cnt.astype(np.float64), -np.inf)
     top = np.max(np.where(valid, logits, 0.0), axis=1, keepdims=True)
     ex = np.where(valid, np.exp(logits - top), 0.0)
     denom = ex.sum(axis=1, keepdims=True)
     a = np.divide(ex, denom, out=np.zeros_like(ex), where=denom > 0)
-    dst = np.repeat(np.arange(nbr.shape[0]), valid.sum(axis=1))
-    return nbr[valid].astype(np.int64), dst.astype(np.int64), a[valid].astype(np.float32)
+    return src, dst, a[valid].astype(np.float32)
 
 
 def full_graph(art: GraphArtifacts, modalities: list[str], mix: dict[str, float]) -> FullGraph:

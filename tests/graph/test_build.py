@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -13,8 +15,9 @@ from margo_dist.config import GraphConfig
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import Dataset
 from margo_dist.errors import DataError
-from margo_dist.graph.build import (GraphArtifacts, build_graphs, ensure_graphs, graph_key, graphs_dir,
-                                    item_knn, load_graphs, save_graphs, user_cooccurrence)
+from margo_dist.graph.build import (GraphArtifacts, build_graphs, dedup_pairs, ensure_graphs, fill_ranked,
+                                    graph_key, graphs_dir, item_knn, load_graphs, padded_edges, save_graphs,
+                                    user_cooccurrence)
 
 A = 1.0 / math.sqrt(2.0)
 
@@ -124,6 +127,38 @@ def test_user_cooccurrence_matches_dense_brute_force() -> None:
 def test_user_cooccurrence_rejects_out_of_range_id() -> None:
     with pytest.raises(DataError, match="row 2 field item=9"):
         user_cooccurrence(np.array([0, 1, 1]), np.array([0, 1, 9]), 2, 5, 2)
+
+
+
+def test_dedup_pairs_sorts_and_names_the_bad_entry() -> None:
+    u, i = dedup_pairs(np.array([2, 0, 2, 0]), np.array([1, 3, 1, 0]), 3, 4, "here")
+    assert u.tolist() == [0, 0, 2] and i.tolist() == [0, 3, 1]
+    with pytest.raises(DataError, match=r"here: row 7 field item=4 is outside \[0, 4\)"):
+        dedup_pairs(np.array([0, 1]), np.array([1, 4]), 3, 4, "here", row_ids=np.array([3, 7]))
+    with pytest.raises(DataError, match=r"here: b\[0\]=-1 is outside"):
+        dedup_pairs(np.array([0]), np.array([-1]), 3, 4, "here", names=("a", "b"), cell="{field}[{row}]")
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float32])
+def test_fill_ranked_orders_by_value_then_column_and_truncates(dtype) -> None:
+    rows = np.array([0, 0, 0, 2, 0, 2])
+    cols = np.array([4, 1, 3, 0, 2, 5])
+    vals = np.array([1, 2, 2, 7, 5, 7], dtype=dtype)
+    idx, out = np.full((3, 3), -1, np.int64), np.zeros((3, 3), np.float32)
+    fill_ranked(rows, cols, vals, idx, out)
+    assert idx.tolist() == [[2, 1, 3], [-1, -1, -1], [0, 5, -1]]
+    assert out.tolist() == [[5, 2, 2], [0, 0, 0], [7, 7, 0]]
+
+
+def test_padded_edges() -> None:
+    src, dst, valid = padded_edges(np.array([[3, -1, 1], [-1, -1, -1], [0, 2, -1]]))
+    assert src.tolist() == [3, 1, 0, 2] and dst.tolist() == [0, 0, 2, 2]
+    assert src.dtype == dst.dtype == np.int64 and valid.sum() == 4
+
+
+def test_build_does_not_import_partition() -> None:
+    code = "import sys, margo_dist.graph.build; assert 'margo_dist.graph.partition' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _dataset() -> Dataset:

@@ -21,9 +21,10 @@ from margo_dist.data import io as mio
 from margo_dist.data.synth import SynthSpec, make_synthetic, write_synthetic
 from margo_dist.errors import ConfigError, DataError
 from margo_dist.graph import partition as part_mod
-from margo_dist.graph.build import GraphArtifacts, build_graphs, graph_key, load_graph_source
+from margo_dist.graph.build import GraphArtifacts, build_graphs, graph_key
 from margo_dist.graph.partition import (MANIFEST, artifacts_from_shards, graph_relations, load_owners, load_shard,
                                         partition_graphs, read_shard_manifest)
+from margo_dist.graph.source import load_graph_source
 from margo_dist.graph.tensors import full_graph
 
 MODS = ["image", "text"]
