@@ -15,6 +15,21 @@ TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
 
 
+def pair_codes(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """One int64 per (user, item) pair, ``user * n_items + item`` (arrays broadcast).
+
+    Codes sort as the pairs do (by user, then item) and compare in one operation, so
+    deduplication and membership tests need no two-key sort. Ids must lie in
+    ``0..n_items-1`` on the item side and ``n_users * n_items`` must fit in int64.
+    """
+    return np.asarray(users, dtype=np.int64) * np.int64(n_items) + np.asarray(items, dtype=np.int64)
+
+
+def split_pair_codes(codes: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items) of :func:`pair_codes` output."""
+    return codes // n_items, codes % n_items
+
+
 @dataclass
 class Dataset:
     """Interactions (three aligned int arrays) and one feature table per modality."""

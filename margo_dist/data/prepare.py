@@ -48,7 +48,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from margo_dist.data import io as dio
-from margo_dist.data.dataset import SPLIT_NAMES, Dataset
+from margo_dist.data.dataset import SPLIT_NAMES, Dataset, pair_codes
 from margo_dist.data.formats import read_parquet_columns
 from margo_dist.errors import ConfigError, DataError
 
@@ -152,7 +152,7 @@ def k_core_mask(user: np.ndarray, item: np.ndarray, k: int) -> tuple[np.ndarray,
 
 def _latest_per_pair(u: np.ndarray, i: np.ndarray, n_items: int, ts: np.ndarray | None) -> np.ndarray:
     """Row indices that keep one row per (user, item): the latest, then the last in the file."""
-    key = u.astype(np.int64) * np.int64(max(n_items, 1)) + i
+    key = pair_codes(u, i, max(n_items, 1))
     order = np.lexsort((ts, key)) if ts is not None else np.argsort(key, kind="stable")
     k = key[order]
     last = np.ones(len(k), dtype=bool)

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from margo_dist.data.dataset import SPLIT_NAMES, TEST, TRAIN, VALID, Dataset
+from margo_dist.data.dataset import SPLIT_NAMES, TEST, TRAIN, VALID, Dataset, pair_codes
 from margo_dist.errors import DataError
 
 INTERACTIONS = "interactions"
@@ -158,7 +158,7 @@ def _pair_key(user: np.ndarray, item: np.ndarray) -> np.ndarray | None:
     span_u, span_i = int(user.max()) - u0 + 1, int(item.max()) - i0 + 1
     if span_u * span_i >= 2**62:
         return None
-    return (user.astype(np.int64) - u0) * span_i + (item.astype(np.int64) - i0)
+    return pair_codes(user.astype(np.int64) - u0, item.astype(np.int64) - i0, span_i)
 
 
 def check_duplicates(ds: Dataset, files: dict[str, str], dedupe: bool = False) -> None:

@@ -25,7 +25,7 @@ import torch
 
 from margo_dist.config import GraphConfig
 from margo_dist.data import io as mio
-from margo_dist.data.dataset import TRAIN, Dataset
+from margo_dist.data.dataset import TRAIN, Dataset, pair_codes, split_pair_codes
 from margo_dist.errors import DataError
 
 FORMAT_VERSION = 1
@@ -211,8 +211,7 @@ def dedup_pairs(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int, 
             row = int(bad[0]) if row_ids is None else int(row_ids[bad[0]])
             raise DataError(f"{where}: {cell.format(row=row, field=field_name)}={int(ids[bad[0]])} "
                             f"is outside [0, {n})")
-    code = np.unique(user * n_items + item)
-    return code // n_items, code % n_items
+    return split_pair_codes(np.unique(pair_codes(user, item, n_items)), n_items)
 
 
 def _row_value_col_order(rows: np.ndarray, values: np.ndarray, cols: np.ndarray, n_rows: int) -> np.ndarray:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from margo_dist.data import io as mio
+from margo_dist.data.dataset import pair_codes, split_pair_codes
 from margo_dist.errors import ConfigError, DataError
 from margo_dist.graph.build import GraphArtifacts, dedup_pairs, fill_ranked, padded_edges
 from margo_dist.graph.dgl_backend import dgl
@@ -79,9 +80,8 @@ class Relation:
 
 def _dedup(src: np.ndarray, dst: np.ndarray, n_dst: int, data: np.ndarray | None) -> Relation:
     """Unique (src, dst) pairs; a repeated pair keeps the data of its first occurrence."""
-    code = src.astype(np.int64) * n_dst + dst.astype(np.int64)
-    uniq, first = np.unique(code, return_index=True)
-    return Relation(uniq // n_dst, uniq % n_dst, None if data is None else data[first].astype(np.float32))
+    uniq, first = np.unique(pair_codes(src, dst, n_dst), return_index=True)
+    return Relation(*split_pair_codes(uniq, n_dst), None if data is None else data[first].astype(np.float32))
 
 
 def _padded_edges(idx: np.ndarray, val: np.ndarray, n_src: int, where: str) -> tuple[np.ndarray, ...]:
@@ -480,7 +480,7 @@ def artifacts_from_shards(url: str) -> GraphArtifacts:
         return s, d, v
 
     u, i, _ = cat("ui")
-    code = u * ni + i
+    code = pair_codes(u, i, ni)
     uniq = np.unique(code)
     if uniq.size != code.size:
         raise DataError(f"{url}: a training edge is inner to more than one shard")
@@ -491,6 +491,7 @@ def artifacts_from_shards(url: str) -> GraphArtifacts:
         knn[m] = _rows(d, s, v, ni, int(widths["knn"][m]), f"{url} relation ii_{m}")
     s, d, v = cat("uu")
     nbr, cnt = _rows(d, s, v, nu, int(widths["user"]), f"{url} relation uu")
-    return GraphArtifacts(n_users=nu, n_items=ni, train_user=uniq // ni, train_item=uniq % ni,
+    train_user, train_item = split_pair_codes(uniq, ni)
+    return GraphArtifacts(n_users=nu, n_items=ni, train_user=train_user, train_item=train_item,
                           user_degree=degree["user"], item_degree=degree["item"], item_knn=knn,
                           user_nbr=nbr, user_cnt=cnt, key=str(man["graph_key"]))

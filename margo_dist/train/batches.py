@@ -6,13 +6,15 @@ from typing import Iterator
 
 import numpy as np
 
+from margo_dist.data.dataset import pair_codes
+
 
 class TripletSampler:
     """Shuffled (user, positive, negative) batches with negatives the user has not trained on.
 
     Negatives are uniform over all items (equations.md, architecture decision 3) and
     re-drawn when they hit one of the user's training items; membership is a binary
-    search in the sorted ``user * n_items + item`` keys, so it stays vectorised.
+    search in the sorted pair codes (``user * n_items + item``), so it stays vectorised.
     """
 
     def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int, batch_size: int) -> None:
@@ -22,7 +24,7 @@ class TripletSampler:
         self.items = items.astype(np.int64)
         self.n_items = n_items
         self.batch_size = batch_size
-        self.keys = np.unique(self.users * n_items + self.items)
+        self.keys = np.unique(pair_codes(self.users, self.items, n_items))
         counts = np.bincount(self.users)
         if np.any(counts[counts > 0] >= n_items):
             bad = int(np.flatnonzero(counts >= n_items)[0])
@@ -35,7 +37,7 @@ class TripletSampler:
         neg = rng.integers(0, self.n_items, size=users.size)
         todo = np.arange(users.size)
         while todo.size:
-            keys = users[todo] * self.n_items + neg[todo]
+            keys = pair_codes(users[todo], neg[todo], self.n_items)
             pos = np.searchsorted(self.keys, keys)
             hit = (pos < self.keys.size) & (self.keys[np.minimum(pos, self.keys.size - 1)] == keys)
             todo = todo[hit]

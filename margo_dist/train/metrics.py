@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from margo_dist.data.dataset import pair_codes
+
 __all__ = [
     "csr_from_pairs",
     "rank_topk",
@@ -188,8 +190,8 @@ def per_user_metrics(
     # A hit is a (row, item) pair present in both lists: compare row-tagged codes.
     width = int(max(topk.max(initial=-1), indices.max(initial=-1))) + 1
     row_of_pos = np.repeat(np.arange(n_users, dtype=np.int64), n_pos)
-    pos_codes = row_of_pos * width + indices
-    top_codes = np.arange(n_users, dtype=np.int64)[:, None] * width + topk
+    pos_codes = pair_codes(row_of_pos, indices, width)
+    top_codes = pair_codes(np.arange(n_users, dtype=np.int64)[:, None], topk, width)
     hits = np.isin(top_codes, pos_codes).astype(np.float64)
 
     discount = 1.0 / np.log2(np.arange(k_max, dtype=np.float64) + 2.0)
