@@ -66,12 +66,3 @@ class Dataset:
             for start in range(0, feat.shape[0], rows):
                 h.update(np.ascontiguousarray(feat[start:start + rows]).tobytes())
         return h.hexdigest()
-
-    def train_fingerprint(self) -> str:
-        """Hash of the training interactions only (the graphs depend on nothing else)."""
-        u, i = self.split(TRAIN)
-        h = hashlib.blake2b(digest_size=16)
-        h.update(f"{self.n_users},{self.n_items}".encode())
-        h.update(np.ascontiguousarray(u).tobytes())
-        h.update(np.ascontiguousarray(i).tobytes())
-        return h.hexdigest()
