@@ -25,7 +25,6 @@ used with original ids without any other shard.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import posixpath
@@ -41,7 +40,7 @@ from margo_dist.data import io as mio
 from margo_dist.data.dataset import pair_codes, split_pair_codes
 from margo_dist.errors import ConfigError, DataError
 from margo_dist.graph.build import GraphArtifacts, dedup_pairs, fill_ranked, padded_edges
-from margo_dist.graph.dgl_backend import dgl
+from margo_dist.graph.dgl_backend import Captured, captured_output, dgl
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -154,15 +153,25 @@ def _check_request(art: GraphArtifacts, modalities: list[str], parts: int, metho
 def _run_partition(g: Any, work: str, parts: int, method: str, seed: int) -> dict[str, np.ndarray]:
     """DGL's partition into ``work``; returns original id per reshuffled id, per node type."""
     dgl.seed(seed)
+    log = Captured()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with captured_output() as log:  # DGL's prints and METIS's C++ log line are not for the user
             orig_nids, _ = dgl.distributed.partition_graph(g, GRAPH_NAME, parts, work, part_method=method,
                                                            return_mapping=True)
     except (IndexError, AssertionError) as exc:
         raise DataError(f"partition_graph with parts={parts}, method={method!r} failed ({type(exc).__name__}: "
                         f"{exc}); DGL needs every shard to own nodes of each type and edges of each relation, "
-                        "so use fewer parts or method=metis") from exc
+                        f"so use fewer parts or method=metis{_printed(log)}") from exc
+    except Exception as exc:
+        exc.add_note(f"partition_graph with parts={parts}, method={method!r} failed{_printed(log)}")
+        raise
     return {t: np.asarray(orig_nids[t].numpy(), dtype=np.int64) for t in NTYPES}
+
+
+def _printed(log: Captured) -> str:
+    """What DGL printed before failing, as the tail of an error message ('' if nothing)."""
+    text = log.text.strip()
+    return f"\nDGL printed:\n{text}" if text else ""
 
 
 def _local_ids(loc: Any, gpb: Any) -> tuple[np.ndarray, np.ndarray]:

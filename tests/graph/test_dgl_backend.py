@@ -6,6 +6,7 @@ imports but returns wrong graphs, samples or partitions fails here.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from margo_dist.graph.dgl_backend import dgl, get_dgl
+from margo_dist.graph.dgl_backend import captured_output, dgl, get_dgl
 
 N_USERS, N_ITEMS = 30, 20
 
@@ -163,3 +164,22 @@ def test_partition_graph_round_trip(tmp_path, method: str) -> None:
         assert all(len(o) > 0 for o in owners[ntype])
     for rel, (s, d) in edges.items():
         assert recovered[rel] == _pairs(s, d)
+
+
+def test_captured_output_keeps_every_level_and_restores(capfd) -> None:
+    capfd.readouterr()
+    with captured_output() as log:
+        print("py out")
+        os.write(1, b"fd one\n")
+        os.write(2, b"fd two\n")
+        ctypes.CDLL(None).puts(b"c stdio")  # buffered by C: flushed before the descriptors are restored
+    assert capfd.readouterr() == ("", "")
+    assert log.text.splitlines()[0] == "py out"
+    assert {"fd one", "fd two", "c stdio"} <= set(log.text.splitlines())
+    with pytest.raises(ValueError):
+        with captured_output() as log:
+            os.write(2, b"before the error\n")
+            raise ValueError("x")
+    assert log.text == "before the error\n"
+    os.write(1, b"visible\n")
+    assert capfd.readouterr().out == "visible\n"

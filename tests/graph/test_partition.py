@@ -268,6 +268,37 @@ def test_cli_data_partition(tmp_path, capsys) -> None:
         assert json.load(fh)["n_users"] == 50
 
 
+@pytest.mark.parametrize("method", ["metis", "random"])
+def test_partition_prints_nothing(tmp_path, art, capfd, method: str) -> None:
+    capfd.readouterr()
+    partition_graphs(art, MODS, str(tmp_path / "s"), 2, method)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+
+
+def test_failed_partition_carries_what_dgl_printed(tmp_path, art, capfd, monkeypatch) -> None:
+    def failing(*args, **kwargs):
+        print("python side")
+        os.write(2, b"native side\n")
+        raise AssertionError("no edges")
+
+    monkeypatch.setattr(part_mod.dgl.distributed, "partition_graph", failing)
+    capfd.readouterr()
+    with pytest.raises(DataError, match=r"(?s)AssertionError: no edges.*DGL printed:\npython side\nnative side"):
+        partition_graphs(art, MODS, str(tmp_path / "s"), 2, "random")
+    assert capfd.readouterr() == ("", "")
+
+    def crashing(*args, **kwargs):
+        os.write(1, b"about to crash\n")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(part_mod.dgl.distributed, "partition_graph", crashing)
+    with pytest.raises(RuntimeError, match="boom") as info:
+        partition_graphs(art, MODS, str(tmp_path / "s"), 2, "random")
+    assert "about to crash" in "".join(info.value.__notes__)
+    assert capfd.readouterr() == ("", "")
+
+
 def test_out_of_range_ids_are_named(tmp_path, art) -> None:
     bad = dataclasses.replace(art, train_item=art.train_item.copy())
     bad.train_item[5] = art.n_items
