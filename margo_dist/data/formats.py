@@ -24,7 +24,7 @@ import io
 import json
 import posixpath
 import re
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -388,18 +388,42 @@ def _read_feature_parquet(url: str) -> np.ndarray:
         idx = int(bad[0])
         raise DataError(f"{row_ref(url, idx)}, field item_id: {int(ids[idx])} but item ids must be "
                         f"0..{len(ids) - 1} in order (expected {idx})")
-    col = table.column("feature")
-    if not pa.types.is_fixed_size_list(col.type) or not pa.types.is_floating(col.type.value_type):
-        raise DataError(f"{url}: field feature has type {col.type}; expected fixed_size_list<float32>[dim]")
+    return parquet_feature_matrix(table.column("feature"), url, lambda idx: row_ref(url, idx))
+
+
+def parquet_feature_matrix(col: pa.ChunkedArray, url: str, row_name: Callable[[int], str],
+                           fixed_size: bool = True) -> np.ndarray:
+    """A Parquet ``feature`` column (one vector per row) as a [n, dim] array, via the flat values buffer.
+
+    ``fixed_size``: the dataset layout's fixed_size_list<float>[dim]; otherwise any list
+    of numbers whose rows all have the first row's length (raw image features). A
+    missing vector or value is an error naming ``row_name(row index)``. The values keep
+    their type; callers cast.
+    """
     arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    dim = arr.type.list_size
+    t = arr.type
+    if fixed_size:
+        if not pa.types.is_fixed_size_list(t) or not pa.types.is_floating(t.value_type):
+            raise DataError(f"{url}: field feature has type {t}; expected fixed_size_list<float32>[dim]")
+    elif not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
+            or not (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
+        raise DataError(f"{url}: field feature has type {t}; expected list<float>")
     if arr.null_count:
         idx = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{row_ref(url, idx)}, field feature: missing vector ({arr.null_count} such rows)")
+        raise DataError(f"{row_name(idx)}, field feature: missing vector ({arr.null_count} such rows)")
+    if fixed_size:
+        dim = t.list_size
+    else:
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        dim = int(lengths[0]) if len(lengths) else 0
+        bad = np.flatnonzero(lengths != dim)
+        if len(bad):
+            idx = int(bad[0])
+            raise DataError(f"{row_name(idx)}, field feature: length {int(lengths[idx])}, row 1 has {dim}")
     flat = arr.flatten()
     if flat.null_count:
         pos = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{row_ref(url, pos // dim)}, field feature, column {pos % dim + 1}: missing value")
+        raise DataError(f"{row_name(pos // dim)}, field feature, column {pos % dim + 1}: missing value")
     return flat.to_numpy(zero_copy_only=False).reshape(len(arr), dim)
 
 

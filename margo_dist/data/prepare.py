@@ -49,7 +49,7 @@ import pyarrow.json as pajson
 
 from margo_dist.data import io as dio
 from margo_dist.data.dataset import SPLIT_NAMES, Dataset, pair_codes
-from margo_dist.data.formats import read_parquet_columns
+from margo_dist.data.formats import parquet_feature_matrix, read_parquet_columns
 from margo_dist.errors import ConfigError, DataError
 
 COLUMN_KEYS = ("user", "item", "rating", "timestamp")
@@ -511,28 +511,12 @@ def _image_features(url: str, item_raw: np.ndarray, notes: list[str]) -> np.ndar
         idx = int(np.flatnonzero(ids_arr.is_null().to_numpy(zero_copy_only=False))[0])
         raise DataError(f"{url} row {idx + 1}, field item_id: missing value")
     ids = np.asarray(pc.cast(ids_arr, pa.string()).to_numpy(zero_copy_only=False)).astype(str)
-    feat = _one_chunk(table.column("feature"))
-    t = feat.type
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
-            or not (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
-        raise DataError(f"{url}: field feature has type {t}; expected list<float>")
-    if feat.null_count:
-        idx = int(np.flatnonzero(feat.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{url} row {idx + 1} (item {ids[idx]}), field feature: missing vector")
-    lengths = pc.list_value_length(feat).to_numpy(zero_copy_only=False)
-    dim = int(lengths[0]) if len(lengths) else 0
-    bad = np.flatnonzero(lengths != dim)
-    if len(bad):
-        idx = int(bad[0])
-        raise DataError(f"{url} row {idx + 1} (item {ids[idx]}), field feature: length {int(lengths[idx])}, "
-                        f"row 1 has {dim}")
+    matrix = parquet_feature_matrix(table.column("feature"), url,
+                                    lambda idx: f"{url} row {idx + 1} (item {ids[idx]})", fixed_size=False)
+    dim = matrix.shape[1]
     if dim == 0:
         raise DataError(f"{url}: field feature: no rows or empty vectors")
-    flat = pc.list_flatten(feat)
-    if flat.null_count:
-        pos = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{url} row {pos // dim + 1} (item {ids[pos // dim]}), field feature: missing value")
-    matrix = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(ids), dim)
+    matrix = matrix.astype(np.float32, copy=False)
     finite = np.isfinite(matrix).all(axis=1)
     if not finite.all():
         idx = int(np.flatnonzero(~finite)[0])

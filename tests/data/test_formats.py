@@ -247,3 +247,23 @@ def test_parquet_feature_must_be_fixed_size_list(tmp_path):
     with pytest.raises(DataError,
                        match=r"text\.parquet: field feature has type list<\w+: double>; expected fixed_size_list"):
         read_dataset(str(out), fmt="parquet")
+
+
+def test_parquet_feature_matrix_fixed_and_variable_lists():
+    def name(idx):
+        return f"f row {idx + 1}"
+
+    fixed = pa.chunked_array([pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0, 3.0, 4.0], pa.float16()), 2)])
+    got = formats.parquet_feature_matrix(fixed, "f", name)
+    assert got.dtype == np.float16 and got.tolist() == [[1, 2], [3, 4]]
+    ragged = pa.chunked_array([pa.array([[1, 2], [3, 4]]), pa.array([[5, 6]])])
+    with pytest.raises(DataError, match=r"f: field feature has type list<item: int64>; expected fixed_size_list"):
+        formats.parquet_feature_matrix(ragged, "f", name)
+    assert formats.parquet_feature_matrix(ragged, "f", name, fixed_size=False).tolist() == [[1, 2], [3, 4], [5, 6]]
+    with pytest.raises(DataError, match=r"f row 2, field feature: length 1, row 1 has 2"):
+        formats.parquet_feature_matrix(pa.chunked_array([pa.array([[1.0, 2.0], [1.0]])]), "f", name, fixed_size=False)
+    with pytest.raises(DataError, match=r"f row 2, field feature: missing vector \(1 such rows\)"):
+        formats.parquet_feature_matrix(pa.chunked_array([pa.array([[1.0], None])]), "f", name, fixed_size=False)
+    with pytest.raises(DataError, match=r"f row 2, field feature, column 1: missing value"):
+        formats.parquet_feature_matrix(pa.chunked_array([pa.array([[1.0, 2.0], [None, 3.0]])]), "f", name,
+                                       fixed_size=False)
