@@ -18,25 +18,8 @@ from margo_dist.data.dataset import Dataset
 from margo_dist.data.formats import convert, read_dataset, read_dataset_cfg, write_dataset
 from margo_dist.errors import DataError
 
-# (user, item, x_label); user 2 and item 4 have no interaction.
-ROWS = [(0, 0, 0), (0, 1, 0), (0, 2, 1), (1, 1, 0), (1, 3, 2), (3, 0, 0), (3, 2, 1), (3, 3, 2), (1, 0, 0)]
-IMAGE = np.arange(15, dtype=np.float32).reshape(5, 3) / 4
-TEXT = -np.arange(10, dtype=np.float32).reshape(5, 2) / 8
+from .helpers import IMAGE, ROWS, TEXT, write_mmrec
 
-
-def write_mmrec(folder, rows=ROWS, header="userID\titemID\tx_label", name="toy", feats=None) -> str:
-    """An MMRec folder written by hand (not by the code under test)."""
-    folder = str(folder)
-    os.makedirs(folder, exist_ok=True)
-    cols = header.split("\t")
-    with open(os.path.join(folder, f"{name}.inter"), "w") as fh:
-        fh.write(header + "\n")
-        for u, i, x in rows:
-            values = {"userID": u, "itemID": i, "x_label": x, "rating": 5, "timestamp": 1700000000 + u}
-            fh.write("\t".join(str(values[c]) for c in cols) + "\n")
-    for mod, arr in (feats if feats is not None else {"image": IMAGE, "text": TEXT}).items():
-        np.save(os.path.join(folder, f"{mod}_feat.npy"), arr)
-    return folder
 
 
 def toy_dataset() -> Dataset:
@@ -69,7 +52,8 @@ def test_read_mmrec_values(tmp_path):
 
 
 def test_extra_columns_and_column_order(tmp_path):
-    folder = write_mmrec(tmp_path / "d", header="timestamp\titemID\trating\tx_label\tuserID")
+    rows = [(1700000000 + u, i, 5, x, u) for u, i, x in ROWS]
+    folder = write_mmrec(tmp_path / "d", rows=rows, header="timestamp\titemID\trating\tx_label\tuserID")
     ds = read_dataset(folder)
     assert ds.user.tolist() == [r[0] for r in ROWS]
     assert ds.item.tolist() == [r[1] for r in ROWS]

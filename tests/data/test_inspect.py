@@ -11,21 +11,7 @@ import pytest
 from margo_dist.data.dataset import Dataset
 from margo_dist.data.inspect import dataset_stats, format_stats, inspect_path
 
-# (user, item, x_label); user 2 and item 4 have no interaction; train items are 0 and 1.
-ROWS = [(0, 0, 0), (0, 1, 0), (0, 2, 1), (1, 1, 0), (1, 3, 2), (3, 0, 0), (3, 2, 1), (3, 3, 2), (1, 0, 0)]
-IMAGE = np.arange(15, dtype=np.float32).reshape(5, 3)
-TEXT = np.ones((5, 2), dtype=np.float32)
-
-
-def write_mmrec(folder, rows=ROWS, header="userID\titemID\tx_label") -> str:
-    folder = str(folder)
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "toy.inter"), "w") as fh:
-        fh.write(header + "\n")
-        fh.writelines("\t".join(str(v) for v in row) + "\n" for row in rows)
-    np.save(os.path.join(folder, "image_feat.npy"), IMAGE)
-    np.save(os.path.join(folder, "text_feat.npy"), TEXT)
-    return folder
+from .helpers import ROWS, write_mmrec
 
 
 def test_stats_of_valid_dataset(tmp_path):

@@ -17,22 +17,7 @@ from margo_dist.data.formats import read_dataset, write_dataset
 from margo_dist.data.validate import duplicate_rows, find_problems
 from margo_dist.errors import DataError
 
-# (user, item, x_label); user 2 and item 4 have no interaction.
-ROWS = [(0, 0, 0), (0, 1, 0), (0, 2, 1), (1, 1, 0), (1, 3, 2), (3, 0, 0), (3, 2, 1), (3, 3, 2), (1, 0, 0)]
-IMAGE = np.arange(15, dtype=np.float32).reshape(5, 3)
-TEXT = np.ones((5, 2), dtype=np.float32)
-
-
-def write_mmrec(folder, rows=ROWS, feats=None, header="userID\titemID\tx_label") -> str:
-    folder = str(folder)
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "toy.inter"), "w") as fh:
-        fh.write(header + "\n")
-        for row in rows:
-            fh.write("\t".join(str(v) for v in row) + "\n")
-    for mod, arr in (feats if feats is not None else {"image": IMAGE, "text": TEXT}).items():
-        np.save(os.path.join(folder, f"{mod}_feat.npy"), arr)
-    return folder
+from .helpers import HEADER, IMAGE, ROWS, TEXT, write_mmrec
 
 
 def write_toy_parquet(folder, arr) -> None:
@@ -44,7 +29,7 @@ def inter(folder) -> str:
     return os.path.join(str(folder), "toy.inter")
 
 
-def bad(folder, *, rows=ROWS, feats=None, header="userID\titemID\tx_label", **kw) -> str:
+def bad(folder, *, rows=ROWS, feats=None, header=HEADER, **kw) -> str:
     """The DataError message read_dataset gives for this MMRec folder."""
     write_mmrec(folder, rows, feats, header)
     with pytest.raises(DataError) as exc:
