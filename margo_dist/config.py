@@ -40,7 +40,7 @@ class GraphConfig:
     # weight of each modality's kNN graph in the mixed item graph; empty: DRAGON's
     # 0.1 image + 0.9 text when those are the modalities, else uniform.
     knn_mix: dict[str, float] = field(default_factory=dict)
-    block_rows: int = 2048  # rows per block when computing similarities
+    chunk_rows: int = 2048  # rows per block when computing similarities
     cache_dir: str = ""  # empty: <data.path>/.margo_cache
     # URL of a shard set (`margo-dist data partition`) to load the graph from instead of
     # the artefact cache; empty: use the cache. Not part of the cache key.
@@ -151,7 +151,7 @@ class Config:
             "train.patience": self.train.patience,
             "train.eval_every": self.train.eval_every,
             "graph.item_k": self.graph.item_k,
-            "graph.block_rows": self.graph.block_rows,
+            "graph.chunk_rows": self.graph.chunk_rows,
             "train.eval_user_chunk": self.train.eval_user_chunk,
         }
         for key, value in positive.items():

@@ -70,7 +70,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def _run_step(step: str, workdir: str, item_k: int, user_k: int, block_rows: int) -> dict:
+def _run_step(step: str, workdir: str, item_k: int, user_k: int, chunk_rows: int) -> dict:
     """Child process: load the inputs of one step, reset the peak counter, run it."""
     from margo_dist.graph.build import item_knn, user_cooccurrence
 
@@ -88,9 +88,9 @@ def _run_step(step: str, workdir: str, item_k: int, user_k: int, block_rows: int
     ru_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if step.startswith("knn:"):
-        out = item_knn(feat, item_k, block_rows, name=modality)
+        out = item_knn(feat, item_k, chunk_rows, name=modality)
     else:
-        out = user_cooccurrence(user, item, n_users, n_items, user_k, block_rows)
+        out = user_cooccurrence(user, item, n_users, n_items, user_k, chunk_rows)
     seconds = time.perf_counter() - start
     if reset:
         peak_kb, source = _status_kb("VmHWM"), "VmHWM"
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown_steps:
             ap.error(f"--steps: {sorted(unknown_steps)} not among size {size}'s steps {_steps(SIZES[size])}")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, item_k={args.item_k}, "
-          f"user_k={args.user_k}, block_rows={args.block_rows}", flush=True)
+          f"user_k={args.user_k}, chunk_rows={args.chunk_rows}", flush=True)
     results: list[StepResult] = []
     ctx = mp.get_context("spawn")
     for size in sizes:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             _prepare(size, SIZES[size], workdir, args.seed)
             for step in (s for s in _steps(SIZES[size]) if not only or s in only):
                 with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                    res = pool.submit(_run_step, step, workdir, args.item_k, args.user_k, args.block_rows).result()
+                    res = pool.submit(_run_step, step, workdir, args.item_k, args.user_k, args.chunk_rows).result()
                 results.append(StepResult(size=size, step=step, **res))
                 r = results[-1]
                 print(f"[{size}] {step}: {r.seconds:.1f}s, peak growth {r.peak_growth_mb:.0f} MB "

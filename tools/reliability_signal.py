@@ -51,7 +51,7 @@ def main() -> int:
     model.eval()
     with torch.no_grad():
         users_emb, items_emb = model.encode(data.graph.compute_graph(model.encoder.n_layers), data.features)
-    n, m = data.ds.n_items, model.n_blocks
+    n, m = data.ds.n_items, model.n_slices
     sums = {key: torch.zeros(n, m, dtype=torch.float64) for key in ("cal_pos", "cal_neg", "bpr_pos", "bpr_neg")}
     mass = {key: torch.zeros(n, dtype=torch.float64) for key in ("cal_pos", "cal_neg", "bpr_pos", "bpr_neg")}
     sampler = TripletSampler(*data.ds.split(TRAIN), n, cfg.train.batch_size)

@@ -1,14 +1,14 @@
 """Offline graph artefacts: training edges and degrees, item kNN graphs, user co-occurrence.
 
-These are the inputs of DRAGON's propagation (equations.md section 1): the bipartite
+These are the inputs of DRAGON's propagation (docs/equations.md section 1): the bipartite
 training graph with its full-graph degrees (so sampled and full forwards normalise
 alike), one cosine kNN graph per modality, and the top-k co-interacting users. They
 depend only on the training split and the features, so they are built once, cached
 under a content key, and loaded by training; model constructors never build them.
 
 Both similarity computations run in row blocks, so memory stays
-O(block_rows * n_rows) at most, never a dense n x n matrix: item kNN scores a block
-against a column chunk at a time (block_rows * col_chunk floats), co-occurrence
+O(chunk_rows * n_rows) at most, never a dense n x n matrix: item kNN scores a block
+against a column chunk at a time (chunk_rows * col_chunk floats), co-occurrence
 holds one block's sparse product R[block] @ R.T.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,6 +27,7 @@ from margo_dist.config import GraphConfig
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import TRAIN, Dataset, pair_codes, split_pair_codes
 from margo_dist.errors import DataError
+from margo_dist.progress import progress_bar
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -52,17 +53,13 @@ class GraphArtifacts:
         return list(self.item_knn)
 
 
-def _blocks(n: int, block_rows: int, progress: bool, desc: str) -> Iterator[tuple[int, int]]:
-    """(start, stop) row ranges, with a tqdm bar when asked."""
-    if block_rows < 1:
-        raise DataError(f"block_rows={block_rows} must be >= 1 (graph.block_rows)")
-    starts: Iterable[int] = range(0, n, block_rows)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, total=(n + block_rows - 1) // block_rows, desc=desc, unit="block")
+def _row_chunks(n: int, chunk_rows: int, progress: bool, desc: str) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges, with a progress bar when asked (and on a terminal)."""
+    if chunk_rows < 1:
+        raise DataError(f"chunk_rows={chunk_rows} must be >= 1 (graph.chunk_rows)")
+    starts = progress_bar(range(0, n, chunk_rows), (n + chunk_rows - 1) // chunk_rows, desc, progress, "chunk")
     for start in starts:
-        yield start, min(start + block_rows, n)
+        yield start, min(start + chunk_rows, n)
 
 
 def _order_by_value_then_id(val: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +74,7 @@ class _UnitRows:
     """Rows of ``x`` scaled to unit length on demand, so no normalised copy of ``x`` is held.
 
     A zero row stays zero (its cosine with everything is 0). Scaling a slice costs
-    rows * dim, against block_rows times as much for the products that use it.
+    rows * dim, against chunk_rows times as much for the products that use it.
     """
 
     def __init__(self, x: torch.Tensor):
@@ -123,7 +120,7 @@ def _tied_topk(unit: _UnitRows, rows: torch.Tensor, k: int, cols: int, chunk_ele
     return torch.cat(out_v), torch.cat(out_i)
 
 
-def item_knn(features: np.ndarray, k: int, block_rows: int = 2048, *, progress: bool = False,
+def item_knn(features: np.ndarray, k: int, chunk_rows: int = 2048, *, progress: bool = False,
              name: str = "features", device: str | torch.device = "cpu",
              col_chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
     """Cosine top-k neighbours of every item, itself excluded.
@@ -132,11 +129,11 @@ def item_knn(features: np.ndarray, k: int, block_rows: int = 2048, *, progress: 
     sorted by similarity descending, ties by lower item id. A zero feature row has
     similarity 0 to everything. ``name`` only labels errors and the progress bar.
 
-    Each block of ``block_rows`` rows is scored against ``col_chunk`` items at a
+    Each block of ``chunk_rows`` rows is scored against ``col_chunk`` items at a
     time into one reused buffer, keeping each chunk's best k + 1; the extra candidate
     shows whether the k-th place is tied, and only tied rows are recomputed whole to
     break the tie by id. Memory beyond the features (a float32 copy only if they are
-    not float32 already): block_rows * col_chunk floats. Similarities can differ in
+    not float32 already): chunk_rows * col_chunk floats. Similarities can differ in
     the last bit between block sizes (BLAS picks kernels by shape), and so can the
     order of neighbours whose similarities differ only there.
     """
@@ -163,8 +160,8 @@ def item_knn(features: np.ndarray, k: int, block_rows: int = 2048, *, progress: 
     sim_out = np.empty((n, kk), np.float32)
     probe = min(kk + 1, n)  # self is -inf, so it is never the tied (k+1)-th
     cols = min(col_chunk, n)
-    buf = torch.empty((min(block_rows, n), cols), dtype=torch.float32, device=x.device)
-    for start, stop in _blocks(n, block_rows, progress, f"item kNN {name}"):
+    buf = torch.empty((min(chunk_rows, n), cols), dtype=torch.float32, device=x.device)
+    for start, stop in _row_chunks(n, chunk_rows, progress, f"item kNN {name}"):
         xb = unit.rows(start, stop)
         cand_v, cand_i = [], []
         for c0 in range(0, n, cols):
@@ -260,12 +257,12 @@ def padded_edges(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def user_cooccurrence(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int, k: int,
-                      block_rows: int = 4096, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                      chunk_rows: int = 4096, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Top-k other users of each user by number of shared items, with those counts.
 
     Returns (nbr int64 [n_users, k], cnt float32 [n_users, k]): ordered by count
     descending, ties by lower user id; users with fewer than k co-users are padded
-    with -1 / 0 (equations.md 1.6: no random repetition).
+    with -1 / 0 (docs/equations.md 1.6: no random repetition).
     """
     if k < 1:
         raise DataError(f"user co-occurrence needs k >= 1 (graph.user_k), got {k}")
@@ -274,7 +271,7 @@ def user_cooccurrence(user: np.ndarray, item: np.ndarray, n_users: int, n_items:
     rt = r.T.tocsr()
     nbr = np.full((n_users, k), -1, np.int64)
     cnt = np.zeros((n_users, k), np.float32)
-    for start, stop in _blocks(n_users, block_rows, progress, "user co-occurrence"):
+    for start, stop in _row_chunks(n_users, chunk_rows, progress, "user co-occurrence"):
         co = (r[start:stop] @ rt).tocsr()
         rows = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(co.indptr))
         cols = co.indices.astype(np.int64)
@@ -300,7 +297,7 @@ def check_modalities(ds: Dataset, modalities: list[str] | None) -> list[str]:
 def graph_key(ds: Dataset, cfg: GraphConfig, modalities: list[str]) -> str:
     """Short content key: dataset fingerprint + the parameters that change the result.
 
-    block_rows and cache_dir only change how and where it is computed, so they are left out.
+    chunk_rows and cache_dir only change how and where it is computed, so they are left out.
     """
     params = {"version": FORMAT_VERSION, "item_k": int(cfg.item_k), "user_k": int(cfg.user_k),
               "modalities": sorted(modalities)}
@@ -321,8 +318,8 @@ def build_graphs(ds: Dataset, cfg: GraphConfig, modalities: list[str] | None = N
     rows = np.flatnonzero(np.asarray(ds.label) == TRAIN)
     u, i = dedup_pairs(np.asarray(ds.user)[rows], np.asarray(ds.item)[rows], ds.n_users, ds.n_items,
                         f"dataset {ds.name!r} interactions", row_ids=rows)
-    knn = {m: item_knn(ds.features[m], cfg.item_k, cfg.block_rows, progress=progress, name=m) for m in mods}
-    nbr, cnt = user_cooccurrence(u, i, ds.n_users, ds.n_items, cfg.user_k, cfg.block_rows, progress=progress)
+    knn = {m: item_knn(ds.features[m], cfg.item_k, cfg.chunk_rows, progress=progress, name=m) for m in mods}
+    nbr, cnt = user_cooccurrence(u, i, ds.n_users, ds.n_items, cfg.user_k, cfg.chunk_rows, progress=progress)
     return GraphArtifacts(
         n_users=ds.n_users, n_items=ds.n_items, train_user=u, train_item=i,
         user_degree=np.bincount(u, minlength=ds.n_users).astype(np.float32),
@@ -330,12 +327,12 @@ def build_graphs(ds: Dataset, cfg: GraphConfig, modalities: list[str] | None = N
         item_knn=knn, user_nbr=nbr, user_cnt=cnt, key=graph_key(ds, cfg, mods))
 
 
-def _arrays(g: GraphArtifacts) -> dict[str, np.ndarray]:
+def _arrays(art: GraphArtifacts) -> dict[str, np.ndarray]:
     """File stem -> array; kNN files are numbered in the manifest's modality order."""
-    out = {"train_user": g.train_user, "train_item": g.train_item, "user_degree": g.user_degree,
-           "item_degree": g.item_degree, "user_nbr": g.user_nbr, "user_cnt": g.user_cnt}
-    for j, m in enumerate(g.item_knn):
-        out[f"knn{j}_idx"], out[f"knn{j}_sim"] = g.item_knn[m]
+    out = {"train_user": art.train_user, "train_item": art.train_item, "user_degree": art.user_degree,
+           "item_degree": art.item_degree, "user_nbr": art.user_nbr, "user_cnt": art.user_cnt}
+    for j, m in enumerate(art.item_knn):
+        out[f"knn{j}_idx"], out[f"knn{j}_sim"] = art.item_knn[m]
     return out
 
 
@@ -360,18 +357,18 @@ def _read_manifest(url: str) -> dict:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def save_graphs(g: GraphArtifacts, url: str) -> None:
+def save_graphs(art: GraphArtifacts, url: str) -> None:
     """Write the artefacts under ``url`` (folder of .npy + manifest.json), atomically.
 
     Everything goes to a temporary sibling folder, renamed onto ``url`` at the end,
     so a reader sees either no cache or a complete one. If ``url`` already holds a
     complete cache with the same key, that one is kept (same key, same content).
     """
-    arrays = _arrays(g)
-    manifest = {"format_version": FORMAT_VERSION, "key": g.key, "n_users": int(g.n_users),
-                "n_items": int(g.n_items), "modalities": g.modalities,
+    arrays = _arrays(art)
+    manifest = {"format_version": FORMAT_VERSION, "key": art.key, "n_users": int(art.n_users),
+                "n_items": int(art.n_items), "modalities": art.modalities,
                 "arrays": {s: {"dtype": str(a.dtype), "shape": list(a.shape)} for s, a in arrays.items()}}
-    with mio.staging_dir(url, keep_existing=lambda dest: _holds_key(dest, g.key)) as tmp:
+    with mio.staging_dir(url, keep_existing=lambda dest: _holds_key(dest, art.key)) as tmp:
         for stem, arr in arrays.items():
             with mio.open_url(mio.join(tmp, f"{stem}.npy"), "wb") as fh:
                 np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
@@ -450,30 +447,19 @@ def ensure_graphs(ds: Dataset, ds_url: str, cfg: GraphConfig, modalities: list[s
     key = graph_key(ds, cfg, mods)
     folder = graphs_dir(ds_url, cfg, key)
     if mio.exists(mio.join(folder, MANIFEST)):
-        g = load_graphs(folder)
-        if g.key != key:
-            raise DataError(f"{mio.join(folder, MANIFEST)}: key={g.key!r} but the folder is named for {key!r}; "
+        art = load_graphs(folder)
+        if art.key != key:
+            raise DataError(f"{mio.join(folder, MANIFEST)}: key={art.key!r} but the folder is named for {key!r}; "
                             "remove the folder and run `margo-dist data graphs`")
-        if sorted(g.modalities) != sorted(mods):
-            raise DataError(f"{mio.join(folder, MANIFEST)}: modalities {g.modalities} differ from the "
+        if sorted(art.modalities) != sorted(mods):
+            raise DataError(f"{mio.join(folder, MANIFEST)}: modalities {art.modalities} differ from the "
                             f"requested {mods}; remove the folder and run `margo-dist data graphs`")
-        return g
+        return art
     if not build:
         raise DataError(f"graph artefacts for dataset {ds_url!r} (key {key}, item_k={cfg.item_k}, "
                         f"user_k={cfg.user_k}, modalities {mods}) are not at {folder}; "
                         "run `margo-dist data graphs` first")
-    g = build_graphs(ds, cfg, mods, progress=progress)
-    save_graphs(g, folder)
-    return g
+    art = build_graphs(ds, cfg, mods, progress=progress)
+    save_graphs(art, folder)
+    return art
 
-
-def __getattr__(name: str) -> Any:
-    """``load_graph_source``, moved to :mod:`margo_dist.graph.source`, until train/loop.py imports it from there.
-
-    Resolved on first use, so importing build still never imports partition.
-    """
-    if name == "load_graph_source":
-        from margo_dist.graph.source import load_graph_source
-
-        return load_graph_source
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

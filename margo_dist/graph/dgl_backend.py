@@ -3,7 +3,7 @@
 DGL 2.1.0's ``import dgl`` loads GraphBolt's C++ library, built for torch <= 2.2.1,
 and fails on torch 2.13. Nothing this project uses needs GraphBolt, so a stub module
 is put in ``sys.modules['dgl.graphbolt']`` first. Heterographs, NeighborSampler,
-blocks and ``dgl.distributed.partition_graph`` work with it (architecture.md).
+blocks and ``dgl.distributed.partition_graph`` work with it (docs/architecture.md).
 
 DGL's C++ side logs to the process's stdout/stderr directly (METIS's "Partition a
 graph with ..." line); :func:`captured_output` keeps such lines off the terminal.

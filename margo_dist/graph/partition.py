@@ -2,7 +2,7 @@
 
 One shard set serves both modes: local training reads a set with one shard, and the
 distributed trainer gives each worker one shard, whose inner nodes are the rows that
-worker owns (architecture.md, owner rule). The heterograph holds every relation the
+worker owns (docs/architecture.md, owner rule). The heterograph holds every relation the
 encoder propagates over, so a shard carries its nodes' whole 1-hop neighbourhood:
 
 - ``('user', 'ui', 'item')`` and ``('item', 'iu', 'user')``: both directions of each
@@ -116,14 +116,14 @@ def graph_relations(art: GraphArtifacts, modalities: list[str]) -> dict[str, Rel
 def _heterograph(art: GraphArtifacts, rels: dict[str, Relation], modalities: list[str]) -> Any:
     canon = relation_types(modalities)
     data = {canon[r]: (torch.from_numpy(e.src), torch.from_numpy(e.dst)) for r, e in rels.items() if e.src.size}
-    g = dgl.heterograph(data, num_nodes_dict={"user": art.n_users, "item": art.n_items})
-    g.nodes["user"].data["degree"] = torch.from_numpy(np.asarray(art.user_degree, dtype=np.float32).copy())
-    g.nodes["item"].data["degree"] = torch.from_numpy(np.asarray(art.item_degree, dtype=np.float32).copy())
+    hetero = dgl.heterograph(data, num_nodes_dict={"user": art.n_users, "item": art.n_items})
+    hetero.nodes["user"].data["degree"] = torch.from_numpy(np.asarray(art.user_degree, dtype=np.float32).copy())
+    hetero.nodes["item"].data["degree"] = torch.from_numpy(np.asarray(art.item_degree, dtype=np.float32).copy())
     for r, e in rels.items():
         name = _edge_field(r)
         if name is not None and e.src.size:
-            g.edges[canon[r]].data[name] = torch.from_numpy(e.data)
-    return g
+            hetero.edges[canon[r]].data[name] = torch.from_numpy(e.data)
+    return hetero
 
 
 def _check_request(art: GraphArtifacts, modalities: list[str], parts: int, method: str) -> list[str]:
@@ -150,13 +150,13 @@ def _check_request(art: GraphArtifacts, modalities: list[str], parts: int, metho
     return mods
 
 
-def _run_partition(g: Any, work: str, parts: int, method: str, seed: int) -> dict[str, np.ndarray]:
+def _run_partition(hetero: Any, work: str, parts: int, method: str, seed: int) -> dict[str, np.ndarray]:
     """DGL's partition into ``work``; returns original id per reshuffled id, per node type."""
     dgl.seed(seed)
     log = Captured()
     try:
         with captured_output() as log:  # DGL's prints and METIS's C++ log line are not for the user
-            orig_nids, _ = dgl.distributed.partition_graph(g, GRAPH_NAME, parts, work, part_method=method,
+            orig_nids, _ = dgl.distributed.partition_graph(hetero, GRAPH_NAME, parts, work, part_method=method,
                                                            return_mapping=True)
     except (IndexError, AssertionError) as exc:
         raise DataError(f"partition_graph with parts={parts}, method={method!r} failed ({type(exc).__name__}: "
@@ -241,9 +241,9 @@ def partition_graphs(art: GraphArtifacts, modalities: list[str], out_url: str, p
     """
     mods = _check_request(art, modalities, parts, method)
     rels = graph_relations(art, mods)
-    g = _heterograph(art, rels, mods)
+    hetero = _heterograph(art, rels, mods)
     with tempfile.TemporaryDirectory(prefix="margo-shards-") as work:
-        orig = _run_partition(g, work, parts, method, seed)
+        orig = _run_partition(hetero, work, parts, method, seed)
         _, stats = _index_files(work, parts, orig, {"user": art.n_users, "item": art.n_items})
         rel_paths = [p for p in _walk(work) if p != MANIFEST]
         manifest = {
@@ -428,16 +428,16 @@ def load_shard(url: str, part: int) -> Shard:
         if fname is not None:
             key = f"{canon[0]}:{canon[1]}:{canon[2]}/{fname}"
             edge_data[rel] = _feature_rows(efeat.get(key), per_etype[sel], inner_e[sel], f"{where} {key}")
-    g = dgl.heterograph(data, num_nodes_dict={t: int(ids[t].size) for t in NTYPES})
+    hetero = dgl.heterograph(data, num_nodes_dict={t: int(ids[t].size) for t in NTYPES})
     for t in NTYPES:
-        g.nodes[t].data["orig_id"] = torch.from_numpy(ids[t])
-        g.nodes[t].data["inner"] = torch.from_numpy(inner[t])
-        g.nodes[t].data["degree"] = torch.from_numpy(degree[t])
+        hetero.nodes[t].data["orig_id"] = torch.from_numpy(ids[t])
+        hetero.nodes[t].data["inner"] = torch.from_numpy(inner[t])
+        hetero.nodes[t].data["degree"] = torch.from_numpy(degree[t])
     for canon in data:
-        g.edges[canon].data["inner"] = torch.from_numpy(inner_edge[canon[1]])
+        hetero.edges[canon].data["inner"] = torch.from_numpy(inner_edge[canon[1]])
         if canon[1] in edge_data:
-            g.edges[canon].data[_edge_field(canon[1])] = torch.from_numpy(edge_data[canon[1]])
-    return Shard(part=part, parts=parts, key=str(man["graph_key"]), modalities=mods, graph=g,
+            hetero.edges[canon].data[_edge_field(canon[1])] = torch.from_numpy(edge_data[canon[1]])
+    return Shard(part=part, parts=parts, key=str(man["graph_key"]), modalities=mods, graph=hetero,
                  user_ids=ids["user"], item_ids=ids["item"], inner_user=inner["user"], inner_item=inner["item"],
                  user_degree=degree["user"], item_degree=degree["item"], inner_edge=inner_edge, edge_data=edge_data)
 

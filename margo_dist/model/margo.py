@@ -5,7 +5,7 @@ features come in as arguments of ``encode``; parameters are drawn from an explic
 ``torch.Generator``; nothing is cached between calls.
 
 ``encode`` returns ``(U, I)`` with shapes [n_users, B, d] and [n_items, B, d]: one
-d-dim block per modality (B = M), or a single block (B = 1) for the ID baselines.
+d-dim slice per modality (B = M), or a single slice (B = 1) for the ID baselines.
 A fused score is ``y_ui = sum_b c_ub * c_ib * <U[u, b], I[i, b]>``, with the
 coefficients given by the stage (``fusion_coefficients``).
 """
@@ -31,7 +31,7 @@ class DragonEncoder(nn.Module):
     Per modality: item input ``MLP_m(f_i^m)``, user input a free table ``P^m``;
     rows L2-normalised; ``n_layers`` propagation steps on the bipartite graph summed
     with the input (``R = X + H1 + H2``); then one item-item and one user-user layer
-    with residual. The modality blocks never mix, so fusion stays late.
+    with residual. The modality slices never mix, so fusion stays late.
     """
 
     def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig,
@@ -39,7 +39,7 @@ class DragonEncoder(nn.Module):
         super().__init__()
         self.n_users, self.n_items, self.dim = n_users, n_items, cfg.dim
         self.n_layers = cfg.n_layers
-        self.n_blocks = len(feature_dims)
+        self.n_slices = len(feature_dims)
         self.projections = nn.ModuleList(
             [MLP(f, cfg.hidden_mult * cfg.dim, cfg.dim, generator) for f in feature_dims])
         self.preferences = nn.ModuleList(
@@ -61,21 +61,21 @@ class DragonEncoder(nn.Module):
         return [mlp(f if items is None else f[items]) for mlp, f in zip(self.projections, features)]
 
     def input_rows(self, user_rows: list[Tensor], item_rows: list[Tensor]) -> Tensor:
-        """``X``: users then items, each modality block L2-normalised; [N, M*d]."""
-        blocks = [nn.functional.normalize(torch.cat([p, x]), p=2, dim=1) for p, x in zip(user_rows, item_rows)]
-        return torch.cat(blocks, dim=1)
+        """``X``: users then items, each modality slice L2-normalised; [N, M*d]."""
+        slices = [nn.functional.normalize(torch.cat([p, x]), p=2, dim=1) for p, x in zip(user_rows, item_rows)]
+        return torch.cat(slices, dim=1)
 
-    def encode(self, g: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Output users' and items' final vectors, [n_out_users, M, d] and [n_out_items, M, d]."""
-        if len(g.bipartite) != self.n_layers:
-            raise ValueError(f"compute graph has {len(g.bipartite)} propagation steps, model.n_layers="
+        if len(graph.bipartite) != self.n_layers:
+            raise ValueError(f"compute graph has {len(graph.bipartite)} propagation steps, model.n_layers="
                              f"{self.n_layers}")
-        x = self.input_rows(self.user_inputs(g.input_users), self.item_inputs(features, g.input_items))
-        r = propagate_bipartite(x, g.bipartite)
-        r_users, r_items = g.split_mid(r)
-        items = g.item_item.select_dst(r_items) + propagate(r_items, g.item_item)
-        users = g.user_user.select_dst(r_users) + propagate(r_users, g.user_user)
-        return users.view(-1, self.n_blocks, self.dim), items.view(-1, self.n_blocks, self.dim)
+        x = self.input_rows(self.user_inputs(graph.input_users), self.item_inputs(features, graph.input_items))
+        r = propagate_bipartite(x, graph.bipartite)
+        r_users, r_items = graph.split_mid(r)
+        items = graph.item_item.select_dst(r_items) + propagate(r_items, graph.item_item)
+        users = graph.user_user.select_dst(r_users) + propagate(r_users, graph.user_user)
+        return users.view(-1, self.n_slices, self.dim), items.view(-1, self.n_slices, self.dim)
 
     def regularised_rows(self, users: Tensor) -> list[Tensor]:
         """The batch users' preference rows that DRAGON's regulariser penalises."""
@@ -89,21 +89,21 @@ class IdEncoder(nn.Module):
                  generator: torch.Generator) -> None:
         super().__init__()
         self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, cfg.dim, n_layers
-        self.n_blocks = 1
+        self.n_slices = 1
         self.embedding = LocalTable(n_users + n_items, cfg.dim,
                                     xavier_normal((n_users + n_items, cfg.dim), generator))
 
-    def encode(self, g: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """LightGCN: the mean of layers 0..K; no homogeneous layer (its edges are unused)."""
-        if len(g.bipartite) != self.n_layers:
-            raise ValueError(f"compute graph has {len(g.bipartite)} propagation steps, expected {self.n_layers}")
-        if g.input_users is None:
+        if len(graph.bipartite) != self.n_layers:
+            raise ValueError(f"compute graph has {len(graph.bipartite)} propagation steps, expected {self.n_layers}")
+        if graph.input_users is None:
             x = self.embedding.all_rows()
         else:
-            x = torch.cat([self.embedding.lookup(g.input_users), self.embedding.lookup(g.input_items + self.n_users)])
-        out_users, out_items = g.split_mid(propagate_bipartite(x, g.bipartite) / (self.n_layers + 1))
-        users = g.user_user.select_dst(out_users)
-        items = g.item_item.select_dst(out_items)
+            x = torch.cat([self.embedding.lookup(graph.input_users), self.embedding.lookup(graph.input_items + self.n_users)])
+        out_users, out_items = graph.split_mid(propagate_bipartite(x, graph.bipartite) / (self.n_layers + 1))
+        users = graph.user_user.select_dst(out_users)
+        items = graph.item_item.select_dst(out_items)
         return users.view(-1, 1, self.dim), items.view(-1, 1, self.dim)
 
     def regularised_rows(self, users: Tensor, items: Tensor | None = None) -> list[Tensor]:
@@ -130,7 +130,7 @@ class Recommender(nn.Module):
         else:
             n_layers = cfg.n_layers if self.spec.encoder == "lightgcn" else 0
             self.encoder = IdEncoder(n_users, n_items, cfg, n_layers, generator)
-        m = self.encoder.n_blocks
+        m = self.encoder.n_slices
         self.theta: Table | None = None
         self.user_weight: Table | None = None
         if self.spec.item_weights:
@@ -139,8 +139,8 @@ class Recommender(nn.Module):
             self.user_weight = LocalTable(n_users, m, xavier_normal((n_users, m), generator))
 
     @property
-    def n_blocks(self) -> int:
-        return self.encoder.n_blocks
+    def n_slices(self) -> int:
+        return self.encoder.n_slices
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The model's parameters by kind, for the optimiser (and, distributed, for placement).
@@ -156,9 +156,9 @@ class Recommender(nn.Module):
         dense = [p for p in self.parameters() if id(p) not in taken]
         return {"dense": dense, "tables": tables, "weights": weights}
 
-    def encode(self, g: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Final vectors of the compute graph's output users and items, [., M, d] each."""
-        return self.encoder.encode(g, features)
+        return self.encoder.encode(graph, features)
 
     def item_weights(self, items: Tensor | None = None) -> Tensor:
         """``w_i = softmax(θ_i)`` (Eq. 3), [len(items) or n_items, M]."""
@@ -176,7 +176,7 @@ class Recommender(nn.Module):
 
     def scale(self) -> float:
         """Fused-score multiplier of the calibration stage (``model.fusion_scale``)."""
-        return float(self.n_blocks) if self.fusion_scale == "num_modalities" else 1.0
+        return float(self.n_slices) if self.fusion_scale == "num_modalities" else 1.0
 
     def fusion_coefficients(self, stage: str, users: Tensor | None, items: Tensor | None
                             ) -> tuple[Tensor | None, Tensor | None]:

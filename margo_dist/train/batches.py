@@ -12,7 +12,7 @@ from margo_dist.data.dataset import pair_codes
 class TripletSampler:
     """Shuffled (user, positive, negative) batches with negatives the user has not trained on.
 
-    Negatives are uniform over all items (equations.md, architecture decision 3) and
+    Negatives are uniform over all items (docs/equations.md section 11) and
     re-drawn when they hit one of the user's training items; membership is a binary
     search in the sorted pair codes (``user * n_items + item``), so it stays vectorised.
     """

@@ -52,7 +52,7 @@ class TrainingData:
 def load_training_data(cfg: Config, build_graphs: bool = True) -> TrainingData:
     """Read and validate the dataset, load (or build once) its graph artefacts."""
     from margo_dist.data.formats import read_dataset_cfg
-    from margo_dist.graph.build import load_graph_source
+    from margo_dist.graph.source import load_graph_source
 
     url = dataset_url(cfg.data.path, cfg.train.progress)
     data_cfg = copy.copy(cfg.data)

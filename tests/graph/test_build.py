@@ -58,20 +58,20 @@ def test_item_knn_matches_brute_force() -> None:
     feat = rng.standard_normal((60, 8)).astype(np.float32)
     feat[17] = 0.0
     bidx, bsim = brute_knn(feat, 5)
-    idx, sim = item_knn(feat, 5, block_rows=7)
+    idx, sim = item_knn(feat, 5, chunk_rows=7)
     np.testing.assert_array_equal(idx, bidx)
     np.testing.assert_allclose(sim, bsim, atol=1e-6)
 
 
-@pytest.mark.parametrize("block_rows,col_chunk", [(1, 16384), (2, 16384), (4, 1), (5, 2), (6, 4), (3, 5)])
-def test_item_knn_blocks_equal_one_block(block_rows: int, col_chunk: int) -> None:
-    ref_idx, ref_sim = item_knn(TINY, 3, block_rows=len(TINY))
-    idx, sim = item_knn(TINY, 3, block_rows=block_rows, col_chunk=col_chunk)
+@pytest.mark.parametrize("chunk_rows,col_chunk", [(1, 16384), (2, 16384), (4, 1), (5, 2), (6, 4), (3, 5)])
+def test_item_knn_blocks_equal_one_block(chunk_rows: int, col_chunk: int) -> None:
+    ref_idx, ref_sim = item_knn(TINY, 3, chunk_rows=len(TINY))
+    idx, sim = item_knn(TINY, 3, chunk_rows=chunk_rows, col_chunk=col_chunk)
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_array_equal(sim, ref_sim)
     feat = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
-    ref_idx, ref_sim = item_knn(feat, 4, block_rows=50)
-    idx, sim = item_knn(feat, 4, block_rows=block_rows, col_chunk=col_chunk)
+    ref_idx, ref_sim = item_knn(feat, 4, chunk_rows=50)
+    idx, sim = item_knn(feat, 4, chunk_rows=chunk_rows, col_chunk=col_chunk)
     np.testing.assert_array_equal(idx, ref_idx)
     # Different shapes may pick different BLAS kernels: equal up to the last bit.
     np.testing.assert_allclose(sim, ref_sim, rtol=0, atol=1e-6)
@@ -97,13 +97,13 @@ CO_NBR = [[3, 1, 2], [0, 3, -1], [3, 0, -1], [0, 1, 2], [-1, -1, -1]]
 CO_CNT = [[3, 2, 1], [2, 2, 0], [2, 1, 0], [3, 2, 2], [0, 0, 0]]
 
 
-@pytest.mark.parametrize("block_rows", [1, 2, 4096])
-def test_user_cooccurrence_hand_checked(block_rows: int) -> None:
-    nbr, cnt = user_cooccurrence(CO_USER, CO_ITEM, 5, 5, 3, block_rows)
+@pytest.mark.parametrize("chunk_rows", [1, 2, 4096])
+def test_user_cooccurrence_hand_checked(chunk_rows: int) -> None:
+    nbr, cnt = user_cooccurrence(CO_USER, CO_ITEM, 5, 5, 3, chunk_rows)
     assert nbr.dtype == np.int64 and cnt.dtype == np.float32
     np.testing.assert_array_equal(nbr, CO_NBR)
     np.testing.assert_array_equal(cnt, CO_CNT)
-    nbr, cnt = user_cooccurrence(CO_USER, CO_ITEM, 5, 5, 1, block_rows)
+    nbr, cnt = user_cooccurrence(CO_USER, CO_ITEM, 5, 5, 1, chunk_rows)
     np.testing.assert_array_equal(nbr[:, 0], [3, 0, 3, 0, -1])
     np.testing.assert_array_equal(cnt[:, 0], [3, 2, 2, 3, 0])
 
@@ -116,7 +116,7 @@ def test_user_cooccurrence_matches_dense_brute_force() -> None:
     r[u, i] = 1
     co = r @ r.T
     np.fill_diagonal(co, 0)
-    nbr, cnt = user_cooccurrence(u, i, nu, ni, k, block_rows=4)
+    nbr, cnt = user_cooccurrence(u, i, nu, ni, k, chunk_rows=4)
     for a in range(nu):
         want = [b for b in sorted(range(nu), key=lambda b: (-co[a, b], b)) if co[a, b] > 0][:k]
         assert nbr[a, :len(want)].tolist() == want
@@ -201,7 +201,7 @@ def test_graph_key_tracks_parameters_and_data() -> None:
     cfg = GraphConfig(item_k=2, user_k=3)
     key = graph_key(ds, cfg, ["image", "text"])
     assert len(key) == 16 and int(key, 16) >= 0
-    assert graph_key(ds, dataclasses.replace(cfg, block_rows=7), ["image", "text"]) == key
+    assert graph_key(ds, dataclasses.replace(cfg, chunk_rows=7), ["image", "text"]) == key
     assert graph_key(ds, dataclasses.replace(cfg, cache_dir="/elsewhere"), ["image", "text"]) == key
     assert graph_key(ds, cfg, ["text", "image"]) == key
     others = {graph_key(ds, dataclasses.replace(cfg, item_k=3), ["image", "text"]),
