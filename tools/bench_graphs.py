@@ -10,6 +10,7 @@ counter is reset after the inputs are loaded (``/proc/self/clear_refs``), with
 
     python tools/bench_graphs.py --sizes baby,elec
     python tools/bench_graphs.py --quick
+    python tools/bench_graphs.py --sizes tiny      # the smoke tests' size (tests/tools), seconds
     python tools/bench_graphs.py --sizes elec --steps knn:text,cooccurrence
 """
 
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SIZES: dict[str, dict] = {
+    "tiny": dict(n_users=150, n_items=80, n_interactions=1500, modality_dims={"image": 12, "text": 8}),
     "quick": dict(n_users=2000, n_items=800, n_interactions=20000, modality_dims={"image": 256, "text": 64}),
     "baby": dict(n_users=19445, n_items=7050, n_interactions=160792, modality_dims={"image": 4096, "text": 384}),
     "elec": dict(n_users=192403, n_items=63001, n_interactions=1689188,
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="only the small smoke size (overrides --sizes)")
     ap.add_argument("--item-k", type=int, default=10)
     ap.add_argument("--user-k", type=int, default=40)
-    ap.add_argument("--block-rows", type=int, default=2048)
+    ap.add_argument("--chunk-rows", "--block-rows", dest="chunk_rows", type=int, default=2048,
+                    help="rows per similarity chunk (graph.chunk_rows; --block-rows is its old name)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", default="",
                     help="comma-separated subset of knn:<modality>, cooccurrence (default: all)")

@@ -8,6 +8,7 @@ process so the peak RSS of one does not hide the other's.
 
     python tools/bench_local.py                   # Baby shape: 19,445 users, 7,050 items
     python tools/bench_local.py --quick           # small smoke size
+    python tools/bench_local.py --tiny            # test size (tests/tools): 150 users, 80 items
     python tools/bench_local.py --fanouts "{ui: [10, 10], iu: [10, 10], ii: [10], uu: [20]}"
 
 Reference (architecture/issue): MMRec's DRAGON takes about 100 s per epoch and 5 s per
@@ -26,6 +27,7 @@ from margo_dist.data.synth import margo_home
 
 BABY = {"users": 19445, "items": 7050, "interactions": 160792, "image": 4096, "text": 384}
 QUICK = {"users": 2000, "items": 1000, "interactions": 20000, "image": 512, "text": 384}
+TINY = {"users": 150, "items": 80, "interactions": 1500, "image": 12, "text": 8}
 DEFAULT_FANOUTS = "{ui: [10, 10], iu: [10, 10], ii: [10], uu: [20]}"
 
 
@@ -69,16 +71,18 @@ def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, queue
                "eval_s": eval_s, "peak_rss_mb": peak, "batches": len(trainer.triplets)})
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small smoke size instead of the Baby shape")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the smoke tests' size, 150 users and 80 items: runs in seconds (overrides --quick)")
     parser.add_argument("--modes", default="full,sampled")
     parser.add_argument("--fanouts", default=DEFAULT_FANOUTS)
     parser.add_argument("--epochs", type=int, default=1, help="epochs timed per mode (the fastest is reported)")
     parser.add_argument("--workers", type=int, default=1, help="sampling DataLoader processes")
     parser.add_argument("--root", default=os.path.join(margo_home(), "bench"))
-    args = parser.parse_args()
-    shape = QUICK if args.quick else BABY
+    args = parser.parse_args(argv)
+    shape = TINY if args.tiny else QUICK if args.quick else BABY
     url = dataset(shape, args.root)
     ctx = mp.get_context("spawn")
     rows = []

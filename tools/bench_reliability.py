@@ -49,7 +49,7 @@ def run(args: argparse.Namespace, data: str, name: str, seed: int, *extra: str) 
     return summary
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--users", type=int, default=3000)
@@ -64,7 +64,7 @@ def main() -> int:
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every run")
     p.add_argument("--independent", action="store_true", help="train wo_weight as its own run")
     p.add_argument("--out", default=os.path.join(margo_home(), "bench-reliability"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     dims = {k: int(v) for k, v in (part.split(":") for part in args.dims.split(","))}
     rows = []
     for seed in range(args.seeds):

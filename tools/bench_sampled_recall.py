@@ -20,14 +20,14 @@ from margo_dist.config import load_config
 from margo_dist.train.loop import train
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="dataset folder (MMRec layout)")
     p.add_argument("--variant", default="wo_weight")
     p.add_argument("--fanouts", default="{ui: [10, 10], iu: [10, 10], ii: [10], uu: [20]}")
     p.add_argument("--out", default="runs/bench-sampled-recall")
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for both runs")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     results = {}
     for mode in ("full", "sampled"):
         cfg = load_config("configs/default.yaml", [

@@ -8,6 +8,7 @@ the fraction of items and users whose inputs one batch touches. Writes a table a
 PNG plot (``--plot``).
 
     python tools/bench_sampling_curve.py --sizes baby,sports,elec --plot docs/sampling_curve.png
+    python tools/bench_sampling_curve.py --sizes test --batches 2 --set train.batch_size=256   # seconds
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from margo_dist.data.synth import margo_home
 
 SIZES = {
+    "test": (150, 80, 1500),  # the smoke tests' size (tests/tools), with a smaller --set train.batch_size
     "tiny": (2000, 1000, 20000),
     "baby": (19445, 7050, 160792),
     "sports": (35598, 18357, 296337),
@@ -29,7 +31,7 @@ SIZES = {
 }
 
 
-def measure(url: str, mode: str, fanouts: str, n_batches: int, queue: "mp.Queue") -> None:
+def measure(url: str, mode: str, fanouts: str, n_batches: int, overrides: list[str], queue: "mp.Queue") -> None:
     import numpy as np
 
     from margo_dist.config import load_config
@@ -37,7 +39,7 @@ def measure(url: str, mode: str, fanouts: str, n_batches: int, queue: "mp.Queue"
     from margo_dist.train.loop import Trainer, load_training_data
 
     cfg = load_config("configs/default.yaml", [f"data.path={url}", f"train.mode={mode}", "train.progress=false",
-                                               f"sampler.fanouts={fanouts}", "run.dir=memory://curve"])
+                                               f"sampler.fanouts={fanouts}", "run.dir=memory://curve", *overrides])
     trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
     optimizer = trainer.new_optimizer()
     times, field_items, field_users = [], [], []
@@ -53,18 +55,21 @@ def measure(url: str, mode: str, fanouts: str, n_batches: int, queue: "mp.Queue"
             field_users.append(b.graph.input_users.numel() / trainer.data.ds.n_users)
     step = float(np.mean(times))
     queue.put({"step_s": step, "epoch_s": step * len(trainer.triplets), "steps": len(trainer.triplets),
+               "batch": cfg.train.batch_size,
                "field_items": float(np.mean(field_items)) if field_items else 1.0,
                "field_users": float(np.mean(field_users)) if field_users else 1.0})
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="baby,sports,clothing,elec-half,elec")
     p.add_argument("--fanouts", default="{ui: [5, 5], iu: [5, 5], ii: [5], uu: [10]}")
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--plot", default="")
     p.add_argument("--root", default=os.path.join(margo_home(), "bench"))
-    args = p.parse_args()
+    p.add_argument("--set", nargs="*", default=[],
+                   help="extra key=value config overrides for every measurement (e.g. train.batch_size=256)")
+    args = p.parse_args(argv)
     from margo_dist.data.synth import SynthSpec, ensure_synthetic
 
     ctx = mp.get_context("spawn")
@@ -79,7 +84,7 @@ def main() -> None:
         row = {"size": name, "users": users, "items": items, "interactions": inter}
         for mode in ("full", "sampled"):
             queue: mp.Queue = ctx.Queue()
-            proc = ctx.Process(target=measure, args=(url, mode, args.fanouts, args.batches, queue))
+            proc = ctx.Process(target=measure, args=(url, mode, args.fanouts, args.batches, args.set, queue))
             proc.start()
             row[mode] = queue.get()
             proc.join()
@@ -88,7 +93,8 @@ def main() -> None:
         print(f"{name:<10} full {r['full']['epoch_s']:8.0f} s/epoch  sampled {r['sampled']['epoch_s']:8.0f} s/epoch  "
               f"ratio {r['sampled']['epoch_s'] / r['full']['epoch_s']:.2f}  receptive field items "
               f"{r['sampled']['field_items']:.0%} users {r['sampled']['field_users']:.0%}", flush=True)
-    print(f"\nfan-outs {args.fanouts}; batch 2048; epoch = mean of {args.batches} steps x steps per epoch")
+    print(f"\nfan-outs {args.fanouts}; batch {rows[0]['full']['batch']}; "
+          f"epoch = mean of {args.batches} steps x steps per epoch")
     print("| size | users | items | interactions | full s/epoch | sampled s/epoch | sampled/full | "
           "items reached | users reached |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -140,7 +140,7 @@ def do_evaluate(url: str, dtype: str) -> dict[str, Any]:
     return {"note": f"valid recall@20 {metrics['recall@20']:.4f} after one epoch"}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the Elec counts (feature dims kept)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
@@ -150,7 +150,7 @@ def main() -> None:
     p.add_argument("--parts", type=int, default=2)
     p.add_argument("--steps", default="synth,read,graphs,partition,epoch,evaluate")
     p.add_argument("--root", default=os.path.join(margo_home(), "bench"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     shape = dict(ELEC)
     for key in ("users", "items", "interactions"):
         shape[key] = max(10, int(round(shape[key] * args.scale)))

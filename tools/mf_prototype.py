@@ -47,7 +47,7 @@ class MF(nn.Module):
         return (self.users[:, u] * self.items(feats, i)).sum(-1).t()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="a synthetic dataset folder (with unreliable.npy)")
     p.add_argument("--alphas", default="0,0.1,1")
@@ -55,7 +55,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--max-epochs", type=int, default=200)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     names, truth = load_truth(args.data)
     ds: Dataset = read_dataset(args.data, "mmrec", names)
     feats = [torch.from_numpy(np.ascontiguousarray(ds.features[m])).float() for m in names]

@@ -34,12 +34,12 @@ from margo_dist.train.metrics import weight_detection_auc
 from margo_dist.train.rundir import RunDir
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder with best_pretrain.pt (e.g. a bench_reliability margo run)")
     p.add_argument("--epochs", type=int, default=20, help="epochs of triplets to accumulate")
     p.add_argument("--tau", type=float, default=None, help="confidence sensitivity (default: the run's model.tau)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     run = RunDir(args.run)
     cfg = run.load_config()
     tau = cfg.model.tau if args.tau is None else args.tau

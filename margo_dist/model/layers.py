@@ -69,8 +69,3 @@ def _uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) ->
     bound = 1.0 / math.sqrt(fan_in)
     return (torch.rand(shape, generator=generator) * 2 - 1) * bound
 
-
-def xavier_normal(shape: tuple[int, int], generator: torch.Generator) -> Tensor:
-    """Xavier-normal init from an explicit generator."""
-    std = math.sqrt(2.0 / (shape[0] + shape[1]))
-    return torch.randn(shape, generator=generator) * std

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from margo_dist.config import ModelConfig
 from margo_dist.graph.tensors import ComputeGraph, EdgeList
-from margo_dist.model.layers import MLP, propagate, xavier_normal
-from margo_dist.model.tables import LocalTable, Table
+from margo_dist.model.layers import MLP, propagate
+from margo_dist.model.tables import LocalTable, Table, TableSpec
 
 from margo_dist.model.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
 
@@ -35,7 +35,7 @@ class DragonEncoder(nn.Module):
     """
 
     def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, table_seed: int) -> None:
         super().__init__()
         self.n_users, self.n_items, self.dim = n_users, n_items, cfg.dim
         self.n_layers = cfg.n_layers
@@ -43,7 +43,8 @@ class DragonEncoder(nn.Module):
         self.projections = nn.ModuleList(
             [MLP(f, cfg.hidden_mult * cfg.dim, cfg.dim, generator) for f in feature_dims])
         self.preferences = nn.ModuleList(
-            [LocalTable(n_users, cfg.dim, xavier_normal((n_users, cfg.dim), generator)) for _ in feature_dims])
+            [LocalTable(TableSpec.xavier(f"preferences.{k}", n_users, cfg.dim, table_seed))
+             for k in range(len(feature_dims))])
 
     def user_inputs(self, users: Tensor | None) -> list[Tensor]:
         """Preference rows per modality (all users when ``users`` is None)."""
@@ -85,13 +86,11 @@ class DragonEncoder(nn.Module):
 class IdEncoder(nn.Module):
     """ID-embedding baselines: LightGCN (``n_layers`` > 0, layer mean) or BPR-MF (0)."""
 
-    def __init__(self, n_users: int, n_items: int, cfg: ModelConfig, n_layers: int,
-                 generator: torch.Generator) -> None:
+    def __init__(self, n_users: int, n_items: int, cfg: ModelConfig, n_layers: int, table_seed: int) -> None:
         super().__init__()
         self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, cfg.dim, n_layers
         self.n_slices = 1
-        self.embedding = LocalTable(n_users + n_items, cfg.dim,
-                                    xavier_normal((n_users + n_items, cfg.dim), generator))
+        self.embedding = LocalTable(TableSpec.xavier("embedding", n_users + n_items, cfg.dim, table_seed))
 
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """LightGCN: the mean of layers 0..K; no homogeneous layer (its edges are unused)."""
@@ -116,9 +115,11 @@ class IdEncoder(nn.Module):
 class Recommender(nn.Module):
     """An encoder plus the fusion weights: θ (items, MARGO) or user weights (DRAGON)."""
 
-    def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig,
-                 generator: torch.Generator) -> None:
+    def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int) -> None:
         super().__init__()
+        # dense parameters from one generator (every worker draws the same); tables from
+        # their TableSpec, whose rows depend only on (seed, table name, row)
+        generator, table_seed = torch.Generator().manual_seed(seed), seed
         self.spec = get_variant(cfg.variant)
         self.variant = cfg.variant
         self.fusion_scale = cfg.fusion_scale
@@ -126,17 +127,17 @@ class Recommender(nn.Module):
         if self.spec.encoder == "dragon":
             if not feature_dims:
                 raise ValueError(f"model.variant={cfg.variant} needs at least one modality")
-            self.encoder = DragonEncoder(n_users, n_items, feature_dims, cfg, generator)
+            self.encoder = DragonEncoder(n_users, n_items, feature_dims, cfg, generator, table_seed)
         else:
             n_layers = cfg.n_layers if self.spec.encoder == "lightgcn" else 0
-            self.encoder = IdEncoder(n_users, n_items, cfg, n_layers, generator)
+            self.encoder = IdEncoder(n_users, n_items, cfg, n_layers, table_seed)
         m = self.encoder.n_slices
         self.theta: Table | None = None
         self.user_weight: Table | None = None
         if self.spec.item_weights:
-            self.theta = LocalTable(n_items, m, torch.randn((n_items, m), generator=generator) * cfg.theta_init_std)
+            self.theta = LocalTable(TableSpec("theta", n_items, m, cfg.theta_init_std, table_seed))
         if self.spec.user_weights:
-            self.user_weight = LocalTable(n_users, m, xavier_normal((n_users, m), generator))
+            self.user_weight = LocalTable(TableSpec.xavier("user_weight", n_users, m, table_seed))
 
     @property
     def n_slices(self) -> int:
@@ -234,5 +235,4 @@ def fuse(r: Tensor, user_coef: Tensor | None, item_coef: Tensor | None) -> Tenso
 
 def build_model(n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int) -> Recommender:
     """A model whose initial parameters depend only on ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    return Recommender(n_users, n_items, feature_dims, cfg, gen)
+    return Recommender(n_users, n_items, feature_dims, cfg, seed)

@@ -8,10 +8,57 @@ worker owns and applies ``sparse_update`` to the rows a step touched.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
+
+ROWS_PER_CHUNK = 4096  # rows drawn from one generator seed; any row range needs only its chunks
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table's shape and initial values: rows ~ N(0, std^2), drawn per chunk of rows.
+
+    Chunk ``c`` (rows ``c * ROWS_PER_CHUNK`` ...) comes from its own generator seeded by
+    (``seed``, ``name``, ``c``), so any row range can be evaluated alone and equals the
+    same rows of the whole table: a worker that owns some rows builds exactly the
+    values local mode has there, without materialising the rest.
+    """
+
+    name: str
+    num_rows: int
+    dim: int
+    std: float
+    seed: int
+
+    @classmethod
+    def xavier(cls, name: str, num_rows: int, dim: int, seed: int) -> "TableSpec":
+        """Xavier-normal scale of a [num_rows, dim] matrix."""
+        return cls(name, num_rows, dim, math.sqrt(2.0 / (num_rows + dim)), seed)
+
+    def with_init(self, std: float, seed: int) -> "TableSpec":
+        return replace(self, std=std, seed=seed)
+
+    def rows(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """Initial values of rows ``start:stop`` (all rows by default), [stop - start, dim] float32."""
+        stop = self.num_rows if stop is None else stop
+        if not 0 <= start <= stop <= self.num_rows:
+            raise ValueError(f"table {self.name}: row range {start}:{stop} is outside 0:{self.num_rows}")
+        parts = []
+        for c in range(start // ROWS_PER_CHUNK, -(-stop // ROWS_PER_CHUNK)):
+            lo, hi = c * ROWS_PER_CHUNK, min((c + 1) * ROWS_PER_CHUNK, self.num_rows)
+            gen = torch.Generator().manual_seed(self._chunk_seed(c))
+            chunk = torch.randn((hi - lo, self.dim), generator=gen) * self.std
+            parts.append(chunk[max(start, lo) - lo: min(stop, hi) - lo])
+        return torch.cat(parts) if parts else torch.empty((0, self.dim))
+
+    def _chunk_seed(self, chunk: int) -> int:
+        digest = hashlib.blake2b(f"{self.seed}/{self.name}/{chunk}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 class Table(nn.Module, ABC):
@@ -33,20 +80,19 @@ class Table(nn.Module, ABC):
         """Add ``delta`` [len(ids), dim] to rows ``ids`` outside autograd."""
 
     @abstractmethod
-    def reset(self, std: float, generator: torch.Generator) -> None:
-        """Re-draw every row from N(0, std^2) with ``generator``."""
+    def reset(self, std: float, seed: int) -> None:
+        """Re-draw every row from N(0, std^2), seeded by ``seed`` (per chunk, see TableSpec)."""
 
 
 class LocalTable(Table):
     """All rows in one process, as one dense Parameter."""
 
-    def __init__(self, num_rows: int, dim: int, init: Tensor) -> None:
+    def __init__(self, spec: TableSpec) -> None:
         super().__init__()
-        if tuple(init.shape) != (num_rows, dim):
-            raise ValueError(f"table init has shape {tuple(init.shape)}, expected {(num_rows, dim)}")
-        self.num_rows = num_rows
-        self.dim = dim
-        self.weight = nn.Parameter(init.clone())
+        self.spec = spec
+        self.num_rows = spec.num_rows
+        self.dim = spec.dim
+        self.weight = nn.Parameter(spec.rows())
 
     def lookup(self, ids: Tensor) -> Tensor:
         # index_select, not weight[ids]: the backward of advanced indexing sums duplicate
@@ -61,5 +107,6 @@ class LocalTable(Table):
         self.weight.index_add_(0, ids, delta.to(self.weight.dtype))
 
     @torch.no_grad()
-    def reset(self, std: float, generator: torch.Generator) -> None:
-        self.weight.copy_(torch.randn(self.weight.shape, generator=generator, dtype=self.weight.dtype) * std)
+    def reset(self, std: float, seed: int) -> None:
+        self.spec = self.spec.with_init(std, seed)
+        self.weight.copy_(self.spec.rows())

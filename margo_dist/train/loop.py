@@ -218,8 +218,7 @@ class Trainer:
             self.model.load_state_dict(self.run.load_state(f"best_{prev}.pt")["model"])
         if stage == CALIBRATE and self.model.theta is not None:
             # 7919 (a prime) only separates this stream from the model's initial one (seed)
-            gen = torch.Generator().manual_seed(self.cfg.train.seed + 7919 * (stage_index + 1))
-            self.model.theta.reset(self.cfg.model.theta_init_std, gen)
+            self.model.theta.reset(self.cfg.model.theta_init_std, self.cfg.train.seed + 7919 * (stage_index + 1))
 
     def fit(self) -> dict[str, Any]:
         """Train every stage to early stop; write and return the summary."""

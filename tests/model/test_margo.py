@@ -119,7 +119,7 @@ def test_score_vectors_agree_with_training_fusion(setup, variant, stage):
     cfg.fusion_scale = "num_modalities"
     model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=1)
     if model.theta is not None:
-        model.theta.reset(1.0, torch.Generator().manual_seed(5))
+        model.theta.reset(1.0, 5)
     users_emb, items_emb = model.encode(g, feats)
     uvec, ivec = model.score_vectors(stage, users_emb, items_emb)
     full = uvec @ ivec.t()
@@ -140,7 +140,7 @@ def _cal_grads(setup, variant: str):
     cfg.variant = variant
     cfg.tau = 0.5
     model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=2)
-    model.theta.reset(0.5, torch.Generator().manual_seed(1))
+    model.theta.reset(0.5, 1)
     users_emb, items_emb = model.encode(g, feats)
     u, i, j = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 2, 3, 4]), torch.tensor([3, 4, 0, 1])
     r_pos = modality_ratings(users_emb[u], items_emb[i])
@@ -242,7 +242,7 @@ def test_stage_two_start_with_uniform_weights_is_stage_one_scores_times_a_consta
     _, g, feats, _, _ = setup
     cfg = ModelConfig(dim=4, hidden_mult=2, variant="margo", fusion_scale=scale)
     model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=4)
-    model.theta.reset(0.0, torch.Generator().manual_seed(0))  # θ = 0: w = 1/M for every item
+    model.theta.reset(0.0, 0)  # θ = 0: w = 1/M for every item
     users_emb, items_emb = model.encode(g, feats)
     u1, i1 = model.score_vectors(PRETRAIN, users_emb, items_emb)
     u2, i2 = model.score_vectors(CALIBRATE, users_emb, items_emb)

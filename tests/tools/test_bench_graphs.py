@@ -1,0 +1,37 @@
+"""tools/bench_graphs.py on its 'tiny' size: every graph step runs and lands in the table."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from .helpers import load_tool, markdown_table, number, run_script
+
+HEAD = ["size", "step", "rows", "cols", "seconds", "RSS before MB", "peak growth MB", "output MB", "dense rows^2 MB"]
+
+
+def test_every_step_of_the_tiny_size_is_tabled(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+                                               ) -> None:
+    """Both kNN graphs and the co-occurrence graph, in chunks smaller than the rows (steps run in threads)."""
+    tool = load_tool("bench_graphs")
+    threads = SimpleNamespace(ProcessPoolExecutor=lambda max_workers, mp_context: cf.ThreadPoolExecutor(max_workers))
+    monkeypatch.setattr(tool, "cf", threads)
+    assert tool.main(["--sizes", "tiny", "--item-k", "3", "--user-k", "5", "--chunk-rows", "32"]) == 0
+    rows = markdown_table(capsys.readouterr().out, "size")
+    assert list(rows[0]) == HEAD
+    assert [(r["size"], r["step"], r["rows"], r["cols"]) for r in rows] == [
+        ("tiny", "knn:image", "80", "12"), ("tiny", "knn:text", "80", "8"), ("tiny", "cooccurrence", "150", "80")]
+    for r in rows:
+        assert all(math.isfinite(number(r[c])) and number(r[c]) >= 0 for c in HEAD[4:])
+
+
+def test_script_runs_a_step_in_a_spawned_process() -> None:
+    """The real entry point: a 'spawn' child must import the step and send its result back."""
+    done = run_script("bench_graphs", ["--sizes", "tiny", "--steps", "cooccurrence", "--block-rows", "64"], 120)
+    assert done.returncode == 0, done.stderr
+    rows = markdown_table(done.stdout, "size")
+    assert [(r["step"], r["rows"], r["cols"]) for r in rows] == [("cooccurrence", "150", "80")]
+    assert "[tiny] cooccurrence:" in done.stdout
