@@ -248,14 +248,16 @@ class Batch:
     users_local: Tensor  # rows of the graph's output users / items [B]
     pos_local: Tensor
     neg_local: Tensor
+    # triplets in the whole step when this batch is one worker's part of it; 0: the whole step
+    step_size: int = 0
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(self.graph.to(device), *(t.to(device) for t in (self.users, self.pos, self.neg,
                                                                          self.users_local, self.pos_local,
-                                                                         self.neg_local)))
+                                                                         self.neg_local)), self.step_size)
 
     @staticmethod
-    def full(graph: ComputeGraph, users: Tensor, pos: Tensor, neg: Tensor) -> "Batch":
+    def full(graph: ComputeGraph, users: Tensor, pos: Tensor, neg: Tensor, step_size: int = 0) -> "Batch":
         """A batch on the whole graph, whose homogeneous layers output only the batch's nodes.
 
         Propagation still covers every node (as DRAGON does), but the last (item-item and
@@ -269,7 +271,7 @@ class Batch:
         (out_users, out_items), local = Batch.output_nodes(users, pos, neg)
         g = ComputeGraph(graph.bipartite, graph.n_mid_users, graph.item_item.rows(out_items),
                          graph.user_user.rows(out_users), output_users=out_users, output_items=out_items)
-        return Batch(g, users, pos, neg, *local)
+        return Batch(g, users, pos, neg, *local, step_size)
 
     @staticmethod
     def output_nodes(users: Tensor, pos: Tensor, neg: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, ...]]:

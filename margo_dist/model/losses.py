@@ -24,16 +24,18 @@ def _check_shape(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape}")
 
 
-def bpr_loss(pos: Tensor, neg: Tensor) -> Tensor:
+def bpr_loss(pos: Tensor, neg: Tensor, total: int | None = None) -> Tensor:
     """BPR (Eq. 4): mean over the batch of -log sigmoid(pos - neg).
 
     pos, neg: [B] fused scores y_ui, y_uj. Returns a scalar. Written as
-    softplus(neg - pos), which is the same value without overflow.
+    softplus(neg - pos), which is the same value without overflow. ``total`` (default
+    B) is the size of the global batch this part belongs to: the sum is divided by it,
+    so the parts of N workers add up to the mean over the whole batch.
     """
     if pos.dim() != 1:
         raise ValueError(f"pos must be 1-d [B], got shape {tuple(pos.shape)}")
     _check_shape("neg", neg, tuple(pos.shape))
-    return F.softplus(neg - pos).mean()
+    return F.softplus(neg - pos).sum() / (pos.numel() if total is None else total)
 
 
 def reliability(r_pos: Tensor, r_neg: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,6 +85,7 @@ def calibration_loss(
     w_pos: Tensor,
     w_neg: Tensor,
     stop_grad: bool = True,
+    total: int | None = None,
 ) -> Tensor:
     """Weight calibration loss (Eq. 8): mean_B gamma * KL(z || (w_pos + w_neg) / 2).
 
@@ -92,6 +95,7 @@ def calibration_loss(
     the loss moves only the weights, as the paper's sg(.) says; without it (the
     "w/o nograd" variant) the gradient also reaches the ratings.
     KL uses 0 * log 0 = 0; entries with z = 0 give exactly zero gradient to q and z.
+    ``total`` (default B) divides the sum, as in :func:`bpr_loss`.
     """
     if z.dim() != 2:
         raise ValueError(f"z must be 2-d [B, M], got shape {tuple(z.shape)}")
@@ -114,17 +118,23 @@ def calibration_loss(
     z_log_q = torch.xlogy(z, torch.where(positive, q, ones))
     kl = (z_log_z - z_log_q).sum(dim=1)
     per_row = torch.where(mask, gamma * kl, torch.zeros_like(kl))
-    return per_row.sum() / max(b, 1)
+    return per_row.sum() / max(b if total is None else total, 1)
 
 
-def embedding_reg(tables: list[Tensor], weight: float) -> Tensor:
+def embedding_reg(tables: list[Tensor], weight: float, totals: list[int] | None = None) -> Tensor:
     """DRAGON's regulariser: weight * sum over tables of mean(t ** 2).
 
     tables: the batch users' preference embeddings, one [B, d] tensor per modality.
+    ``totals`` (default each table's row count) are the global batch's row counts: each
+    table's sum of squares is divided by total * d, so N workers' parts add up to the means.
     """
     if len(tables) == 0:
         raise ValueError("embedding_reg needs at least one table, got tables=[]")
-    total = tables[0].pow(2).mean()
-    for t in tables[1:]:
-        total = total + t.pow(2).mean()
-    return float(weight) * total
+    totals = [t.shape[0] for t in tables] if totals is None else totals
+    if len(totals) != len(tables):
+        raise ValueError(f"embedding_reg: {len(totals)} totals for {len(tables)} tables")
+    out = None
+    for t, rows in zip(tables, totals):
+        term = t.pow(2).sum() / max(rows * (t[0].numel() if t.dim() > 1 else 1), 1)
+        out = term if out is None else out + term
+    return float(weight) * out

@@ -16,9 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from margo_dist.config import ModelConfig
+from margo_dist.dist.sharding import ITEM, NODE, USER, Placement
 from margo_dist.graph.tensors import ComputeGraph, EdgeList
 from margo_dist.model.layers import MLP, propagate
-from margo_dist.model.tables import LocalTable, Table, TableSpec
+from margo_dist.model.tables import Table, TableSpec
 
 from margo_dist.model.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
 
@@ -35,15 +36,16 @@ class DragonEncoder(nn.Module):
     """
 
     def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig,
-                 generator: torch.Generator, table_seed: int) -> None:
+                 generator: torch.Generator, table_seed: int, placement: Placement) -> None:
         super().__init__()
+        self.placement = placement
         self.n_users, self.n_items, self.dim = n_users, n_items, cfg.dim
         self.n_layers = cfg.n_layers
         self.n_slices = len(feature_dims)
         self.projections = nn.ModuleList(
             [MLP(f, cfg.hidden_mult * cfg.dim, cfg.dim, generator) for f in feature_dims])
         self.preferences = nn.ModuleList(
-            [LocalTable(TableSpec.xavier(f"preferences.{k}", n_users, cfg.dim, table_seed))
+            [placement.table(TableSpec.xavier(f"preferences.{k}", n_users, cfg.dim, table_seed), USER)
              for k in range(len(feature_dims))])
 
     def user_inputs(self, users: Tensor | None) -> list[Tensor]:
@@ -53,13 +55,20 @@ class DragonEncoder(nn.Module):
     def item_inputs(self, features: list[Tensor], items: Tensor | None) -> list[Tensor]:
         """Projected features per modality (all items when ``items`` is None).
 
+        ``features`` holds the raw rows this rank owns (all items in local mode). For all
+        items, each owner projects its own items and the d-wide results are gathered
+        (owner-computed projections: the dominant GEMM is split over the ranks).
         When a sampled graph needs most items, projecting every item and keeping the
         rows it needs costs about the same arithmetic and skips copying the raw feature
         rows (for 4096-d features, over 100 MB per step); the result is the same.
         """
-        if items is not None and 2 * items.numel() > self.n_items:
+        if items is None:
+            return [self.placement.gather(ITEM, mlp(f)) for mlp, f in zip(self.projections, features)]
+        if self.placement.distributed:
+            raise NotImplementedError("sampled distributed training is not built yet: use train.mode=full")
+        if 2 * items.numel() > self.n_items:
             return [mlp(f).index_select(0, items) for mlp, f in zip(self.projections, features)]
-        return [mlp(f if items is None else f[items]) for mlp, f in zip(self.projections, features)]
+        return [mlp(f[items]) for mlp, f in zip(self.projections, features)]
 
     def input_rows(self, user_rows: list[Tensor], item_rows: list[Tensor]) -> Tensor:
         """``X``: users then items, each modality slice L2-normalised; [N, M*d]."""
@@ -86,11 +95,12 @@ class DragonEncoder(nn.Module):
 class IdEncoder(nn.Module):
     """ID-embedding baselines: LightGCN (``n_layers`` > 0, layer mean) or BPR-MF (0)."""
 
-    def __init__(self, n_users: int, n_items: int, cfg: ModelConfig, n_layers: int, table_seed: int) -> None:
+    def __init__(self, n_users: int, n_items: int, cfg: ModelConfig, n_layers: int, table_seed: int,
+                 placement: Placement) -> None:
         super().__init__()
         self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, cfg.dim, n_layers
         self.n_slices = 1
-        self.embedding = LocalTable(TableSpec.xavier("embedding", n_users + n_items, cfg.dim, table_seed))
+        self.embedding = placement.table(TableSpec.xavier("embedding", n_users + n_items, cfg.dim, table_seed), NODE)
 
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """LightGCN: the mean of layers 0..K; no homogeneous layer (its edges are unused)."""
@@ -115,11 +125,13 @@ class IdEncoder(nn.Module):
 class Recommender(nn.Module):
     """An encoder plus the fusion weights: θ (items, MARGO) or user weights (DRAGON)."""
 
-    def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int) -> None:
+    def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int,
+                 placement: Placement | None = None) -> None:
         super().__init__()
         # dense parameters from one generator (every worker draws the same); tables from
         # their TableSpec, whose rows depend only on (seed, table name, row)
         generator, table_seed = torch.Generator().manual_seed(seed), seed
+        placement = placement or Placement.single(n_users, n_items)
         self.spec = get_variant(cfg.variant)
         self.variant = cfg.variant
         self.fusion_scale = cfg.fusion_scale
@@ -127,17 +139,17 @@ class Recommender(nn.Module):
         if self.spec.encoder == "dragon":
             if not feature_dims:
                 raise ValueError(f"model.variant={cfg.variant} needs at least one modality")
-            self.encoder = DragonEncoder(n_users, n_items, feature_dims, cfg, generator, table_seed)
+            self.encoder = DragonEncoder(n_users, n_items, feature_dims, cfg, generator, table_seed, placement)
         else:
             n_layers = cfg.n_layers if self.spec.encoder == "lightgcn" else 0
-            self.encoder = IdEncoder(n_users, n_items, cfg, n_layers, table_seed)
+            self.encoder = IdEncoder(n_users, n_items, cfg, n_layers, table_seed, placement)
         m = self.encoder.n_slices
         self.theta: Table | None = None
         self.user_weight: Table | None = None
         if self.spec.item_weights:
-            self.theta = LocalTable(TableSpec("theta", n_items, m, cfg.theta_init_std, table_seed))
+            self.theta = placement.table(TableSpec("theta", n_items, m, cfg.theta_init_std, table_seed), ITEM)
         if self.spec.user_weights:
-            self.user_weight = LocalTable(TableSpec.xavier("user_weight", n_users, m, table_seed))
+            self.user_weight = placement.table(TableSpec.xavier("user_weight", n_users, m, table_seed), USER)
 
     @property
     def n_slices(self) -> int:
@@ -233,6 +245,8 @@ def fuse(r: Tensor, user_coef: Tensor | None, item_coef: Tensor | None) -> Tenso
     return r.sum(dim=1)
 
 
-def build_model(n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int) -> Recommender:
-    """A model whose initial parameters depend only on ``seed``."""
-    return Recommender(n_users, n_items, feature_dims, cfg, seed)
+def build_model(n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int,
+                placement: Placement | None = None) -> Recommender:
+    """A model whose initial parameters depend only on ``seed``; ``placement`` (default: one
+    process owns every row) says which table rows and item features this rank holds."""
+    return Recommender(n_users, n_items, feature_dims, cfg, seed, placement)

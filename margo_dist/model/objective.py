@@ -23,34 +23,43 @@ class LossParts:
 
 
 def triplet_loss(model: Recommender, stage: str, cfg: ModelConfig, users_emb: Tensor, pos_emb: Tensor,
-                 neg_emb: Tensor, users: Tensor, pos: Tensor, neg: Tensor) -> LossParts:
+                 neg_emb: Tensor, users: Tensor, pos: Tensor, neg: Tensor,
+                 global_batch: int | None = None) -> LossParts:
     """``L = L_rec + alpha * L_cal (calibration stage) + lambda * reg``.
 
     users_emb/pos_emb/neg_emb: [B, M, d] final vectors of the batch; users/pos/neg:
-    [B] their global ids (for the weight tables and the regulariser).
+    [B] their global ids (for the weight tables and the regulariser). ``global_batch``
+    (default B): the size of the whole step's batch when these B triplets are one
+    worker's part of it; every mean is then a sum over the part divided by it, so the
+    workers' losses (and gradients) add up to the local step's.
     """
+    b = users.numel()
+    g = b if global_batch is None else global_batch
     r_pos = modality_ratings(users_emb, pos_emb)
     r_neg = modality_ratings(users_emb, neg_emb)
     cu, ci_pos = model.fusion_coefficients(stage, users, pos)
     _, ci_neg = model.fusion_coefficients(stage, users, neg)
     y_pos = fuse(r_pos, cu, ci_pos)
     y_neg = fuse(r_neg, cu, ci_neg)
-    bpr = losses.bpr_loss(y_pos, y_neg)
+    bpr = losses.bpr_loss(y_pos, y_neg, g)
     total = bpr
     cal_value, calibrated = 0.0, 0.0
     if stage == CALIBRATE and model.spec.calibration and cfg.alpha > 0:
-        cal, calibrated = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, pos, neg)
+        cal, calibrated = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, pos, neg, g)
         total = total + cfg.alpha * cal
         cal_value = float(cal.detach())
-    reg = losses.embedding_reg(model.regularised_rows(users, pos, neg), cfg.reg_weight)
+    rows = model.regularised_rows(users, pos, neg)
+    # a table holds B rows per triplet part (users) or 2B (positives and negatives)
+    reg = losses.embedding_reg(rows, cfg.reg_weight, [t.shape[0] // max(b, 1) * g for t in rows])
     total = total + reg
     return LossParts(total=total, bpr=float(bpr.detach()), cal=cal_value, reg=float(reg.detach()),
                      calibrated=calibrated)
 
 
 def calibration_term(model: Recommender, cfg: ModelConfig, r_pos: Tensor, r_neg: Tensor, y_pos: Tensor,
-                     y_neg: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, float]:
-    """``L_cal`` (Eq. 8) and the fraction of triplets it supervises.
+                     y_neg: Tensor, pos: Tensor, neg: Tensor, global_batch: int | None = None
+                     ) -> tuple[Tensor, float]:
+    """``L_cal`` (Eq. 8) and the fraction of the (global) batch's triplets it supervises.
 
     r_pos/r_neg: [B, M] modality ratings; y_pos/y_neg: [B] fused scores; pos/neg: [B]
     item ids. The stop-gradient on z and gamma follows the variant (off for ``wo_nograd``).
@@ -58,5 +67,7 @@ def calibration_term(model: Recommender, cfg: ModelConfig, r_pos: Tensor, r_neg:
     z, mask = losses.reliability(r_pos, r_neg)
     gamma = losses.confidence(y_pos, y_neg, cfg.tau)
     w_pos, w_neg = model.item_weights(pos), model.item_weights(neg)
-    cal = losses.calibration_loss(z, mask, gamma, w_pos, w_neg, stop_grad=model.spec.stop_gradient)
-    return cal, float(((gamma > 0) & mask).float().mean())
+    cal = losses.calibration_loss(z, mask, gamma, w_pos, w_neg, stop_grad=model.spec.stop_gradient,
+                                   total=global_batch)
+    supervised = float(((gamma > 0) & mask).sum())
+    return cal, supervised / max(gamma.numel() if global_batch is None else global_batch, 1)

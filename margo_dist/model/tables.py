@@ -2,8 +2,8 @@
 
 The model reads rows by id (``lookup``) or all rows (``all_rows``, full-graph mode)
 and never touches the storage. ``LocalTable`` keeps every row in one Parameter that
-the dense optimiser updates; a row-sharded implementation keeps only the rows its
-worker owns and applies ``sparse_update`` to the rows a step touched.
+the dense optimiser updates; ``margo_dist.dist.sharding.ShardedTable`` keeps only the
+rows its worker owns (the same optimiser updates them there) and gathers the rest.
 """
 
 from __future__ import annotations
@@ -56,6 +56,18 @@ class TableSpec:
             parts.append(chunk[max(start, lo) - lo: min(stop, hi) - lo])
         return torch.cat(parts) if parts else torch.empty((0, self.dim))
 
+    def rows_for(self, ids: Tensor) -> Tensor:
+        """Initial values of the rows ``ids`` (any order, int64 [n]), [n, dim]: only their chunks are drawn."""
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_rows):
+            raise ValueError(f"table {self.name}: ids outside 0:{self.num_rows}")
+        out = torch.empty((ids.numel(), self.dim))
+        chunk_of = torch.div(ids, ROWS_PER_CHUNK, rounding_mode="floor")
+        for c in torch.unique(chunk_of).tolist():
+            where = torch.nonzero(chunk_of == c).flatten()
+            lo = c * ROWS_PER_CHUNK
+            out[where] = self.rows(lo, min(lo + ROWS_PER_CHUNK, self.num_rows))[ids[where] - lo]
+        return out
+
     def _chunk_seed(self, chunk: int) -> int:
         digest = hashlib.blake2b(f"{self.seed}/{self.name}/{chunk}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") & (2**63 - 1)
@@ -74,10 +86,6 @@ class Table(nn.Module, ABC):
     @abstractmethod
     def all_rows(self) -> Tensor:
         """Every row (differentiable), shape [num_rows, dim]."""
-
-    @abstractmethod
-    def sparse_update(self, ids: Tensor, delta: Tensor) -> None:
-        """Add ``delta`` [len(ids), dim] to rows ``ids`` outside autograd."""
 
     @abstractmethod
     def reset(self, std: float, seed: int) -> None:
@@ -101,10 +109,6 @@ class LocalTable(Table):
 
     def all_rows(self) -> Tensor:
         return self.weight
-
-    @torch.no_grad()
-    def sparse_update(self, ids: Tensor, delta: Tensor) -> None:
-        self.weight.index_add_(0, ids, delta.to(self.weight.dtype))
 
     @torch.no_grad()
     def reset(self, std: float, seed: int) -> None:

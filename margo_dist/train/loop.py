@@ -19,6 +19,8 @@ from margo_dist.config import Config
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
 from margo_dist.data.synth import dataset_url
+from margo_dist.dist.comm import Communicator, LocalComm
+from margo_dist.dist.sharding import ITEM, USER, Placement, ShardedTable
 from margo_dist.errors import MargoError
 from margo_dist.graph.tensors import Batch, FullGraph, full_graph
 from margo_dist.model.margo import Recommender, build_model
@@ -27,7 +29,7 @@ from margo_dist.model.variants import CALIBRATE, PRETRAIN, get_variant
 from margo_dist.progress import progress_bar
 from margo_dist.train.batches import TripletSampler
 from margo_dist.train.coordinator import Coordinator
-from margo_dist.train.metrics import csr_from_pairs, full_ranking_eval, weight_detection_auc
+from margo_dist.train.metrics import csr_from_pairs, full_ranking_sums, weight_detection_auc
 from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
 
 
@@ -86,13 +88,22 @@ class Trainer:
 
     The :class:`Coordinator` decides what happens after each epoch and evaluation; the
     trainer runs epochs (``train_epoch``), evaluates (``evaluate``), checkpoints and
-    writes the run folder's outputs.
+    writes the run folder's outputs. ``comm`` and ``placement`` make it one worker of
+    many: it then holds only the table rows and item features it owns (``placement``,
+    the owner rule), trains on its part of every step's triplets and evaluates its part
+    of the users; with the defaults (one process owns everything) it is local mode, the
+    same code. Only the leader writes the run folder or logs.
     """
 
-    def __init__(self, cfg: Config, data: TrainingData, log: Callable[[str], None] = print) -> None:
+    def __init__(self, cfg: Config, data: TrainingData, log: Callable[[str], None] = print,
+                 comm: Communicator | None = None, placement: Placement | None = None) -> None:
         self.cfg = cfg
         self.data = data
-        self.log = log
+        self.comm = comm or LocalComm()
+        self.placement = placement or Placement.single(data.ds.n_users, data.ds.n_items)
+        if self.placement.comm is not self.comm and self.placement.distributed:
+            raise ValueError("the placement was built for another communicator")
+        self.log = log if self.comm.is_leader else (lambda _msg: None)
         self.device = torch.device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
@@ -103,9 +114,12 @@ class Trainer:
             log(f"warning: {line}")
         dims = [f.shape[1] for f in data.features] if self.variant.uses_features else []
         self.model: Recommender = build_model(data.ds.n_users, data.ds.n_items, dims, cfg.model,
-                                              cfg.train.seed).to(self.device)
+                                              cfg.train.seed, self.placement).to(self.device)
         self.whole_graph = data.graph.to(self.device).compute_graph(self.model.encoder.n_layers)
-        self.features = [f.to(self.device) for f in data.features]
+        owned_items = self.placement.owned(ITEM) if self.placement.distributed else None
+        self.features = [(f if owned_items is None else f.index_select(0, owned_items)).to(self.device)
+                         for f in data.features]
+        self.dense_params = self.model.parameter_groups()["dense"]
         tu, ti = data.ds.split(TRAIN)
         self.triplets = TripletSampler(tu, ti, data.ds.n_items, cfg.train.batch_size)
         self.records: list[dict[str, Any]] = []
@@ -131,9 +145,16 @@ class Trainer:
             return uvec[ids.to(self.device)] @ ivec_t
 
         self.model.train()
-        return full_ranking_eval(score, self.data.eval_users(split), self.data.train_csr,
-                                 self.data.heldout[split], self.cfg.train.topk, self.cfg.train.eval_user_chunk,
-                                 fresh_scores=True)
+        users = self.data.eval_users(split)
+        if self.placement.distributed:  # each worker ranks the users it owns
+            users = users[self.placement.spaces[USER].owner[users] == self.comm.rank]
+        sums, counted = full_ranking_sums(score, users, self.data.train_csr, self.data.heldout[split],
+                                          self.cfg.train.topk, self.cfg.train.eval_user_chunk, fresh_scores=True)
+        names = sorted(sums)
+        totals = self.comm.all_reduce_(torch.tensor([sums[k] for k in names] + [float(counted)],
+                                                    dtype=torch.float64))
+        n = float(totals[-1])
+        return {k: (float(v) / n if n > 0 else 0.0) for k, v in zip(names, totals[:-1].tolist())}
 
     def weight_auc(self) -> float | None:
         """Planted-noise detection AUC of the current item weights (synthetic data with θ only)."""
@@ -160,11 +181,27 @@ class Trainer:
         users_emb, items_emb = self.model.encode(b.graph, self.features)
         parts = triplet_loss(self.model, stage, self.cfg.model, users_emb.index_select(0, b.users_local),
                              items_emb.index_select(0, b.pos_local), items_emb.index_select(0, b.neg_local),
-                             b.users, b.pos, b.neg)
+                             b.users, b.pos, b.neg, b.step_size or None)
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
+        self._sum_dense_gradients()
         optimizer.step()
         return parts
+
+    def _sum_dense_gradients(self) -> None:
+        """Replicated (dense) parameters: every worker's loss part is a share of the step's
+        loss, so the step's gradient is the sum over workers (one flat all-reduce). Table
+        rows need nothing: their gradients reached their owners through the gather."""
+        if not self.placement.distributed:
+            return
+        grads = [p.grad for p in self.dense_params if p.grad is not None]
+        if not grads:  # the ID baselines have no dense parameters
+            return
+        flat = self.comm.all_reduce_(torch.cat([g.flatten() for g in grads]))
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def train_epoch(self, stage: str, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
                     desc: str) -> dict[str, float]:
@@ -181,14 +218,21 @@ class Trainer:
                                ("calibrated", parts.calibrated)):
                 sums[key] += value
             n += 1
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        names = list(sums)  # each worker's parts are shares of the step's loss: their sum is it
+        totals = self.comm.all_reduce_(torch.tensor([sums[k] for k in names], dtype=torch.float64))
+        return {k: float(v) / max(n, 1) for k, v in zip(names, totals.tolist())}
 
     def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
         """One epoch of batches: on the whole graph, or with sampled blocks."""
         if self.neighbour_sampler is None:
+            rank, world = self.comm.rank, self.comm.world_size
             for u, i, j in self.triplets.epoch(rng):
-                yield Batch.full(self.whole_graph, *(torch.from_numpy(a) for a in (u, i, j)))
+                # every worker draws the same step; worker r takes triplets r, r + N, ...
+                step = u.size if world > 1 else 0
+                yield Batch.full(self.whole_graph, *(torch.from_numpy(a[rank::world]) for a in (u, i, j)), step)
             return
+        if self.placement.distributed:
+            raise NotImplementedError("sampled distributed training is not built yet: use train.mode=full")
         from margo_dist.graph.sample import sampled_batches
 
         triplets = list(self.triplets.epoch(rng))
@@ -215,7 +259,7 @@ class Trainer:
         stage = self.stages[stage_index]
         if stage_index > 0:
             prev = self.stages[stage_index - 1]
-            self.model.load_state_dict(self.run.load_state(f"best_{prev}.pt")["model"])
+            self.load_model_state(self.run.load_state(f"best_{prev}.pt")["model"])
         if stage == CALIBRATE and self.model.theta is not None:
             # 7919 (a prime) only separates this stream from the model's initial one (seed)
             self.model.theta.reset(self.cfg.model.theta_init_std, self.cfg.train.seed + 7919 * (stage_index + 1))
@@ -256,7 +300,7 @@ class Trainer:
         metric = valid[self.cfg.train.select_metric]
         improved = self.coordinator.report(epoch, metric, valid)
         if improved:
-            self.run.save_state(f"best_{stage}.pt", {"model": self.model.state_dict(), "epoch": epoch})
+            self._save(f"best_{stage}.pt", {"model": self.model_state(), "epoch": epoch})
         record: dict[str, Any] = {"stage": stage, "epoch": epoch}
         if losses is not None:
             record.update({f"train_{k}": v for k, v in losses.items()})
@@ -265,7 +309,8 @@ class Trainer:
         if auc is not None:
             record["weight_auc"] = auc
         self.records.append(record)
-        self.run.write_metrics(self.records)
+        if self.comm.is_leader:
+            self.run.write_metrics(self.records)
         what = f"loss {losses['loss']:.4f}" if losses is not None else "start state"
         self.log(f"[{stage}] epoch {epoch:3d}  {what}  valid {self.cfg.train.select_metric} {metric:.4f}"
                  f"{'  *' if improved else ''}  ({train_s:.1f}s + {eval_s:.1f}s eval)")
@@ -276,7 +321,7 @@ class Trainer:
         if progress.best_epoch is None:
             raise RuntimeError(f"stage {stage} ran no evaluation (train.max_epochs={self.cfg.train.max_epochs}, "
                                f"train.eval_every={self.cfg.train.eval_every})")
-        self.model.load_state_dict(self.run.load_state(f"best_{stage}.pt")["model"])
+        self.load_model_state(self.run.load_state(f"best_{stage}.pt")["model"])
         test = self.evaluate(stage, TEST)
         result: dict[str, Any] = {"best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
                                   "valid": progress.best_valid, "test": test}
@@ -297,21 +342,58 @@ class Trainer:
         if "weight_auc" in final:
             summary["weight_auc"] = final["weight_auc"]
         weights = self.item_weight_table()
-        if weights is not None and CALIBRATE in self.stages:
-            self.run.write_item_weights(weights, self.data.modalities)
-        self.run.write_json(SUMMARY, summary)
-        if self.cfg.run.plots:
-            from margo_dist.train.plots import write_plots
+        if self.comm.is_leader:
+            if weights is not None and CALIBRATE in self.stages:
+                self.run.write_item_weights(weights, self.data.modalities)
+            self.run.write_json(SUMMARY, summary)
+            if self.cfg.run.plots:
+                from margo_dist.train.plots import write_plots
 
-            write_plots(self.run, self.records, weights, self.data.modalities)
+                write_plots(self.run, self.records, weights, self.data.modalities)
+        self.comm.barrier()
         return summary
 
     # -- checkpoints ------------------------------------------------------------------
 
+    def model_state(self) -> dict[str, Tensor]:
+        """The model's state with every sharded table gathered whole (global row order), so a
+        state written by N workers loads at any M and in local mode. Collective: every
+        worker calls it at the same point."""
+        state = self.model.state_dict()
+        if self.placement.distributed:
+            for name, module in self.model.named_modules():
+                if isinstance(module, ShardedTable):
+                    state[f"{name}.weight"] = self.placement.gather(module.space, module.weight.detach())
+        return state
+
+    def load_model_state(self, state: dict[str, Tensor]) -> None:
+        """Load a whole-table state (``model_state``): each worker keeps the rows it owns."""
+        if self.placement.distributed:
+            state = dict(state)
+            for name, module in self.model.named_modules():
+                if isinstance(module, ShardedTable):
+                    state[f"{name}.weight"] = state[f"{name}.weight"].index_select(0, module.owned_ids)
+        self.model.load_state_dict(state)
+
+    def _save(self, name: str, state: dict[str, Any]) -> None:
+        """The leader writes; everyone waits for the file to be there."""
+        if self.comm.is_leader:
+            self.run.save_state(name, state)
+        self.comm.barrier()
+
+    def _rank_file(self) -> str:
+        return f"optimizer-rank{self.comm.rank}.pt"
+
     def _checkpoint(self, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
-        self.run.save_state(CHECKPOINT, {"coordinator": self.coordinator.state_dict(),
-                                         "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "rng": rng.bit_generator.state, "records": self.records})
+        """Model (whole tables), coordinator, sampler RNG and records from the leader; with N
+        workers each also writes its own optimiser state (its rows' Adam moments)."""
+        distributed = self.placement.distributed
+        if distributed:
+            self.run.save_state(self._rank_file(), {"optimizer": optimizer.state_dict()})
+        self._save(CHECKPOINT, {"coordinator": self.coordinator.state_dict(), "model": self.model_state(),
+                                "optimizer": None if distributed else optimizer.state_dict(),
+                                "world_size": self.comm.world_size, "rng": rng.bit_generator.state,
+                                "records": self.records})
 
     def _resume(self) -> tuple[torch.optim.Optimizer, np.random.Generator]:
         rng = np.random.default_rng(self.cfg.train.seed)
@@ -320,17 +402,23 @@ class Trainer:
             if "coordinator" not in ckpt:
                 raise MargoError(f"{self.run.path(CHECKPOINT)} was written by an older margo-dist: delete it, or "
                                  f"set run.resume=false to start the run afresh")
+            if ckpt.get("world_size", 1) != self.comm.world_size:
+                raise MargoError(f"{self.run.path(CHECKPOINT)} was written by {ckpt.get('world_size', 1)} workers; "
+                                 f"this run has {self.comm.world_size}: its optimiser state is per worker")
             self.coordinator.load_state_dict(ckpt["coordinator"])
-            self.model.load_state_dict(ckpt["model"])
+            self.load_model_state(ckpt["model"])
             optimizer = self.new_optimizer()
-            optimizer.load_state_dict(ckpt["optimizer"])
+            opt_state = ckpt["optimizer"] if ckpt["optimizer"] is not None else \
+                self.run.load_state(self._rank_file())["optimizer"]
+            optimizer.load_state_dict(opt_state)
             rng.bit_generator.state = ckpt["rng"]
             self.records = list(ckpt["records"])
             coord = self.coordinator
             self.log(f"resuming {self.run.url}: stage {coord.stage_index + 1}/{len(self.stages)}, "
                      f"epoch {coord.progress.epoch}")
             return optimizer, rng
-        self.run.write_config(self.cfg)
+        if self.comm.is_leader:
+            self.run.write_config(self.cfg)
         if self.cfg.run.pretrained and self.stages[0] == PRETRAIN and len(self.stages) > 1:
             self._from_pretrained()
         else:
@@ -352,7 +440,7 @@ class Trainer:
             if getattr(mine, key) != getattr(theirs, key):
                 raise MargoError(f"run.pretrained={self.cfg.run.pretrained} has model.{key}={getattr(theirs, key)}, "
                                  f"this run has {getattr(mine, key)}")
-        self.run.save_state(name, other.load_state(name))
+        self._save(name, other.load_state(name))
         stage1 = other.read_json(SUMMARY).get("stages", {}).get(PRETRAIN) if other.exists(SUMMARY) else None
         self.coordinator.skip_stage(stage1)
         self.records = [r for r in other.read_metrics() if r.get("stage") == PRETRAIN]

@@ -1,0 +1,136 @@
+"""The communicator seam: rank, world size, leader, and the collectives training needs.
+
+``LocalComm`` is the one-process implementation (every collective is the identity);
+``TorchComm`` wraps the default ``torch.distributed`` process group (gloo on CPU,
+nccl on GPU). The autograd collectives live here and nowhere else:
+
+- ``gather_rows(local)``: every rank's rows concatenated in rank order, on every rank
+  ([n_r, F] per rank -> [sum_r n_r, F]); its gradient goes back to the owner of each
+  row, summed over the ranks that used it (the adjoint of an all-gather).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class Communicator(ABC):
+    """What a training worker may ask of its peers."""
+
+    rank: int
+    world_size: int
+
+    @property
+    def is_leader(self) -> bool:
+        """Rank 0 writes the run folder and logs the epoch lines."""
+        return self.rank == 0
+
+    @abstractmethod
+    def all_reduce_(self, t: Tensor) -> Tensor:
+        """Sum ``t`` over the ranks, in place (no autograd); returns ``t``."""
+
+    @abstractmethod
+    def all_gather_counts(self, n: int) -> list[int]:
+        """Every rank's ``n``, in rank order."""
+
+    @abstractmethod
+    def gather_rows(self, local: Tensor) -> Tensor:
+        """[n_rank, F] per rank -> [sum of n_rank, F] in rank order, differentiable."""
+
+    @abstractmethod
+    def broadcast_object(self, obj: Any) -> Any:
+        """The leader's ``obj`` on every rank."""
+
+    @abstractmethod
+    def barrier(self) -> None:
+        """Wait for every rank."""
+
+
+class LocalComm(Communicator):
+    """One process: rank 0 of a world of 1."""
+
+    rank = 0
+    world_size = 1
+
+    def all_reduce_(self, t: Tensor) -> Tensor:
+        return t
+
+    def all_gather_counts(self, n: int) -> list[int]:
+        return [n]
+
+    def gather_rows(self, local: Tensor) -> Tensor:
+        return local
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return obj
+
+    def barrier(self) -> None:
+        return None
+
+
+class TorchComm(Communicator):
+    """The default ``torch.distributed`` group (initialised by Ray Train or the test harness)."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            raise RuntimeError("TorchComm needs an initialised torch.distributed process group")
+        self._dist = dist
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.bytes_sent = 0  # payload this rank contributed to collectives (for the benchmarks)
+
+    def all_reduce_(self, t: Tensor) -> Tensor:
+        self.bytes_sent += t.numel() * t.element_size()
+        self._dist.all_reduce(t)
+        return t
+
+    def all_gather_counts(self, n: int) -> list[int]:
+        out = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
+        self._dist.all_gather(out, torch.tensor([n], dtype=torch.int64))
+        return [int(x) for x in out]
+
+    def gather_rows(self, local: Tensor) -> Tensor:
+        return _GatherRows.apply(local, self)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        box = [obj]
+        self._dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        self._dist.barrier()
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of uneven row blocks; backward: sum the gradient over ranks, keep own rows.
+
+    The rows are padded to the largest block for ``all_gather`` (gloo and nccl both
+    need equal sizes). The backward all-reduces the whole gradient and slices the own
+    rows: simple and supported on gloo (which has no reduce-scatter); a reduce-scatter
+    would send 1/N of it.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, local: Tensor, comm: TorchComm) -> Tensor:  # type: ignore[override]
+        counts = comm.all_gather_counts(local.shape[0])
+        width = max(counts)
+        padded = local.new_zeros((width, *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in counts]
+        comm.bytes_sent += padded.numel() * padded.element_size()
+        comm._dist.all_gather(parts, padded.contiguous())
+        ctx.comm, ctx.counts = comm, counts
+        return torch.cat([p[:n] for p, n in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        comm, counts = ctx.comm, ctx.counts
+        total = comm.all_reduce_(grad.contiguous().clone())
+        start = sum(counts[: comm.rank])
+        return total[start: start + counts[comm.rank]], None
