@@ -116,6 +116,20 @@ class RunConfig:
 
 
 @dataclass
+class DistConfig:
+    """Distributed training on Ray Train (``workers`` > 0); 0 is local mode (docs/architecture.md)."""
+
+    workers: int = 0  # Ray Train workers (TorchTrainer); 0: one local process
+    use_gpu: bool = False  # one GPU per worker, nccl; else gloo on CPU
+    cpus_per_worker: int = 1
+    max_failures: int = 0  # worker-group restarts Ray Train may make (FailureConfig)
+    timeout_s: int = 300  # a collective that hangs fails after this long (TorchConfig)
+    # shard set whose owner arrays place the rows (`margo-dist data partition --parts N`);
+    # empty: a METIS shard set made on first use, cached by the graph's hash
+    shards: str = ""
+
+
+@dataclass
 class Config:
     """The whole tree; ``margo-dist train --config FILE key=value ...`` builds it."""
 
@@ -125,6 +139,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def validate(self) -> None:
         """Check values that a type alone does not constrain."""
@@ -162,6 +177,16 @@ class Config:
                            "graph.user_k": self.graph.user_k}.items():
             if value < 0:
                 raise ConfigError(f"{key}={value} must be >= 0")
+        for key, value in {"dist.workers": self.dist.workers, "dist.max_failures": self.dist.max_failures}.items():
+            if value < 0:
+                raise ConfigError(f"{key}={value} must be >= 0")
+        for key, value in {"dist.cpus_per_worker": self.dist.cpus_per_worker,
+                           "dist.timeout_s": self.dist.timeout_s}.items():
+            if value <= 0:
+                raise ConfigError(f"{key}={value} must be > 0")
+        if self.dist.workers > 1 and self.train.mode == "sampled":
+            raise ConfigError(f"dist.workers={self.dist.workers} with train.mode=sampled: sampled distributed "
+                              "training (graph shards, rows by all-to-all) is not built yet; use train.mode=full")
         unknown = set(self.graph.knn_mix) - set(self.data.modalities)
         if unknown:
             raise ConfigError(f"graph.knn_mix names {sorted(unknown)}, not in data.modalities={self.data.modalities}")

@@ -83,16 +83,23 @@ class TorchComm(Communicator):
         self._dist = dist
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        # nccl reduces only GPU tensors: small host-side values travel through this device
+        self.device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+            else torch.device("cpu")
         self.bytes_sent = 0  # payload this rank contributed to collectives (for the benchmarks)
 
     def all_reduce_(self, t: Tensor) -> Tensor:
         self.bytes_sent += t.numel() * t.element_size()
-        self._dist.all_reduce(t)
-        return t
+        if t.device == self.device:
+            self._dist.all_reduce(t)
+            return t
+        moved = t.to(self.device)
+        self._dist.all_reduce(moved)
+        return t.copy_(moved)
 
     def all_gather_counts(self, n: int) -> list[int]:
-        out = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
-        self._dist.all_gather(out, torch.tensor([n], dtype=torch.int64))
+        out = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world_size)]
+        self._dist.all_gather(out, torch.tensor([n], dtype=torch.int64, device=self.device))
         return [int(x) for x in out]
 
     def gather_rows(self, local: Tensor) -> Tensor:

@@ -449,7 +449,14 @@ class Trainer:
 
 
 def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Load the data for ``cfg`` and run every stage; returns the summary."""
+    """Load the data for ``cfg`` and run every stage; returns the summary.
+
+    ``dist.workers`` > 0 runs the same trainer on that many Ray Train workers.
+    """
+    if cfg.dist.workers > 0:
+        from margo_dist.dist.launch import train_distributed
+
+        return train_distributed(cfg, log)
     torch.manual_seed(cfg.train.seed)
     data = load_training_data(cfg)
     return Trainer(cfg, data, log).fit()

@@ -1,0 +1,109 @@
+"""``dist.workers=N``: the same trainer on N Ray Train workers (``TorchTrainer``).
+
+The driver does the offline steps once (dataset validation, graph artefacts, the
+shard set whose owner arrays place the rows), then starts N workers. Each worker
+turns Ray's config dict back into the typed tree on its first line, joins the
+process group Ray set up (gloo on CPU, nccl on GPU) and runs :class:`Trainer` with a
+:class:`TorchComm` and its :class:`Placement`: the training loop itself does not know
+how many workers there are. The run folder is the local layout, written by rank 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Callable
+
+from margo_dist.config import Config, from_dict, to_dict
+from margo_dist.data import io as mio
+from margo_dist.errors import ConfigError
+
+SHARD_METHOD = "metis"
+
+
+def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True) -> str:
+    """URL of a shard set with ``parts`` shards for ``cfg``'s dataset: ``dist.shards``, or one
+    made on first use (METIS) and cached by the graph's hash."""
+    from margo_dist.data.formats import read_dataset_cfg
+    from margo_dist.graph.build import ensure_graphs, shards_dir
+    from margo_dist.graph.partition import MANIFEST, partition_graphs, read_shard_manifest
+
+    if cfg.dist.shards:
+        man = read_shard_manifest(cfg.dist.shards)
+        if man["parts"] != parts:
+            raise ConfigError(f"dist.shards={cfg.dist.shards} has {man['parts']} shards, dist.workers={parts}")
+        return cfg.dist.shards
+    ds = read_dataset_cfg(cfg.data)
+    art = ensure_graphs(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=progress)
+    url = shards_dir(cfg.data.path, cfg.graph, art.key, SHARD_METHOD, parts)
+    if not mio.exists(mio.join(url, MANIFEST)):
+        if progress:
+            print(f"partitioning the graph into {parts} shards (owner arrays) at {url} ...", flush=True)
+        partition_graphs(art, cfg.data.modalities, url, parts, SHARD_METHOD, seed=cfg.train.seed)
+    return url
+
+
+def run_name(run_dir: str) -> str:
+    """Ray's resume key for a run: derived from ``run.dir``, never from a timestamp."""
+    tail = os.path.basename(run_dir.rstrip("/")) or "run"
+    return f"margo-{tail}-{hashlib.sha1(run_dir.encode()).hexdigest()[:8]}"
+
+
+def worker_main(config: dict[str, Any]) -> None:
+    """One Ray Train worker: the typed config first, then the ordinary trainer."""
+    cfg = from_dict(config, "Ray's train_loop_config")
+    from margo_dist.dist.comm import TorchComm
+    from margo_dist.dist.sharding import Placement
+    from margo_dist.graph.partition import load_owners
+    from margo_dist.train.loop import Trainer, load_training_data
+
+    comm = TorchComm()
+    if cfg.dist.use_gpu:
+        import ray.train.torch
+
+        cfg.train.device = str(ray.train.torch.get_device())
+    owners = load_owners(cfg.dist.shards)
+    data = load_training_data(cfg, build_graphs=False)
+    placement = Placement(comm, owners["user"], owners["item"])
+    Trainer(cfg, data, log=lambda msg: print(msg, flush=True), comm=comm, placement=placement).fit()
+
+
+def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``cfg`` on ``dist.workers`` Ray Train workers; returns the run's summary.
+
+    Joins the Ray cluster at ``RAY_ADDRESS`` (or a running local head) and starts a
+    local one otherwise.
+    """
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from margo_dist.data.synth import dataset_url
+    from margo_dist.train.loop import load_training_data
+    from margo_dist.train.rundir import SUMMARY, RunDir
+
+    n = cfg.dist.workers
+    cfg.data.path = dataset_url(cfg.data.path, cfg.train.progress)
+    # workers may start in another folder: local paths become absolute
+    cfg.run.dir, cfg.data.path = (u if "://" in u else os.path.abspath(u) for u in (cfg.run.dir, cfg.data.path))
+    load_training_data(cfg)  # validates the dataset and builds the graph artefacts once, here
+    cfg.dist.shards = ensure_owner_shards(cfg, n, cfg.train.progress)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    try:
+        storage = None if "://" in cfg.run.dir else os.path.join(cfg.run.dir, "ray")
+        trainer = TorchTrainer(
+            worker_main, train_loop_config=to_dict(cfg),
+            scaling_config=ScalingConfig(num_workers=n, use_gpu=cfg.dist.use_gpu,
+                                         resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
+            torch_config=TorchConfig(backend="nccl" if cfg.dist.use_gpu else "gloo", timeout_s=cfg.dist.timeout_s),
+            run_config=RunConfig(name=run_name(cfg.run.dir), storage_path=storage,
+                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures)))
+        log(f"training on {n} Ray Train workers ({'nccl' if cfg.dist.use_gpu else 'gloo'}); "
+            f"owners from {cfg.dist.shards}")
+        trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    return RunDir(cfg.run.dir).read_json(SUMMARY)
