@@ -56,8 +56,11 @@ def worker_main(config: dict[str, Any]) -> None:
     from margo_dist.dist.sharding import Placement
     from margo_dist.graph.partition import load_owners
     from margo_dist.train.loop import Trainer, load_training_data
+    from margo_dist.train.rundir import RunDir
 
     comm = TorchComm()
+    # which process is which rank, for an operator (or a fault test) who must find one
+    RunDir(cfg.run.dir).write_text(f"workers/rank{comm.rank}.pid", f"{os.getpid()}\n")
     if cfg.dist.use_gpu:
         import ray.train.torch
 

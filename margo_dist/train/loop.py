@@ -128,6 +128,7 @@ class Trainer:
             from margo_dist.graph.sample import BlockSampler
 
             self.neighbour_sampler = BlockSampler(data.graph, cfg.sampler.fanouts, self.model.encoder.n_layers)
+        self.checkpoint_seq = 0  # checkpoints written so far (names the workers' optimiser files)
         self.coordinator = Coordinator(self.stages, cfg.train.max_epochs, cfg.train.patience, cfg.train.eval_every,
                                        cfg.train.eval_stage_start)
 
@@ -381,19 +382,29 @@ class Trainer:
             self.run.save_state(name, state)
         self.comm.barrier()
 
-    def _rank_file(self) -> str:
-        return f"optimizer-rank{self.comm.rank}.pt"
+    def _rank_file(self, seq: int) -> str:
+        return f"optimizer-rank{self.comm.rank}.{seq}.pt"
 
     def _checkpoint(self, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
         """Model (whole tables), coordinator, sampler RNG and records from the leader; with N
-        workers each also writes its own optimiser state (its rows' Adam moments)."""
+        workers each also writes its own optimiser state (its rows' Adam moments).
+
+        The rank files carry the checkpoint's number and are all written before the
+        leader's ``checkpoint.pt`` names that number, so a worker killed at any point
+        leaves the previous checkpoint and its rank files intact and consistent.
+        """
         distributed = self.placement.distributed
+        self.checkpoint_seq += 1
+        seq = self.checkpoint_seq
         if distributed:
-            self.run.save_state(self._rank_file(), {"optimizer": optimizer.state_dict()})
+            self.run.save_state(self._rank_file(seq), {"optimizer": optimizer.state_dict()})
+            self.comm.barrier()
         self._save(CHECKPOINT, {"coordinator": self.coordinator.state_dict(), "model": self.model_state(),
-                                "optimizer": None if distributed else optimizer.state_dict(),
+                                "optimizer": None if distributed else optimizer.state_dict(), "seq": seq,
                                 "world_size": self.comm.world_size, "rng": rng.bit_generator.state,
                                 "records": self.records})
+        if distributed:
+            self.run.remove(self._rank_file(seq - 1))
 
     def _resume(self) -> tuple[torch.optim.Optimizer, np.random.Generator]:
         rng = np.random.default_rng(self.cfg.train.seed)
@@ -408,8 +419,9 @@ class Trainer:
             self.coordinator.load_state_dict(ckpt["coordinator"])
             self.load_model_state(ckpt["model"])
             optimizer = self.new_optimizer()
+            self.checkpoint_seq = int(ckpt.get("seq", 0))
             opt_state = ckpt["optimizer"] if ckpt["optimizer"] is not None else \
-                self.run.load_state(self._rank_file())["optimizer"]
+                self.run.load_state(self._rank_file(self.checkpoint_seq))["optimizer"]
             optimizer.load_state_dict(opt_state)
             rng.bit_generator.state = ckpt["rng"]
             self.records = list(ckpt["records"])

@@ -88,6 +88,10 @@ class RunDir:
             data = fh.read()
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
+    def remove(self, name: str) -> None:
+        """Delete ``name`` if it is there."""
+        mio.remove(self.path(name), recursive=False)
+
     def write_item_weights(self, weights: np.ndarray, modalities: list[str]) -> None:
         cols = {"item_id": pa.array(np.arange(weights.shape[0], dtype=np.int64))}
         for m, name in enumerate(modalities):

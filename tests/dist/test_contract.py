@@ -21,7 +21,7 @@ from margo_dist.dist.sharding import Placement
 from margo_dist.model.variants import get_variant
 from margo_dist.train.loop import Trainer, load_training_data
 
-from .harness import run_workers
+from margo_dist.dist.processes import run_workers
 
 SPEC = SynthSpec(n_users=120, n_items=90, n_interactions=1500, modality_dims={"image": 12, "text": 8}, seed=0)
 

@@ -7,7 +7,7 @@ import torch
 
 from margo_dist.dist.comm import TorchComm
 
-from .harness import run_workers
+from margo_dist.dist.processes import run_workers
 
 
 def gather_and_reduce(rank: int, world: int) -> tuple[list[float], float, list[float]]:

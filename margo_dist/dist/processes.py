@@ -1,8 +1,9 @@
 """Run one function in N gloo processes on loopback and collect what each returns.
 
-The multi-process test base of the contract tests: each process joins a fresh
+The multi-process base of the contract tests and of ``tools/bench_dist.py`` (no Ray: the
+step itself, measured and compared): each process joins a fresh
 ``torch.distributed`` group (gloo, 127.0.0.1, a free port), runs ``fn(rank, world,
-*args)`` with one torch thread, and sends back its result or its traceback. Every
+*args)`` with ``threads`` torch threads, and sends back its result or its traceback. Every
 process is joined or killed before the call returns, also when one fails or hangs.
 """
 
@@ -24,12 +25,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, out: "mp.Queue") -> None:
+def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, out: "mp.Queue",
+           threads: int) -> None:
     import torch
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
         # plain pickle: a queue would send tensors as shared memory that dies with this process
@@ -41,12 +43,14 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple
             dist.destroy_process_group()
 
 
-def run_workers(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 180.0) -> list[Any]:
-    """``[fn(0, world, *args), ..., fn(world - 1, world, *args)]``, each in its own process."""
+def run_workers(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 180.0, threads: int = 1) -> list[Any]:
+    """``[fn(0, world, *args), ..., fn(world - 1, world, *args)]``, each in its own process
+    with ``threads`` torch threads; ``fn`` must be importable (a module-level function)."""
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, out), daemon=True) for r in range(world)]
+    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, out, threads),
+                         daemon=True) for r in range(world)]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}
