@@ -25,7 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, out: "mp.Queue",
+def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], payload: bytes, out: "mp.Queue",
            threads: int) -> None:
     import torch
     import torch.distributed as dist
@@ -35,7 +35,7 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
         # plain pickle: a queue would send tensors as shared memory that dies with this process
-        out.put((rank, True, pickle.dumps(fn(rank, world, *args))))
+        out.put((rank, True, pickle.dumps(fn(rank, world, *pickle.loads(payload)))))
     except BaseException:  # noqa: BLE001 - the parent re-raises it with the rank named
         out.put((rank, False, traceback.format_exc()))
     finally:
@@ -49,7 +49,10 @@ def run_workers(fn: Callable[..., Any], world: int, *args: Any, timeout: float =
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, out, threads),
+    # plain pickle both ways: multiprocessing would hand every process the same shared-memory
+    # tensors, so workers that update them in place (an optimiser state) would share updates
+    payload = pickle.dumps(args)
+    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, payload, out, threads),
                          daemon=True) for r in range(world)]
     for p in procs:
         p.start()

@@ -128,7 +128,6 @@ class Trainer:
             from margo_dist.graph.sample import BlockSampler
 
             self.neighbour_sampler = BlockSampler(data.graph, cfg.sampler.fanouts, self.model.encoder.n_layers)
-        self.checkpoint_seq = 0  # checkpoints written so far (names the workers' optimiser files)
         self.coordinator = Coordinator(self.stages, cfg.train.max_epochs, cfg.train.patience, cfg.train.eval_every,
                                        cfg.train.eval_stage_start)
 
@@ -382,29 +381,41 @@ class Trainer:
             self.run.save_state(name, state)
         self.comm.barrier()
 
-    def _rank_file(self, seq: int) -> str:
-        return f"optimizer-rank{self.comm.rank}.{seq}.pt"
+    def _sharded_params(self, optimizer: torch.optim.Optimizer) -> dict[int, ShardedTable]:
+        """Optimiser parameter index -> the sharded table that parameter is (distributed only)."""
+        tables = {id(m.weight): m for m in self.model.modules() if isinstance(m, ShardedTable)}
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        return {k: tables[id(p)] for k, p in enumerate(params) if id(p) in tables}
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimiser's state with every sharded table's moments gathered whole, like
+        ``model_state``: a checkpoint is one file that any number of workers can resume."""
+        state = optimizer.state_dict()
+        if self.placement.distributed:
+            state["state"] = {k: dict(v) for k, v in state["state"].items()}
+            for k, table in self._sharded_params(optimizer).items():
+                for name, value in state["state"][k].items():
+                    if torch.is_tensor(value) and value.dim() > 0:
+                        state["state"][k][name] = self.placement.gather(table.space, value)
+        return state
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Load a whole-table optimiser state (``optimizer_state``): each worker keeps its rows."""
+        if self.placement.distributed:
+            state = {**state, "state": {k: dict(v) for k, v in state["state"].items()}}
+            for k, table in self._sharded_params(optimizer).items():
+                for name, value in state["state"].get(k, {}).items():
+                    if torch.is_tensor(value) and value.dim() > 0:
+                        state["state"][k][name] = value.index_select(0, table.owned_ids)
+        optimizer.load_state_dict(state)
 
     def _checkpoint(self, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
-        """Model (whole tables), coordinator, sampler RNG and records from the leader; with N
-        workers each also writes its own optimiser state (its rows' Adam moments).
-
-        The rank files carry the checkpoint's number and are all written before the
-        leader's ``checkpoint.pt`` names that number, so a worker killed at any point
-        leaves the previous checkpoint and its rank files intact and consistent.
-        """
-        distributed = self.placement.distributed
-        self.checkpoint_seq += 1
-        seq = self.checkpoint_seq
-        if distributed:
-            self.run.save_state(self._rank_file(seq), {"optimizer": optimizer.state_dict()})
-            self.comm.barrier()
+        """One file from the leader: model and optimiser state with whole tables, coordinator,
+        sampler RNG and records. Written atomically, so a kill at any point leaves the
+        previous checkpoint whole; whole tables make it loadable at any number of workers."""
         self._save(CHECKPOINT, {"coordinator": self.coordinator.state_dict(), "model": self.model_state(),
-                                "optimizer": None if distributed else optimizer.state_dict(), "seq": seq,
-                                "world_size": self.comm.world_size, "rng": rng.bit_generator.state,
-                                "records": self.records})
-        if distributed:
-            self.run.remove(self._rank_file(seq - 1))
+                                "optimizer": self.optimizer_state(optimizer), "world_size": self.comm.world_size,
+                                "rng": rng.bit_generator.state, "records": self.records})
 
     def _resume(self) -> tuple[torch.optim.Optimizer, np.random.Generator]:
         rng = np.random.default_rng(self.cfg.train.seed)
@@ -413,21 +424,16 @@ class Trainer:
             if "coordinator" not in ckpt:
                 raise MargoError(f"{self.run.path(CHECKPOINT)} was written by an older margo-dist: delete it, or "
                                  f"set run.resume=false to start the run afresh")
-            if ckpt.get("world_size", 1) != self.comm.world_size:
-                raise MargoError(f"{self.run.path(CHECKPOINT)} was written by {ckpt.get('world_size', 1)} workers; "
-                                 f"this run has {self.comm.world_size}: its optimiser state is per worker")
             self.coordinator.load_state_dict(ckpt["coordinator"])
             self.load_model_state(ckpt["model"])
             optimizer = self.new_optimizer()
-            self.checkpoint_seq = int(ckpt.get("seq", 0))
-            opt_state = ckpt["optimizer"] if ckpt["optimizer"] is not None else \
-                self.run.load_state(self._rank_file(self.checkpoint_seq))["optimizer"]
-            optimizer.load_state_dict(opt_state)
+            self.load_optimizer_state(optimizer, ckpt["optimizer"])
             rng.bit_generator.state = ckpt["rng"]
             self.records = list(ckpt["records"])
             coord = self.coordinator
             self.log(f"resuming {self.run.url}: stage {coord.stage_index + 1}/{len(self.stages)}, "
-                     f"epoch {coord.progress.epoch}")
+                     f"epoch {coord.progress.epoch} (written by {ckpt.get('world_size', 1)} worker(s), "
+                     f"read by {self.comm.world_size})")
             return optimizer, rng
         if self.comm.is_leader:
             self.run.write_config(self.cfg)

@@ -111,3 +111,36 @@ def test_each_worker_holds_half_of_every_table_and_of_the_features(data_dir):
         assert dist[rank]["features"] <= 1.05 * local["features"] / 2
         dense = [n for n in local["held"] if n.startswith("encoder.projections")]
         assert all(dist[rank]["held"][n] == local["held"][n] for n in dense)  # replicated
+
+
+def resume_steps(comm: Communicator, data_dir: str, start: dict | None, first: int, n_steps: int) -> dict:
+    """MARGO calibration steps ``first .. first + n_steps - 1`` (step k trains on the first batch
+    drawn with seed k), from a checkpoint's whole-table states when ``start`` is given."""
+    cfg = config(data_dir, "margo")
+    data = load_training_data(cfg)
+    uo, io = owners(data.ds.n_users, data.ds.n_items, comm.world_size)
+    trainer = Trainer(cfg, data, log=lambda _m: None, comm=comm, placement=Placement(comm, uo, io))
+    optimizer = trainer.new_optimizer()
+    if start is not None:
+        trainer.load_model_state(start["model"])
+        trainer.load_optimizer_state(optimizer, start["optimizer"])
+    for k in range(first, first + n_steps):
+        trainer.train_step("calibrate", next(trainer.batches(np.random.default_rng(k))), optimizer)
+    return {"model": trainer.model_state(), "optimizer": trainer.optimizer_state(optimizer)}
+
+
+def resume_worker(rank: int, world: int, data_dir: str, start: dict | None, first: int, n_steps: int) -> dict:
+    return resume_steps(TorchComm(), data_dir, start, first, n_steps)
+
+
+def test_a_checkpoint_of_two_workers_resumes_in_one_process_and_back(data_dir):
+    straight = resume_steps(LocalComm(), data_dir, None, 0, 6)
+    half = run_workers(resume_worker, 2, data_dir, None, 0, 3)[0]  # 3 steps at N = 2
+    local_rest = resume_steps(LocalComm(), data_dir, half, 3, 3)  # 3 more in one process
+    back = run_workers(resume_worker, 2, data_dir, resume_steps(LocalComm(), data_dir, None, 0, 3), 3, 3)[0]
+    for name, value in straight["model"].items():
+        assert max_rel_error(local_rest["model"][name], value) <= 1e-4, name
+        assert max_rel_error(back["model"][name], value) <= 1e-4, name
+    moments = straight["optimizer"]["state"]
+    for k, entry in moments.items():
+        assert max_rel_error(local_rest["optimizer"]["state"][k]["exp_avg"], entry["exp_avg"]) <= 1e-4, k
