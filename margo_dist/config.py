@@ -168,6 +168,7 @@ class Config:
             "graph.item_k": self.graph.item_k,
             "graph.chunk_rows": self.graph.chunk_rows,
             "train.eval_user_chunk": self.train.eval_user_chunk,
+            "run.checkpoint_every": self.run.checkpoint_every,
         }
         for key, value in positive.items():
             if value <= 0:
@@ -177,7 +178,8 @@ class Config:
                            "graph.user_k": self.graph.user_k}.items():
             if value < 0:
                 raise ConfigError(f"{key}={value} must be >= 0")
-        for key, value in {"dist.workers": self.dist.workers, "dist.max_failures": self.dist.max_failures}.items():
+        for key, value in {"dist.workers": self.dist.workers, "dist.max_failures": self.dist.max_failures,
+                           "train.weight_lr": self.train.weight_lr, "train.threads": self.train.threads}.items():
             if value < 0:
                 raise ConfigError(f"{key}={value} must be >= 0")
         for key, value in {"dist.cpus_per_worker": self.dist.cpus_per_worker,

@@ -115,7 +115,7 @@ class TorchComm(Communicator):
 
 
 class _GatherRows(torch.autograd.Function):
-    """All-gather of uneven row blocks; backward: sum the gradient over ranks, keep own rows.
+    """All-gather of an uneven number of rows per rank; backward: sum the gradient over ranks, keep own rows.
 
     The rows are padded to the largest block for ``all_gather`` (gloo and nccl both
     need equal sizes). The backward all-reduces the whole gradient and slices the own

@@ -68,7 +68,11 @@ def worker_main(config: dict[str, Any]) -> None:
     owners = load_owners(cfg.dist.shards)
     data = load_training_data(cfg, build_graphs=False)
     placement = Placement(comm, owners["user"], owners["item"])
-    Trainer(cfg, data, log=lambda msg: print(msg, flush=True), comm=comm, placement=placement).fit()
+    trainer = Trainer(cfg, data, log=lambda msg: print(msg, flush=True), comm=comm, placement=placement)
+    # the trainer copied the feature rows this worker owns; the whole matrices can go
+    data.features.clear()
+    data.ds.features.clear()
+    trainer.fit()
 
 
 def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:

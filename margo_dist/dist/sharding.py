@@ -1,7 +1,8 @@
 """Row ownership and row-sharded tables (the owner rule, docs/architecture.md).
 
 Every user row and item row (preference tables, θ, raw features) belongs to one
-rank. In full-graph mode a step needs every row, so the owners' rows are gathered
+rank. In full-graph mode a step needs every row: table rows, and the d-wide
+projections that each owner computes from its own raw features, are gathered
 (``Placement.gather``: all-gather, then reorder to global ids) and the gradient of
 each row returns to its owner. With one rank the placement is the identity and the
 tables are ordinary :class:`LocalTable` s, so local mode runs the same code.

@@ -6,7 +6,7 @@ alike), one cosine kNN graph per modality, and the top-k co-interacting users. T
 depend only on the training split and the features, so they are built once, cached
 under a content key, and loaded by training; model constructors never build them.
 
-Both similarity computations run in row blocks, so memory stays
+Both similarity computations run in row chunks, so memory stays
 O(chunk_rows * n_rows) at most, never a dense n x n matrix: item kNN scores a block
 against a column chunk at a time (chunk_rows * col_chunk floats), co-occurrence
 holds one block's sparse product R[block] @ R.T.

@@ -6,6 +6,8 @@ any device and dtype the inputs have; none of them keeps state.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 import torch.nn.functional as F
@@ -135,6 +137,6 @@ def embedding_reg(tables: list[Tensor], weight: float, totals: list[int] | None 
         raise ValueError(f"embedding_reg: {len(totals)} totals for {len(tables)} tables")
     out = None
     for t, rows in zip(tables, totals):
-        term = t.pow(2).sum() / max(rows * (t[0].numel() if t.dim() > 1 else 1), 1)
+        term = t.pow(2).sum() / max(rows * math.prod(t.shape[1:]), 1)
         out = term if out is None else out + term
     return float(weight) * out

@@ -1,8 +1,10 @@
 """MARGO on the DRAGON encoder, DRAGON's own fusion, and the ID-only baselines.
 
 Every model here is a pure tensor-to-tensor module: the graph and the frozen
-features come in as arguments of ``encode``; parameters are drawn from an explicit
-``torch.Generator``; nothing is cached between calls.
+features come in as arguments of ``encode``; dense parameters are drawn from an
+explicit ``torch.Generator`` and tables from their ``TableSpec``; nothing is cached
+between calls. A ``Placement`` says which table rows and item features this worker
+holds (all of them in local mode).
 
 ``encode`` returns ``(U, I)`` with shapes [n_users, B, d] and [n_items, B, d]: one
 d-dim slice per modality (B = M), or a single slice (B = 1) for the ID baselines.

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from margo_dist.errors import ConfigError
 
 PRETRAIN, CALIBRATE, DRAGON = "pretrain", "calibrate", "dragon"
-STAGES = (PRETRAIN, CALIBRATE, DRAGON)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """The stage machine of a run: which stage, which epoch, the best state so far, when to move on.
 
 The training loop asks it what to do after each epoch and each evaluation instead of
-keeping that state in local variables. It holds plain data only (``state_dict`` is
-JSON-able and goes into every checkpoint), so the same class can run in-process in
-local mode and as a Ray actor named after the run when distributed: every worker then
-applies the one decision it returns at the same step.
+keeping that state in local variables. It holds plain data only (``state_dict`` goes
+into every checkpoint). With N workers each one runs its own copy on the same reduced
+validation metrics, so every copy returns the same decision at the same step; hosting
+one copy as a Ray actor named after the run is the planned next step.
 
 Rules (docs/equations.md section 7):
 

@@ -101,8 +101,9 @@ class Trainer:
         self.data = data
         self.comm = comm or LocalComm()
         self.placement = placement or Placement.single(data.ds.n_users, data.ds.n_items)
-        if self.placement.comm is not self.comm and self.placement.distributed:
-            raise ValueError("the placement was built for another communicator")
+        if self.comm.world_size > 1 and self.placement.comm is not self.comm:
+            raise ValueError(f"a world of {self.comm.world_size} workers needs a Placement built on its communicator "
+                             "(the owner rule): without one every worker would train alone")
         self.log = log if self.comm.is_leader else (lambda _msg: None)
         self.device = torch.device(cfg.train.device)
         if cfg.train.threads > 0:
@@ -111,7 +112,7 @@ class Trainer:
         self.variant = get_variant(cfg.model.variant)
         self.stages = list(self.variant.stages)
         for line in self.variant.ignored_settings(cfg.model.alpha):
-            log(f"warning: {line}")
+            self.log(f"warning: {line}")
         dims = [f.shape[1] for f in data.features] if self.variant.uses_features else []
         self.model: Recommender = build_model(data.ds.n_users, data.ds.n_items, dims, cfg.model,
                                               cfg.train.seed, self.placement).to(self.device)
@@ -210,7 +211,9 @@ class Trainer:
         n = 0
         for batch in progress_bar(self.batches(rng), len(self.triplets), desc, self.cfg.train.progress, "batch"):
             parts = self.train_step(stage, batch, optimizer)
-            loss = float(parts.total.detach())
+            # the step's loss, summed over the workers' parts: every worker sees the same value,
+            # so a non-finite one stops all of them (not one, leaving the rest in a collective)
+            loss = float(self.comm.all_reduce_(parts.total.detach().double().reshape(1)))
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} in stage {stage} ({desc}); "
                                          f"bpr={parts.bpr} cal={parts.cal} reg={parts.reg}")
@@ -218,9 +221,11 @@ class Trainer:
                                ("calibrated", parts.calibrated)):
                 sums[key] += value
             n += 1
-        names = list(sums)  # each worker's parts are shares of the step's loss: their sum is it
+        # the loss is summed over the workers already; each worker's other parts are its shares
+        names = ["bpr", "cal", "reg", "calibrated"]
         totals = self.comm.all_reduce_(torch.tensor([sums[k] for k in names], dtype=torch.float64))
-        return {k: float(v) / max(n, 1) for k, v in zip(names, totals.tolist())}
+        means = {k: float(v) / max(n, 1) for k, v in zip(names, totals.tolist())}
+        return {"loss": sums["loss"] / max(n, 1), **means}
 
     def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
         """One epoch of batches: on the whole graph, or with sampled blocks."""
@@ -269,7 +274,8 @@ class Trainer:
         cfg, coord = self.cfg, self.coordinator
         t_start = time.time()
         optimizer, rng = self._resume()
-        if coord.done and self.run.exists(SUMMARY):
+        # the leader looks at the run folder and tells the others, so all take the same branch
+        if self.comm.broadcast_object(coord.done and self.run.exists(SUMMARY)):
             self.log(f"run {self.run.url} is already complete; summary.json holds its result")
             return self.run.read_json(SUMMARY)
         while not coord.done:
@@ -394,7 +400,9 @@ class Trainer:
         if self.placement.distributed:
             state["state"] = {k: dict(v) for k, v in state["state"].items()}
             for k, table in self._sharded_params(optimizer).items():
-                for name, value in state["state"][k].items():
+                # no entry before a parameter's first gradient (θ in stage 1, any fresh optimiser);
+                # that is the same on every worker, so they all gather the same tables
+                for name, value in state["state"].get(k, {}).items():
                     if torch.is_tensor(value) and value.dim() > 0:
                         state["state"][k][name] = self.placement.gather(table.space, value)
         return state
@@ -419,7 +427,7 @@ class Trainer:
 
     def _resume(self) -> tuple[torch.optim.Optimizer, np.random.Generator]:
         rng = np.random.default_rng(self.cfg.train.seed)
-        if self.cfg.run.resume and self.run.exists(CHECKPOINT):
+        if self.comm.broadcast_object(self.cfg.run.resume and self.run.exists(CHECKPOINT)):
             ckpt = self.run.load_state(CHECKPOINT)
             if "coordinator" not in ckpt:
                 raise MargoError(f"{self.run.path(CHECKPOINT)} was written by an older margo-dist: delete it, or "
@@ -453,11 +461,19 @@ class Trainer:
         name = f"best_{PRETRAIN}.pt"
         if not other.exists(name):
             raise MargoError(f"run.pretrained={self.cfg.run.pretrained}: {other.path(name)} does not exist")
-        mine, theirs = self.cfg.model, other.load_config().model
+        other_cfg = other.load_config()
+        mine, theirs = self.cfg.model, other_cfg.model
         for key in ("dim", "n_layers", "hidden_mult"):
             if getattr(mine, key) != getattr(theirs, key):
                 raise MargoError(f"run.pretrained={self.cfg.run.pretrained} has model.{key}={getattr(theirs, key)}, "
                                  f"this run has {getattr(mine, key)}")
+        if other_cfg.data.modalities != self.cfg.data.modalities:
+            raise MargoError(f"run.pretrained={self.cfg.run.pretrained} has data.modalities="
+                             f"{other_cfg.data.modalities}, this run has {self.cfg.data.modalities}")
+        if get_variant(theirs.variant).encoder != self.variant.encoder:
+            raise MargoError(f"run.pretrained={self.cfg.run.pretrained} trained model.variant={theirs.variant} "
+                             f"({get_variant(theirs.variant).encoder} encoder); this run's {self.variant.name} "
+                             f"needs a {self.variant.encoder} encoder")
         self._save(name, other.load_state(name))
         stage1 = other.read_json(SUMMARY).get("stages", {}).get(PRETRAIN) if other.exists(SUMMARY) else None
         self.coordinator.skip_stage(stage1)

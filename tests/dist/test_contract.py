@@ -34,10 +34,10 @@ def data_dir(tmp_path_factory) -> str:
     return path
 
 
-def config(data_dir: str, variant: str):
+def config(data_dir: str, variant: str, batch_size: int = 256):
     return load_config("configs/default.yaml", [
         f"data.path={data_dir}", f"model.variant={variant}", "model.dim=8", "graph.user_k=5", "graph.item_k=3",
-        "train.batch_size=256", "train.progress=false", "run.dir=memory://contract", "train.seed=3"])
+        f"train.batch_size={batch_size}", "train.progress=false", "run.dir=memory://contract", "train.seed=3"])
 
 
 def owners(n_users: int, n_items: int, world: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,9 +46,10 @@ def owners(n_users: int, n_items: int, world: int) -> tuple[np.ndarray, np.ndarr
     return rng.permutation(n_users) % world, rng.permutation(n_items) % world
 
 
-def steps(comm: Communicator, data_dir: str, variant: str, n_steps: int, evaluate: bool) -> dict:
+def steps(comm: Communicator, data_dir: str, variant: str, n_steps: int, evaluate: bool,
+          batch_size: int = 256) -> dict:
     """``n_steps`` steps of the variant's last stage; the loss of each, the whole state after."""
-    cfg = config(data_dir, variant)
+    cfg = config(data_dir, variant, batch_size)
     data = load_training_data(cfg)
     uo, io = owners(data.ds.n_users, data.ds.n_items, comm.world_size)
     trainer = Trainer(cfg, data, log=lambda _m: None, comm=comm, placement=Placement(comm, uo, io))
@@ -70,8 +71,9 @@ def steps(comm: Communicator, data_dir: str, variant: str, n_steps: int, evaluat
     return out
 
 
-def worker(rank: int, world: int, data_dir: str, variant: str, n_steps: int, evaluate: bool) -> dict:
-    return steps(TorchComm(), data_dir, variant, n_steps, evaluate)
+def worker(rank: int, world: int, data_dir: str, variant: str, n_steps: int, evaluate: bool,
+           batch_size: int = 256) -> dict:
+    return steps(TorchComm(), data_dir, variant, n_steps, evaluate, batch_size)
 
 
 def max_rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -144,3 +146,36 @@ def test_a_checkpoint_of_two_workers_resumes_in_one_process_and_back(data_dir):
     moments = straight["optimizer"]["state"]
     for k, entry in moments.items():
         assert max_rel_error(local_rest["optimizer"]["state"][k]["exp_avg"], entry["exp_avg"]) <= 1e-4, k
+
+
+def test_a_step_that_leaves_a_worker_without_triplets(data_dir):
+    n_train = len(load_training_data(config(data_dir, "margo")).ds.split(0)[0])
+    # batches of n_train - 1 and then 1 triplet: in the second step worker 1 has none
+    local = steps(LocalComm(), data_dir, "lightgcn", 2, evaluate=False, batch_size=n_train - 1)
+    dist = run_workers(worker, 2, data_dir, "lightgcn", 2, False, n_train - 1)
+    np.testing.assert_allclose(dist[1]["losses"], local["losses"], rtol=1e-6)
+    for name, value in local["state"].items():
+        assert max_rel_error(dist[1]["state"][name], value) <= 1e-5, name
+
+
+def fresh_checkpoint(rank: int, world: int, data_dir: str) -> int:
+    cfg = config(data_dir, "margo")
+    comm = TorchComm()
+    data = load_training_data(cfg)
+    uo, io = owners(data.ds.n_users, data.ds.n_items, world)
+    trainer = Trainer(cfg, data, log=lambda _m: None, comm=comm, placement=Placement(comm, uo, io))
+    optimizer = trainer.new_optimizer()
+    trainer.train_step("pretrain", next(trainer.batches(np.random.default_rng(0))), optimizer)  # θ: no gradient
+    return len(trainer.optimizer_state(optimizer)["state"])
+
+
+def test_a_checkpoint_before_theta_has_a_gradient(data_dir):
+    assert run_workers(fresh_checkpoint, 2, data_dir) == [10, 10]  # every parameter but θ has Adam state
+
+
+def test_a_world_without_a_placement_is_refused(data_dir):
+    class TwoWorkers(LocalComm):
+        world_size = 2
+
+    with pytest.raises(ValueError, match="needs a Placement"):
+        Trainer(config(data_dir, "margo"), load_training_data(config(data_dir, "margo")), comm=TwoWorkers())
