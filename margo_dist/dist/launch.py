@@ -10,6 +10,7 @@ how many workers there are. The run folder is the local layout, written by rank 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from typing import Any, Callable
@@ -87,14 +88,20 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
 
     from margo_dist.data.synth import dataset_url
     from margo_dist.train.loop import load_training_data
-    from margo_dist.train.rundir import SUMMARY, RunDir
+    from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
 
+    cfg = copy.deepcopy(cfg)  # the driver fills in paths and the shard set for the workers
     n = cfg.dist.workers
     cfg.data.path = dataset_url(cfg.data.path, cfg.train.progress)
     # workers may start in another folder: local paths become absolute
     cfg.run.dir, cfg.data.path = (u if "://" in u else os.path.abspath(u) for u in (cfg.run.dir, cfg.data.path))
     load_training_data(cfg)  # validates the dataset and builds the graph artefacts once, here
     cfg.dist.shards = ensure_owner_shards(cfg, n, cfg.train.progress)
+    if not cfg.run.resume:
+        # "start afresh" is the driver's decision, once: a group that Ray restarts after a
+        # failure must resume from this run's own checkpoints, not start over again
+        RunDir(cfg.run.dir).remove(CHECKPOINT)
+        cfg.run.resume = True
     started = not ray.is_initialized()
     if started:
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
