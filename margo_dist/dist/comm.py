@@ -38,8 +38,11 @@ class Communicator(ABC):
         """Every rank's ``n``, in rank order."""
 
     @abstractmethod
-    def gather_rows(self, local: Tensor) -> Tensor:
-        """[n_rank, F] per rank -> [sum of n_rank, F] in rank order, differentiable."""
+    def gather_rows(self, local: Tensor, counts: list[int] | None = None) -> Tensor:
+        """[n_rank, F] per rank -> [sum of n_rank, F] in rank order, differentiable.
+
+        ``counts`` (every rank's n_rank, when the caller knows them) saves exchanging them.
+        """
 
     @abstractmethod
     def broadcast_object(self, obj: Any) -> Any:
@@ -62,7 +65,7 @@ class LocalComm(Communicator):
     def all_gather_counts(self, n: int) -> list[int]:
         return [n]
 
-    def gather_rows(self, local: Tensor) -> Tensor:
+    def gather_rows(self, local: Tensor, counts: list[int] | None = None) -> Tensor:
         return local
 
     def broadcast_object(self, obj: Any) -> Any:
@@ -102,8 +105,12 @@ class TorchComm(Communicator):
         self._dist.all_gather(out, torch.tensor([n], dtype=torch.int64, device=self.device))
         return [int(x) for x in out]
 
-    def gather_rows(self, local: Tensor) -> Tensor:
-        return _GatherRows.apply(local, self)
+    def gather_rows(self, local: Tensor, counts: list[int] | None = None) -> Tensor:
+        if counts is None:
+            counts = self.all_gather_counts(local.shape[0])
+        elif len(counts) != self.world_size or counts[self.rank] != local.shape[0]:
+            raise ValueError(f"gather_rows: rank {self.rank} has {local.shape[0]} rows, counts say {counts}")
+        return _GatherRows.apply(local, self, list(counts))
 
     def broadcast_object(self, obj: Any) -> Any:
         box = [obj]
@@ -124,8 +131,7 @@ class _GatherRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, local: Tensor, comm: TorchComm) -> Tensor:  # type: ignore[override]
-        counts = comm.all_gather_counts(local.shape[0])
+    def forward(ctx: Any, local: Tensor, comm: TorchComm, counts: list[int]) -> Tensor:  # type: ignore[override]
         width = max(counts)
         padded = local.new_zeros((width, *local.shape[1:]))
         padded[: local.shape[0]] = local
@@ -136,8 +142,8 @@ class _GatherRows(torch.autograd.Function):
         return torch.cat([p[:n] for p, n in zip(parts, counts)])
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         comm, counts = ctx.comm, ctx.counts
         total = comm.all_reduce_(grad.contiguous().clone())
         start = sum(counts[: comm.rank])
-        return total[start: start + counts[comm.rank]], None
+        return total[start: start + counts[comm.rank]], None, None

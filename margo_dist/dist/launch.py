@@ -17,14 +17,15 @@ from typing import Any, Callable
 
 from margo_dist.config import Config, from_dict, to_dict
 from margo_dist.data import io as mio
+from margo_dist.data.dataset import Dataset
 from margo_dist.errors import ConfigError
 
 SHARD_METHOD = "metis"
 
 
-def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True) -> str:
-    """URL of a shard set with ``parts`` shards for ``cfg``'s dataset: ``dist.shards``, or one
-    made on first use (METIS) and cached by the graph's hash."""
+def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True, ds: Dataset | None = None) -> str:
+    """URL of a shard set with ``parts`` shards for ``cfg``'s dataset (``ds`` if already read):
+    ``dist.shards``, or one made on first use (METIS) and cached by the graph's hash."""
     from margo_dist.data.formats import read_dataset_cfg
     from margo_dist.graph.build import ensure_graphs, shards_dir
     from margo_dist.graph.partition import MANIFEST, partition_graphs, read_shard_manifest
@@ -34,7 +35,7 @@ def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True) -> str:
         if man["parts"] != parts:
             raise ConfigError(f"dist.shards={cfg.dist.shards} has {man['parts']} shards, dist.workers={parts}")
         return cfg.dist.shards
-    ds = read_dataset_cfg(cfg.data)
+    ds = ds if ds is not None else read_dataset_cfg(cfg.data)
     art = ensure_graphs(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=progress)
     url = shards_dir(cfg.data.path, cfg.graph, art.key, SHARD_METHOD, parts)
     if not mio.exists(mio.join(url, MANIFEST)):
@@ -95,8 +96,9 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
     cfg.data.path = dataset_url(cfg.data.path, cfg.train.progress)
     # workers may start in another folder: local paths become absolute
     cfg.run.dir, cfg.data.path = (u if "://" in u else os.path.abspath(u) for u in (cfg.run.dir, cfg.data.path))
-    load_training_data(cfg)  # validates the dataset and builds the graph artefacts once, here
-    cfg.dist.shards = ensure_owner_shards(cfg, n, cfg.train.progress)
+    data = load_training_data(cfg)  # validates the dataset and builds the graph artefacts once, here
+    cfg.dist.shards = ensure_owner_shards(cfg, n, cfg.train.progress, data.ds)
+    del data
     if not cfg.run.resume:
         # "start afresh" is the driver's decision, once: a group that Ray restarts after a
         # failure must resume from this run's own checkpoints, not start over again

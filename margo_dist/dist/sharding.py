@@ -32,6 +32,7 @@ class RowOwnership:
         self.owner = owner
         self.world_size = world_size
         self.ids_by_rank = [np.flatnonzero(owner == r) for r in range(world_size)]
+        self._counts = [ids.size for ids in self.ids_by_rank]
         rank_order = np.concatenate(self.ids_by_rank) if self.ids_by_rank else np.zeros(0, np.int64)
         # position of each global id in the rank-concatenated order of a gather
         self.to_global = torch.from_numpy(np.argsort(rank_order, kind="stable"))
@@ -45,7 +46,7 @@ class RowOwnership:
         return torch.from_numpy(self.ids_by_rank[rank])
 
     def counts(self) -> list[int]:
-        return [ids.size for ids in self.ids_by_rank]
+        return self._counts
 
 
 class Placement:
@@ -73,8 +74,9 @@ class Placement:
         """Every rank's owned rows [n_own, F] -> all rows in global id order [n, F] (differentiable)."""
         if not self.distributed:
             return local
-        rows = self.comm.gather_rows(local)
-        return rows.index_select(0, self.spaces[space].to_global.to(rows.device))
+        ownership = self.spaces[space]
+        rows = self.comm.gather_rows(local, ownership.counts())
+        return rows.index_select(0, ownership.to_global.to(rows.device))
 
     def table(self, spec: TableSpec, space: str) -> Table:
         """A table of ``spec`` whose rows of ``space`` are placed by the owner rule."""
@@ -106,6 +108,14 @@ class ShardedTable(Table):
 
     def all_rows(self) -> Tensor:
         return self.placement.gather(self.space, self.weight)
+
+    def whole(self, owned: Tensor) -> Tensor:
+        """A per-row tensor of this worker's rows [n_own, ...] -> all rows in global order (collective)."""
+        return self.placement.gather(self.space, owned.detach())
+
+    def own(self, whole: Tensor) -> Tensor:
+        """All rows of a per-row tensor [num_rows, ...] -> the rows this worker owns."""
+        return whole.index_select(0, self.owned_ids)
 
     def lookup(self, ids: Tensor) -> Tensor:
         return self.all_rows().index_select(0, ids)

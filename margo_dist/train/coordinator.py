@@ -90,11 +90,15 @@ class Coordinator:
             p.bad_evals += 1
         return False
 
+    def require_evaluation(self) -> None:
+        """A stage needs at least one evaluation to have a best state."""
+        if self.progress.best_epoch is None:
+            raise RuntimeError(f"stage {self.stage} ran no evaluation (train.max_epochs={self.max_epochs}, "
+                               f"train.eval_every={self.eval_every})")
+
     def finish_stage(self, result: dict[str, Any]) -> None:
         """Store the finished stage's result and move to the next stage (or to done)."""
-        if self.progress.best_epoch is None:
-            raise RuntimeError(f"stage {self.stage} ran no evaluation (max_epochs={self.max_epochs}, "
-                               f"eval_every={self.eval_every})")
+        self.require_evaluation()
         self.results[self.stage] = result
         self.progress = StageProgress()
         self.stage_index += 1

@@ -151,7 +151,7 @@ class Trainer:
             users = users[self.placement.spaces[USER].owner[users] == self.comm.rank]
         sums, counted = full_ranking_sums(score, users, self.data.train_csr, self.data.heldout[split],
                                           self.cfg.train.topk, self.cfg.train.eval_user_chunk, fresh_scores=True)
-        names = sorted(sums)
+        names = list(sums)  # the same order on every worker
         totals = self.comm.all_reduce_(torch.tensor([sums[k] for k in names] + [float(counted)],
                                                     dtype=torch.float64))
         n = float(totals[-1])
@@ -236,8 +236,6 @@ class Trainer:
                 step = u.size if world > 1 else 0
                 yield Batch.full(self.whole_graph, *(torch.from_numpy(a[rank::world]) for a in (u, i, j)), step)
             return
-        if self.placement.distributed:
-            raise NotImplementedError("sampled distributed training is not built yet: use train.mode=full")
         from margo_dist.graph.sample import sampled_batches
 
         triplets = list(self.triplets.epoch(rng))
@@ -323,10 +321,8 @@ class Trainer:
 
     def _finish_stage(self, stage: str) -> dict[str, Any]:
         """Restore the stage's best state and score the test split once."""
+        self.coordinator.require_evaluation()
         progress = self.coordinator.progress
-        if progress.best_epoch is None:
-            raise RuntimeError(f"stage {stage} ran no evaluation (train.max_epochs={self.cfg.train.max_epochs}, "
-                               f"train.eval_every={self.cfg.train.eval_every})")
         self.load_model_state(self.run.load_state(f"best_{stage}.pt")["model"])
         test = self.evaluate(stage, TEST)
         result: dict[str, Any] = {"best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
@@ -365,57 +361,56 @@ class Trainer:
         """The model's state with every sharded table gathered whole (global row order), so a
         state written by N workers loads at any M and in local mode. Collective: every
         worker calls it at the same point."""
-        state = self.model.state_dict()
-        if self.placement.distributed:
-            for name, module in self.model.named_modules():
-                if isinstance(module, ShardedTable):
-                    state[f"{name}.weight"] = self.placement.gather(module.space, module.weight.detach())
-        return state
+        return self._convert_model(self.model.state_dict(), ShardedTable.whole)
 
     def load_model_state(self, state: dict[str, Tensor]) -> None:
         """Load a whole-table state (``model_state``): each worker keeps the rows it owns."""
-        if self.placement.distributed:
-            state = dict(state)
-            for name, module in self.model.named_modules():
-                if isinstance(module, ShardedTable):
-                    state[f"{name}.weight"] = state[f"{name}.weight"].index_select(0, module.owned_ids)
-        self.model.load_state_dict(state)
+        self.model.load_state_dict(self._convert_model(state, ShardedTable.own))
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimiser's state with every sharded table's moments gathered whole, like
+        ``model_state``: a checkpoint is one file that any number of workers can resume."""
+        return self._convert_optimizer(optimizer, optimizer.state_dict(), ShardedTable.whole)
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Load a whole-table optimiser state (``optimizer_state``): each worker keeps its rows."""
+        optimizer.load_state_dict(self._convert_optimizer(optimizer, state, ShardedTable.own))
+
+    def _convert_model(self, state: dict[str, Tensor], convert: Callable[[ShardedTable, Tensor], Tensor]
+                       ) -> dict[str, Tensor]:
+        """``state`` with each sharded table's weight passed through ``convert`` (whole <-> own rows)."""
+        if not self.placement.distributed:
+            return state
+        state = dict(state)
+        for name, module in self.model.named_modules():
+            if isinstance(module, ShardedTable):
+                state[f"{name}.weight"] = convert(module, state[f"{name}.weight"])
+        return state
+
+    def _convert_optimizer(self, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                           convert: Callable[[ShardedTable, Tensor], Tensor]) -> dict[str, Any]:
+        """An optimiser state dict with each sharded table's per-row moments passed through ``convert``."""
+        if not self.placement.distributed:
+            return state
+        tables = {id(m.weight): m for m in self.model.modules() if isinstance(m, ShardedTable)}
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        state = {**state, "state": {k: dict(v) for k, v in state["state"].items()}}
+        for k, p in enumerate(params):
+            # no entry before a parameter's first gradient (θ in stage 1, any fresh optimiser);
+            # that is the same on every worker, so they all convert the same tables
+            if id(p) not in tables or k not in state["state"]:
+                continue
+            entry = state["state"][k]
+            for name, value in entry.items():
+                if torch.is_tensor(value) and value.dim() > 0:
+                    entry[name] = convert(tables[id(p)], value)
+        return state
 
     def _save(self, name: str, state: dict[str, Any]) -> None:
         """The leader writes; everyone waits for the file to be there."""
         if self.comm.is_leader:
             self.run.save_state(name, state)
         self.comm.barrier()
-
-    def _sharded_params(self, optimizer: torch.optim.Optimizer) -> dict[int, ShardedTable]:
-        """Optimiser parameter index -> the sharded table that parameter is (distributed only)."""
-        tables = {id(m.weight): m for m in self.model.modules() if isinstance(m, ShardedTable)}
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        return {k: tables[id(p)] for k, p in enumerate(params) if id(p) in tables}
-
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """The optimiser's state with every sharded table's moments gathered whole, like
-        ``model_state``: a checkpoint is one file that any number of workers can resume."""
-        state = optimizer.state_dict()
-        if self.placement.distributed:
-            state["state"] = {k: dict(v) for k, v in state["state"].items()}
-            for k, table in self._sharded_params(optimizer).items():
-                # no entry before a parameter's first gradient (θ in stage 1, any fresh optimiser);
-                # that is the same on every worker, so they all gather the same tables
-                for name, value in state["state"].get(k, {}).items():
-                    if torch.is_tensor(value) and value.dim() > 0:
-                        state["state"][k][name] = self.placement.gather(table.space, value)
-        return state
-
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        """Load a whole-table optimiser state (``optimizer_state``): each worker keeps its rows."""
-        if self.placement.distributed:
-            state = {**state, "state": {k: dict(v) for k, v in state["state"].items()}}
-            for k, table in self._sharded_params(optimizer).items():
-                for name, value in state["state"].get(k, {}).items():
-                    if torch.is_tensor(value) and value.dim() > 0:
-                        state["state"][k][name] = value.index_select(0, table.owned_ids)
-        optimizer.load_state_dict(state)
 
     def _checkpoint(self, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
         """One file from the leader: model and optimiser state with whole tables, coordinator,
