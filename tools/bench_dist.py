@@ -88,6 +88,7 @@ def measure(rank: int, world: int, url: str, shards: str, steps: int, extra: lis
 
     adam = sum(t.numel() * t.element_size() for s in state.values() for t in s.values() if torch.is_tensor(t))
     users = [t.weight for t in model.encoder.preferences]
+    print(f"rank {rank} of {world}: steps " + " ".join(f"{t:.3f}" for t in times), flush=True)
     return {"rank": rank, "step_s": float(np.mean(times)), "steps_per_epoch": len(trainer.triplets),
             "flops": flops, "sent": sent, "features": sum(f.numel() * f.element_size() for f in trainer.features),
             "user_tables": nbytes(users), "theta": nbytes([model.theta.weight]), "dense": nbytes(groups["dense"]),

@@ -6,7 +6,10 @@ nccl on GPU). The autograd collectives live here and nowhere else:
 
 - ``gather_rows(local)``: every rank's rows concatenated in rank order, on every rank
   ([n_r, F] per rank -> [sum_r n_r, F]); its gradient goes back to the owner of each
-  row, summed over the ranks that used it (the adjoint of an all-gather).
+  row, summed over the ranks that used it (the adjoint of an all-gather, sent as an
+  all-to-all: each rank receives only the gradient of its own rows).
+- ``fetch_rows(local, ...)``: the rows other ranks asked for, by all-to-all; the
+  gradient of each fetched row returns to its owner and is summed there.
 """
 
 from __future__ import annotations
@@ -45,6 +48,21 @@ class Communicator(ABC):
         """
 
     @abstractmethod
+    def all_to_all(self, send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
+        """Rows ``send`` [sum send_counts, ...], grouped by destination rank -> the rows every rank
+        sent to this one [sum recv_counts, ...], grouped by source rank (no autograd)."""
+
+    @abstractmethod
+    def fetch_rows(self, local: Tensor, asked: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
+        """Serve and receive row requests, differentiable in ``local``.
+
+        ``asked``: the rows of ``local`` [n_own, F] the other ranks asked for, grouped by
+        asking rank (``send_counts`` each); returns the rows this rank asked for, grouped
+        by owner (``recv_counts`` each). The gradient of each returned row is summed into
+        its owner's ``local`` row.
+        """
+
+    @abstractmethod
     def broadcast_object(self, obj: Any) -> Any:
         """The leader's ``obj`` on every rank."""
 
@@ -67,6 +85,12 @@ class LocalComm(Communicator):
 
     def gather_rows(self, local: Tensor, counts: list[int] | None = None) -> Tensor:
         return local
+
+    def all_to_all(self, send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
+        return send
+
+    def fetch_rows(self, local: Tensor, asked: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
+        return local.index_select(0, asked)
 
     def broadcast_object(self, obj: Any) -> Any:
         return obj
@@ -112,6 +136,21 @@ class TorchComm(Communicator):
             raise ValueError(f"gather_rows: rank {self.rank} has {local.shape[0]} rows, counts say {counts}")
         return _GatherRows.apply(local, self, list(counts))
 
+    def all_to_all(self, send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
+        if len(send_counts) != self.world_size or len(recv_counts) != self.world_size \
+                or sum(send_counts) != send.shape[0]:
+            raise ValueError(f"all_to_all: rank {self.rank} sends {send.shape[0]} rows as {send_counts}, "
+                             f"receives {recv_counts}, in a world of {self.world_size}")
+        moved = send.contiguous().to(self.device)
+        out = moved.new_empty((sum(recv_counts), *send.shape[1:]))
+        row = moved[0].numel() if moved.shape[0] else 0
+        self.bytes_sent += (moved.shape[0] - send_counts[self.rank]) * row * moved.element_size()  # not to itself
+        self._dist.all_to_all_single(out, moved, list(recv_counts), list(send_counts))
+        return out.to(send.device)
+
+    def fetch_rows(self, local: Tensor, asked: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
+        return _FetchRows.apply(local, asked, self, list(send_counts), list(recv_counts))
+
     def broadcast_object(self, obj: Any) -> Any:
         box = [obj]
         self._dist.broadcast_object_list(box, src=0)
@@ -122,12 +161,13 @@ class TorchComm(Communicator):
 
 
 class _GatherRows(torch.autograd.Function):
-    """All-gather of an uneven number of rows per rank; backward: sum the gradient over ranks, keep own rows.
+    """All-gather of an uneven number of rows per rank; backward: each rank's rows' gradient, summed.
 
     The rows are padded to the largest block for ``all_gather`` (gloo and nccl both
-    need equal sizes). The backward all-reduces the whole gradient and slices the own
-    rows: simple and supported on gloo (which has no reduce-scatter); a reduce-scatter
-    would send 1/N of it.
+    need equal sizes). The backward is a reduce-scatter written as an all-to-all (each
+    rank sends every owner the gradient block of the owner's rows, then sums the N
+    blocks it receives in rank order): on gloo over loopback that is faster than
+    ``reduce_scatter_tensor``, and it sends 1/N of an all-reduce.
     """
 
     @staticmethod
@@ -144,6 +184,25 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         comm, counts = ctx.comm, ctx.counts
-        total = comm.all_reduce_(grad.contiguous().clone())
-        start = sum(counts[: comm.rank])
-        return total[start: start + counts[comm.rank]], None, None
+        mine = counts[comm.rank]
+        blocks = comm.all_to_all(grad, counts, [mine] * comm.world_size)
+        return blocks.view(comm.world_size, mine, *grad.shape[1:]).sum(0), None, None
+
+
+class _FetchRows(torch.autograd.Function):
+    """Rows by all-to-all: owners send the asked rows; backward returns their gradients to the owners."""
+
+    @staticmethod
+    def forward(ctx: Any, local: Tensor, asked: Tensor, comm: TorchComm, send_counts: list[int],  # type: ignore[override]
+                recv_counts: list[int]) -> Tensor:
+        ctx.comm, ctx.send_counts, ctx.recv_counts, ctx.n_local = comm, send_counts, recv_counts, local.shape[0]
+        ctx.save_for_backward(asked)
+        return comm.all_to_all(local.index_select(0, asked), send_counts, recv_counts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
+        (asked,) = ctx.saved_tensors
+        back = ctx.comm.all_to_all(grad, ctx.recv_counts, ctx.send_counts)
+        # index_add_ sums duplicate rows in a fixed order on CPU (runs repeat bit for bit)
+        total = back.new_zeros((ctx.n_local, *grad.shape[1:])).index_add_(0, asked, back)
+        return total, None, None, None, None

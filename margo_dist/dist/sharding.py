@@ -1,10 +1,12 @@
 """Row ownership and row-sharded tables (the owner rule, docs/architecture.md).
 
 Every user row and item row (preference tables, θ, raw features) belongs to one
-rank. In full-graph mode a step needs every row: table rows, and the d-wide
-projections that each owner computes from its own raw features, are gathered
-(``Placement.gather``: all-gather, then reorder to global ids) and the gradient of
-each row returns to its owner. With one rank the placement is the identity and the
+rank. In full-graph mode a step needs every row of the encoder's input: each owner
+computes its own users' and items' input rows (normalised preferences, d-wide
+projections of its raw features) and they are gathered (``Placement.gather``:
+all-gather, then reorder to global ids); rows of a few ids (the batch's θ rows, the
+regularised preferences) are fetched from their owners (``Placement.fetch``:
+all-to-all). Either way the gradient of each row returns to its owner. With one rank the placement is the identity and the
 tables are ordinary :class:`LocalTable` s, so local mode runs the same code.
 """
 
@@ -36,6 +38,12 @@ class RowOwnership:
         rank_order = np.concatenate(self.ids_by_rank) if self.ids_by_rank else np.zeros(0, np.int64)
         # position of each global id in the rank-concatenated order of a gather
         self.to_global = torch.from_numpy(np.argsort(rank_order, kind="stable"))
+        self.owner_t = torch.from_numpy(owner)
+        # position of each global id among its owner's rows
+        local = np.empty(owner.size, np.int64)
+        for ids in self.ids_by_rank:
+            local[ids] = np.arange(ids.size)
+        self.local_index = torch.from_numpy(local)
 
     @property
     def num_rows(self) -> int:
@@ -78,6 +86,31 @@ class Placement:
         rows = self.comm.gather_rows(local, ownership.counts())
         return rows.index_select(0, ownership.to_global.to(rows.device))
 
+    def fetch(self, space: str, local: Tensor, ids: Tensor) -> Tensor:
+        """Rows ``ids`` (global, any order, repeats allowed) of a per-row tensor whose rows this
+        rank holds as ``local`` [n_own, F] -> [len(ids), F], differentiable.
+
+        Each distinct id is asked of its owner once (counts, then ids, then rows, by
+        all-to-all); the gradient of a row returns to its owner, summed over its uses.
+        """
+        if not self.distributed:
+            return local.index_select(0, ids)
+        ownership, comm = self.spaces[space], self.comm
+        unique, inverse = torch.unique(ids.cpu(), return_inverse=True)
+        owner = ownership.owner_t.index_select(0, unique)
+        order = torch.argsort(owner, stable=True)
+        want = torch.bincount(owner, minlength=comm.world_size)
+        recv_counts = [int(c) for c in want.tolist()]
+        send_counts = [int(c) for c in comm.all_to_all(want, [1] * comm.world_size, [1] * comm.world_size)]
+        asked = comm.all_to_all(ownership.local_index.index_select(0, unique.index_select(0, order)),
+                                recv_counts, send_counts)
+        rows = comm.fetch_rows(local, asked.to(local.device), send_counts, recv_counts)
+        # rows arrive in the order asked (grouped by owner); back to sorted unique ids, then to ids
+        position = torch.empty_like(order)
+        position[order] = torch.arange(order.numel())
+        return rows.index_select(0, position.index_select(0, inverse.view(-1)).to(rows.device)).view(
+            *ids.shape, *rows.shape[1:])
+
     def table(self, spec: TableSpec, space: str) -> Table:
         """A table of ``spec`` whose rows of ``space`` are placed by the owner rule."""
         if not self.distributed:
@@ -86,7 +119,7 @@ class Placement:
 
 
 class ShardedTable(Table):
-    """The rows of a table that this rank owns, as one Parameter; other rows are gathered.
+    """The rows of a table that this rank owns, as one Parameter; other rows are gathered or fetched.
 
     The owned rows start as exactly those rows of the local table (``TableSpec.rows_for``)
     and the optimiser updates them here with the same dense Adam as local mode (exact,
@@ -109,6 +142,9 @@ class ShardedTable(Table):
     def all_rows(self) -> Tensor:
         return self.placement.gather(self.space, self.weight)
 
+    def own_rows(self) -> Tensor:
+        return self.weight
+
     def whole(self, owned: Tensor) -> Tensor:
         """A per-row tensor of this worker's rows [n_own, ...] -> all rows in global order (collective)."""
         return self.placement.gather(self.space, owned.detach())
@@ -118,7 +154,7 @@ class ShardedTable(Table):
         return whole.index_select(0, self.owned_ids)
 
     def lookup(self, ids: Tensor) -> Tensor:
-        return self.all_rows().index_select(0, ids)
+        return self.placement.fetch(self.space, self.weight, ids)
 
     @torch.no_grad()
     def reset(self, std: float, seed: int) -> None:

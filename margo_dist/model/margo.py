@@ -50,22 +50,17 @@ class DragonEncoder(nn.Module):
             [placement.table(TableSpec.xavier(f"preferences.{k}", n_users, cfg.dim, table_seed), USER)
              for k in range(len(feature_dims))])
 
-    def user_inputs(self, users: Tensor | None) -> list[Tensor]:
-        """Preference rows per modality (all users when ``users`` is None)."""
-        return [t.all_rows() if users is None else t.lookup(users) for t in self.preferences]
+    def user_inputs(self, users: Tensor) -> list[Tensor]:
+        """Preference rows of ``users`` per modality."""
+        return [t.lookup(users) for t in self.preferences]
 
-    def item_inputs(self, features: list[Tensor], items: Tensor | None) -> list[Tensor]:
-        """Projected features per modality (all items when ``items`` is None).
+    def item_inputs(self, features: list[Tensor], items: Tensor) -> list[Tensor]:
+        """Projected features of ``items`` per modality (local sampled mode).
 
-        ``features`` holds the raw rows this rank owns (all items in local mode). For all
-        items, each owner projects its own items and the d-wide results are gathered
-        (owner-computed projections: the dominant GEMM is split over the ranks).
         When a sampled graph needs most items, projecting every item and keeping the
         rows it needs costs about the same arithmetic and skips copying the raw feature
         rows (for 4096-d features, over 100 MB per step); the result is the same.
         """
-        if items is None:
-            return [self.placement.gather(ITEM, mlp(f)) for mlp, f in zip(self.projections, features)]
         if self.placement.distributed:
             raise NotImplementedError("sampled distributed training is not built yet: use train.mode=full")
         if 2 * items.numel() > self.n_items:
@@ -73,25 +68,40 @@ class DragonEncoder(nn.Module):
         return [mlp(f[items]) for mlp, f in zip(self.projections, features)]
 
     def input_rows(self, user_rows: list[Tensor], item_rows: list[Tensor]) -> Tensor:
-        """``X``: users then items, each modality slice L2-normalised; [N, M*d]."""
-        slices = [nn.functional.normalize(torch.cat([p, x]), p=2, dim=1) for p, x in zip(user_rows, item_rows)]
-        return torch.cat(slices, dim=1)
+        """``X``: users then items, each modality slice L2-normalised; [n_users + n_items, M*d]."""
+        users = torch.cat([nn.functional.normalize(p, p=2, dim=1) for p in user_rows], dim=1)
+        items = torch.cat([nn.functional.normalize(x, p=2, dim=1) for x in item_rows], dim=1)
+        return torch.cat([users, items])
+
+    def whole_inputs(self, features: list[Tensor]) -> Tensor:
+        """``X`` of every node: each owner makes its own users' and items' rows, then they are gathered.
+
+        ``features`` holds the raw rows this rank owns (all items in local mode): the
+        dominant GEMM, the projection, and the normalisation are split over the ranks,
+        and one all-gather moves the M*d-wide rows (owner-computed projections).
+        """
+        own_users = [t.own_rows() for t in self.preferences]
+        own_items = [mlp(f) for mlp, f in zip(self.projections, features)]
+        return self.placement.gather(NODE, self.input_rows(own_users, own_items))
 
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Output users' and items' final vectors, [n_out_users, M, d] and [n_out_items, M, d]."""
         if len(graph.bipartite) != self.n_layers:
             raise ValueError(f"compute graph has {len(graph.bipartite)} propagation steps, model.n_layers="
                              f"{self.n_layers}")
-        x = self.input_rows(self.user_inputs(graph.input_users), self.item_inputs(features, graph.input_items))
+        if graph.input_users is None:
+            x = self.whole_inputs(features)
+        else:
+            x = self.input_rows(self.user_inputs(graph.input_users), self.item_inputs(features, graph.input_items))
         r = propagate_bipartite(x, graph.bipartite)
         r_users, r_items = graph.split_mid(r)
         items = graph.item_item.select_dst(r_items) + propagate(r_items, graph.item_item)
         users = graph.user_user.select_dst(r_users) + propagate(r_users, graph.user_user)
         return users.view(-1, self.n_slices, self.dim), items.view(-1, self.n_slices, self.dim)
 
-    def regularised_rows(self, users: Tensor) -> list[Tensor]:
-        """The batch users' preference rows that DRAGON's regulariser penalises."""
-        return self.user_inputs(users)
+    def regularised_rows(self, users: Tensor) -> list[tuple[Tensor, int]]:
+        """The batch users' preference rows that DRAGON's regulariser penalises, one per triplet."""
+        return [(rows, 1) for rows in self.user_inputs(users)]
 
 
 class IdEncoder(nn.Module):
@@ -117,11 +127,9 @@ class IdEncoder(nn.Module):
         items = graph.item_item.select_dst(out_items)
         return users.view(-1, 1, self.dim), items.view(-1, 1, self.dim)
 
-    def regularised_rows(self, users: Tensor, items: Tensor | None = None) -> list[Tensor]:
-        rows = [self.embedding.lookup(users)]
-        if items is not None:
-            rows.append(self.embedding.lookup(items + self.n_users))
-        return rows
+    def regularised_rows(self, users: Tensor, items: Tensor) -> list[tuple[Tensor, int]]:
+        """The batch's user rows (one per triplet) and item rows (positive and negative: two)."""
+        return [(self.embedding.lookup(users), 1), (self.embedding.lookup(items + self.n_users), 2)]
 
 
 class Recommender(nn.Module):
@@ -193,13 +201,16 @@ class Recommender(nn.Module):
         """Fused-score multiplier of the calibration stage (``model.fusion_scale``)."""
         return float(self.n_slices) if self.fusion_scale == "num_modalities" else 1.0
 
-    def fusion_coefficients(self, stage: str, users: Tensor | None, items: Tensor | None
-                            ) -> tuple[Tensor | None, Tensor | None]:
-        """(user coef [., M] or None, item coef [., M] or None) for ``stage``; None means 1."""
+    def fusion_coefficients(self, stage: str, users: Tensor | None, items: Tensor | None,
+                            item_weights: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """(user coef [., M] or None, item coef [., M] or None) for ``stage``; None means 1.
+
+        ``item_weights``: ``self.item_weights(items)`` when the caller has it already.
+        """
         if stage == PRETRAIN:
             return None, None
         if stage == CALIBRATE:
-            return None, self.item_weights(items) * self.scale()
+            return None, (self.item_weights(items) if item_weights is None else item_weights) * self.scale()
         if stage == DRAGON:
             return self.user_weights(users), None
         raise ValueError(f"unknown stage {stage!r}")
@@ -214,8 +225,9 @@ class Recommender(nn.Module):
             items_emb = items_emb * ci.unsqueeze(2)
         return users_emb.flatten(1), items_emb.flatten(1)
 
-    def regularised_rows(self, users: Tensor, pos: Tensor, neg: Tensor) -> list[Tensor]:
-        """Rows for the λ-regulariser: DRAGON's batch-user preferences; IDs for baselines."""
+    def regularised_rows(self, users: Tensor, pos: Tensor, neg: Tensor) -> list[tuple[Tensor, int]]:
+        """Rows for the λ-regulariser, each with its rows per triplet: DRAGON's batch-user
+        preferences; user and item IDs for the baselines."""
         if isinstance(self.encoder, IdEncoder):
             return self.encoder.regularised_rows(users, torch.cat([pos, neg]))
         return self.encoder.regularised_rows(users)

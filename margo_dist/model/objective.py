@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from margo_dist.config import ModelConfig
@@ -37,36 +38,39 @@ def triplet_loss(model: Recommender, stage: str, cfg: ModelConfig, users_emb: Te
     g = b if global_batch is None else global_batch
     r_pos = modality_ratings(users_emb, pos_emb)
     r_neg = modality_ratings(users_emb, neg_emb)
-    cu, ci_pos = model.fusion_coefficients(stage, users, pos)
-    _, ci_neg = model.fusion_coefficients(stage, users, neg)
+    # one lookup of θ's rows for positives and negatives, shared by fusion and L_cal
+    items = torch.cat([pos, neg])
+    w = model.item_weights(items) if stage == CALIBRATE else None
+    cu, ci = model.fusion_coefficients(stage, users, items, w)
+    ci_pos, ci_neg = (None, None) if ci is None else ci.split(b)
     y_pos = fuse(r_pos, cu, ci_pos)
     y_neg = fuse(r_neg, cu, ci_neg)
     bpr = losses.bpr_loss(y_pos, y_neg, g)
     total = bpr
     cal_value, calibrated = 0.0, 0.0
-    if stage == CALIBRATE and model.spec.calibration and cfg.alpha > 0:
-        cal, calibrated = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, pos, neg, g)
+    if w is not None and model.spec.calibration and cfg.alpha > 0:  # w: the calibration stage
+        w_pos, w_neg = w.split(b)
+        cal, calibrated = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, w_pos, w_neg, g)
         total = total + cfg.alpha * cal
         cal_value = float(cal.detach())
     rows = model.regularised_rows(users, pos, neg)
-    # a table holds B rows per triplet part (users) or 2B (positives and negatives)
-    reg = losses.embedding_reg(rows, cfg.reg_weight, [t.shape[0] // max(b, 1) * g for t in rows])
+    reg = losses.embedding_reg([t for t, _ in rows], cfg.reg_weight, [per * g for _, per in rows])
     total = total + reg
     return LossParts(total=total, bpr=float(bpr.detach()), cal=cal_value, reg=float(reg.detach()),
                      calibrated=calibrated)
 
 
 def calibration_term(model: Recommender, cfg: ModelConfig, r_pos: Tensor, r_neg: Tensor, y_pos: Tensor,
-                     y_neg: Tensor, pos: Tensor, neg: Tensor, global_batch: int | None = None
+                     y_neg: Tensor, w_pos: Tensor, w_neg: Tensor, global_batch: int | None = None
                      ) -> tuple[Tensor, float]:
     """``L_cal`` (Eq. 8) and the fraction of the (global) batch's triplets it supervises.
 
-    r_pos/r_neg: [B, M] modality ratings; y_pos/y_neg: [B] fused scores; pos/neg: [B]
-    item ids. The stop-gradient on z and gamma follows the variant (off for ``wo_nograd``).
+    r_pos/r_neg: [B, M] modality ratings; y_pos/y_neg: [B] fused scores; w_pos/w_neg:
+    [B, M] the positive and negative items' weights ``softmax(θ_i)``. The stop-gradient
+    on z and gamma follows the variant (off for ``wo_nograd``).
     """
     z, mask = losses.reliability(r_pos, r_neg)
     gamma = losses.confidence(y_pos, y_neg, cfg.tau)
-    w_pos, w_neg = model.item_weights(pos), model.item_weights(neg)
     cal = losses.calibration_loss(z, mask, gamma, w_pos, w_neg, stop_grad=model.spec.stop_gradient,
                                    total=global_batch)
     supervised = float(((gamma > 0) & mask).sum())

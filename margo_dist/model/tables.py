@@ -88,6 +88,10 @@ class Table(nn.Module, ABC):
         """Every row (differentiable), shape [num_rows, dim]."""
 
     @abstractmethod
+    def own_rows(self) -> Tensor:
+        """The rows this rank holds (all rows in local mode), in ascending global id order."""
+
+    @abstractmethod
     def reset(self, std: float, seed: int) -> None:
         """Re-draw every row from N(0, std^2), seeded by ``seed`` (per chunk, see TableSpec)."""
 
@@ -108,6 +112,9 @@ class LocalTable(Table):
         return self.weight.index_select(0, ids)
 
     def all_rows(self) -> Tensor:
+        return self.weight
+
+    def own_rows(self) -> Tensor:
         return self.weight
 
     @torch.no_grad()

@@ -151,7 +151,8 @@ def _cal_grads(setup, variant: str):
     # make every triplet supervised: positive fused margin
     flip = (y_pos <= y_neg).nonzero().flatten()
     assert flip.numel() < 4, "fixture should have some correctly ranked triplets"
-    cal, frac = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, i, j)
+    cal, frac = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, model.item_weights(i),
+                                 model.item_weights(j))
     assert cal.item() > 0 and frac > 0
     cal.backward()
     theta_grad = model.theta.weight.grad
@@ -231,7 +232,7 @@ def test_full_batch_outputs_only_its_nodes_with_the_same_loss_and_gradients(setu
 def test_item_inputs_are_the_same_whichever_way_the_rows_are_taken(setup):
     _, _, feats, _, model = setup
     enc = model.encoder
-    every = enc.item_inputs(feats, None)
+    every = [mlp(f) for mlp, f in zip(enc.projections, feats)]
     for items in (torch.tensor([4, 1]), torch.tensor([0, 3, 1, 4])):  # below and above half of the items
         for got, full in zip(enc.item_inputs(feats, items), every):
             torch.testing.assert_close(got, full[items])
