@@ -13,6 +13,11 @@ noisy (item, modality) pairs (lower weight = more likely noisy) and test Recall@
     python tools/bench_reliability.py                       # 3 seeds, 3000 users / 1500 items
     python tools/bench_reliability.py --seeds 1 --users 1000 --items 600 --interactions 12000
     python tools/bench_reliability.py --noise-kind gaussian --set model.alpha=1
+    python tools/bench_reliability.py --workers 2    # and MARGO on 2 Ray workers per seed
+
+With ``--workers N`` each seed's MARGO run is repeated with ``dist.workers=N`` (one
+thread per worker), and the check is that the N-worker runs' mean test Recall@20 and
+mean weight AUC lie within the local runs' seed range (min to max) widened by 0.005.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ def run_dir(args: argparse.Namespace, data: str, name: str) -> str:
     return os.path.join(args.out, f"runs-{os.path.basename(data)}-{tag}", name)
 
 
-def run(args: argparse.Namespace, data: str, name: str, seed: int, *extra: str) -> dict:
+def run(args: argparse.Namespace, data: str, name: str, seed: int, *extra: str, sets: list[str] | None = None
+        ) -> dict:
     out = run_dir(args, data, name)
     cfg = load_config(args.config, [f"data.path={data}", f"run.dir={out}", f"train.seed={seed}",
                                     f"train.max_epochs={args.max_epochs}", f"train.patience={args.patience}",
-                                    "train.progress=false", "run.plots=false", *args.set, *extra])
+                                    "train.progress=false", "run.plots=false", *(args.set if sets is None else sets),
+                                    *extra])
     t0 = time.time()
     summary = train(cfg, log=lambda _m: None)
     print(f"  {name:<10} seed {seed}: test recall@20 {summary['test']['recall@20']:.4f}"
@@ -64,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every run")
     p.add_argument("--independent", action="store_true", help="train wo_weight as its own run")
     p.add_argument("--out", default=os.path.join(margo_home(), "bench-reliability"))
+    p.add_argument("--workers", type=int, default=0, help="also train MARGO on this many Ray workers per seed")
     args = p.parse_args(argv)
     dims = {k: int(v) for k, v in (part.split(":") for part in args.dims.split(","))}
     rows = []
@@ -83,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"seed": seed, "margo_auc": margo["weight_auc"], "wo_cal_auc": wo_cal["weight_auc"],
                      "margo_r20": margo["test"]["recall@20"], "wo_cal_r20": wo_cal["test"]["recall@20"],
                      "wo_weight_r20": wo_weight})
+        if args.workers:
+            # one thread per worker; the thread setting of --set is the local runs'
+            sets = [s for s in args.set if not s.startswith("train.threads=")]
+            dist = run(args, data, f"margo_n{args.workers}", seed, "model.variant=margo",
+                       f"dist.workers={args.workers}", "train.threads=1", "dist.cpus_per_worker=1", sets=sets)
+            rows[-1].update({"dist_auc": dist["weight_auc"], "dist_r20": dist["test"]["recall@20"]})
     print(f"\n{'seed':<6} {'AUC margo':>10} {'AUC wo_cal':>11} {'R@20 margo':>11} {'R@20 wo_cal':>12} "
           f"{'R@20 wo_weight':>15}")
     mean = {k: statistics.mean(x[k] for x in rows) for k in rows[0] if k != "seed"}
@@ -90,9 +104,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['seed']!s:<6} {r['margo_auc']:>10.4f} {r['wo_cal_auc']:>11.4f} {r['margo_r20']:>11.4f} "
               f"{r['wo_cal_r20']:>12.4f} {r['wo_weight_r20']:>15.4f}")
     print(json.dumps({"mean": mean}))
+    if args.workers:
+        return _check_workers(rows, args.workers)
     ok = mean["margo_auc"] >= 0.75 and mean["margo_auc"] >= mean["wo_cal_auc"] + 0.05 and \
         mean["margo_r20"] > mean["wo_weight_r20"]
     print("acceptance (AUC >= 0.75, >= wo_cal + 0.05, R@20 above wo_weight):", "PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def _check_workers(rows: list[dict], workers: int) -> int:
+    """N-worker means against the local seed range (min to max) widened by 0.005."""
+    print(f"\n{'seed':<6} {'AUC local':>10} {f'AUC N={workers}':>10} {'R@20 local':>11} {f'R@20 N={workers}':>11}")
+    for r in rows:
+        print(f"{r['seed']!s:<6} {r['margo_auc']:>10.4f} {r['dist_auc']:>10.4f} {r['margo_r20']:>11.4f} "
+              f"{r['dist_r20']:>11.4f}")
+    ok = True
+    for what, local, dist in (("weight AUC", "margo_auc", "dist_auc"), ("test recall@20", "margo_r20", "dist_r20")):
+        low, high = min(r[local] for r in rows) - 0.005, max(r[local] for r in rows) + 0.005
+        mean = statistics.mean(r[dist] for r in rows)
+        inside = low <= mean <= high
+        ok &= inside
+        print(f"{what}: N={workers} mean {mean:.4f}, local range widened by 0.005 [{low:.4f}, {high:.4f}]: "
+              f"{'inside' if inside else 'OUTSIDE'}")
+    print(f"acceptance ({workers}-worker means within the local seed range +- 0.005):", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 
 
