@@ -5,7 +5,9 @@ shard set whose owner arrays place the rows), then starts N workers. Each worker
 turns Ray's config dict back into the typed tree on its first line, joins the
 process group Ray set up (gloo on CPU, nccl on GPU) and runs :class:`Trainer` with a
 :class:`TorchComm` and its :class:`Placement`: the training loop itself does not know
-how many workers there are. The run folder is the local layout, written by rank 0.
+how many workers there are. The stage machine is one Coordinator, hosted as a Ray
+actor named after the run (``dist.coordination``). The run folder is the local
+layout, written by rank 0.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import sys
 from typing import Any, Callable
 
 from margo_dist.config import Config, from_dict, to_dict
@@ -51,10 +54,21 @@ def run_name(run_dir: str) -> str:
     return f"margo-{tail}-{hashlib.sha1(run_dir.encode()).hexdigest()[:8]}"
 
 
+def _worker_log(message: str) -> None:
+    """One line on the worker's stdout, which Ray forwards to the driver once.
+
+    Not ``print``: Ray Train patches it to write each line to its logger as well, and
+    the job log would show every epoch line twice.
+    """
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
 def worker_main(config: dict[str, Any]) -> None:
     """One Ray Train worker: the typed config first, then the ordinary trainer."""
     cfg = from_dict(config, "Ray's train_loop_config")
     from margo_dist.dist.comm import TorchComm
+    from margo_dist.dist.coordination import RemoteCoordinator
     from margo_dist.dist.sharding import Placement
     from margo_dist.graph.partition import load_owners
     from margo_dist.train.loop import Trainer, load_training_data
@@ -70,7 +84,8 @@ def worker_main(config: dict[str, Any]) -> None:
     owners = load_owners(cfg.dist.shards)
     data = load_training_data(cfg, build_graphs=False)
     placement = Placement(comm, owners["user"], owners["item"])
-    trainer = Trainer(cfg, data, log=lambda msg: print(msg, flush=True), comm=comm, placement=placement)
+    trainer = Trainer(cfg, data, log=_worker_log, comm=comm, placement=placement,
+                      coordinator=RemoteCoordinator.connect(cfg.run.dir, comm))
     # the trainer copied the feature rows this worker owns; the whole matrices can go
     data.features.clear()
     data.ds.features.clear()
@@ -88,6 +103,7 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from margo_dist.data.synth import dataset_url
+    from margo_dist.dist.coordination import coordinator_name, start_coordinator
     from margo_dist.train.loop import load_training_data
     from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
 
@@ -107,7 +123,9 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
     started = not ray.is_initialized()
     if started:
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    coordinator = None
     try:
+        coordinator = start_coordinator(cfg)
         storage = None if "://" in cfg.run.dir else os.path.join(cfg.run.dir, "ray")
         trainer = TorchTrainer(
             worker_main, train_loop_config=to_dict(cfg),
@@ -119,7 +137,11 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
         log(f"training on {n} Ray Train workers ({'nccl' if cfg.dist.use_gpu else 'gloo'}); "
             f"owners from {cfg.dist.shards}")
         trainer.fit()
+        state = ray.get(coordinator.state_dict.remote())
+        log(f"coordinator {coordinator_name(cfg.run.dir)}: stages {list(state['results'])} done={state['done']}")
     finally:
+        if coordinator is not None:
+            ray.kill(coordinator)
         if started:
             ray.shutdown()
     return RunDir(cfg.run.dir).read_json(SUMMARY)

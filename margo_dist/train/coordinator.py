@@ -2,9 +2,9 @@
 
 The training loop asks it what to do after each epoch and each evaluation instead of
 keeping that state in local variables. It holds plain data only (``state_dict`` goes
-into every checkpoint). With N workers each one runs its own copy on the same reduced
-validation metrics, so every copy returns the same decision at the same step; hosting
-one copy as a Ray actor named after the run is the planned next step.
+into every checkpoint). Locally it is an in-process object; a distributed run hosts
+this same class as a Ray actor named after the run, which the workers reach through
+``margo_dist.dist.coordination.RemoteCoordinator`` (same interface).
 
 Rules (docs/equations.md section 7):
 
@@ -21,7 +21,10 @@ Rules (docs/equations.md section 7):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from margo_dist.config import Config
 
 
 @dataclass
@@ -52,6 +55,14 @@ class Coordinator:
         self.progress = StageProgress()
         self.results: dict[str, dict[str, Any]] = {}
         self.done = False
+
+    @staticmethod
+    def arguments(cfg: "Config") -> tuple[list[str], int, int, int, bool]:
+        """The constructor's arguments for ``cfg``'s run (its variant's stages and early-stop rules)."""
+        from margo_dist.model.variants import get_variant
+
+        return (list(get_variant(cfg.model.variant).stages), cfg.train.max_epochs, cfg.train.patience,
+                cfg.train.eval_every, cfg.train.eval_stage_start)
 
     @property
     def stage(self) -> str:
@@ -112,6 +123,13 @@ class Coordinator:
             self.results[self.stage] = result
         self.progress = StageProgress()
         self.stage_index += 1
+
+    def reset(self) -> None:
+        """Back to the first stage, nothing trained (a run that starts afresh)."""
+        self.stage_index = 0
+        self.progress = StageProgress()
+        self.results = {}
+        self.done = False
 
     # -- checkpoints ------------------------------------------------------------------
 

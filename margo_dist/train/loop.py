@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from margo_dist.train.batches import TripletSampler
 from margo_dist.train.coordinator import Coordinator
 from margo_dist.train.metrics import csr_from_pairs, full_ranking_sums, weight_detection_auc
 from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
+
+if TYPE_CHECKING:
+    from margo_dist.dist.coordination import RemoteCoordinator
 
 
 @dataclass
@@ -96,7 +99,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, data: TrainingData, log: Callable[[str], None] = print,
-                 comm: Communicator | None = None, placement: Placement | None = None) -> None:
+                 comm: Communicator | None = None, placement: Placement | None = None,
+                 coordinator: "Coordinator | RemoteCoordinator | None" = None) -> None:
         self.cfg = cfg
         self.data = data
         self.comm = comm or LocalComm()
@@ -129,8 +133,7 @@ class Trainer:
             from margo_dist.graph.sample import BlockSampler
 
             self.neighbour_sampler = BlockSampler(data.graph, cfg.sampler.fanouts, self.model.encoder.n_layers)
-        self.coordinator = Coordinator(self.stages, cfg.train.max_epochs, cfg.train.patience, cfg.train.eval_every,
-                                       cfg.train.eval_stage_start)
+        self.coordinator = coordinator or Coordinator(*Coordinator.arguments(cfg))
 
     # -- evaluation -------------------------------------------------------------------
 
@@ -440,6 +443,7 @@ class Trainer:
             return optimizer, rng
         if self.comm.is_leader:
             self.run.write_config(self.cfg)
+        self.coordinator.reset()  # a hosted coordinator may hold the state of a failed attempt
         if self.cfg.run.pretrained and self.stages[0] == PRETRAIN and len(self.stages) > 1:
             self._from_pretrained()
         else:

@@ -37,6 +37,8 @@ def test_two_ray_workers_train_what_one_process_trains(tmp_path):
     finally:
         ray.shutdown()
     assert any("2 Ray Train workers" in m for m in messages)
+    # the run's one coordinator actor took the workers through both stages
+    assert any(m.endswith("-coordinator: stages ['pretrain', 'calibrate'] done=True") for m in messages), messages
     for split in ("valid", "test"):
         for key, value in local[split].items():
             assert dist[split][key] == pytest.approx(value, abs=1e-6), (split, key)
