@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import sys
+import tempfile
 from typing import Any, Callable
 
 from margo_dist.config import Config, from_dict, to_dict
@@ -64,6 +66,28 @@ def _worker_log(message: str) -> None:
     sys.stdout.flush()
 
 
+def report_checkpoint(run_dir: str, rank: int, seq: int, record: dict[str, Any]) -> None:
+    """Tell Ray Train of checkpoint ``seq`` (every worker, each for its own file).
+
+    The rows are in the run folder already (``train/checkpoint.py``); Ray gets a
+    pointer to this worker's file and the commit record, and the latest validation
+    metrics (``valid_<metric>``, with the stage and epoch) for its result and for Tune.
+    """
+    import ray.train
+
+    from margo_dist.train.checkpoint import shard_file
+    from margo_dist.train.rundir import CHECKPOINT
+
+    metrics: dict[str, Any] = {"checkpoint_seq": seq}
+    if record:
+        metrics.update({"stage": record["stage"], "epoch": record["epoch"]})
+        metrics.update({f"valid_{k}": v for k, v in record["valid"].items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, f"rank{rank}.json"), "w") as fh:
+            json.dump({"run_dir": run_dir, "rows": shard_file(seq, rank), "commit": CHECKPOINT, "seq": seq}, fh)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
 def worker_main(config: dict[str, Any]) -> None:
     """One Ray Train worker: the typed config first, then the ordinary trainer."""
     cfg = from_dict(config, "Ray's train_loop_config")
@@ -85,7 +109,8 @@ def worker_main(config: dict[str, Any]) -> None:
     data = load_training_data(cfg, build_graphs=False)
     placement = Placement(comm, owners["user"], owners["item"])
     trainer = Trainer(cfg, data, log=_worker_log, comm=comm, placement=placement,
-                      coordinator=RemoteCoordinator.connect(cfg.run.dir, comm))
+                      coordinator=RemoteCoordinator.connect(cfg.run.dir, comm),
+                      on_checkpoint=lambda seq, record: report_checkpoint(cfg.run.dir, comm.rank, seq, record))
     # the trainer copied the feature rows this worker owns; the whole matrices can go
     data.features.clear()
     data.ds.features.clear()
@@ -99,7 +124,7 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
     local one otherwise.
     """
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from margo_dist.data.synth import dataset_url
@@ -133,10 +158,13 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
                                          resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
             torch_config=TorchConfig(backend="nccl" if cfg.dist.use_gpu else "gloo", timeout_s=cfg.dist.timeout_s),
             run_config=RunConfig(name=run_name(cfg.run.dir), storage_path=storage,
-                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures)))
+                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
         log(f"training on {n} Ray Train workers ({'nccl' if cfg.dist.use_gpu else 'gloo'}); "
             f"owners from {cfg.dist.shards}")
-        trainer.fit()
+        result = trainer.fit()
+        if result.checkpoint is not None:
+            log(f"last checkpoint reported to Ray Train: {result.checkpoint.path}")
         state = ray.get(coordinator.state_dict.remote())
         log(f"coordinator {coordinator_name(cfg.run.dir)}: stages {list(state['results'])} done={state['done']}")
     finally:

@@ -27,6 +27,7 @@ from margo_dist.model.margo import Recommender, build_model
 from margo_dist.model.objective import LossParts, triplet_loss
 from margo_dist.model.variants import CALIBRATE, PRETRAIN, get_variant
 from margo_dist.progress import progress_bar
+from margo_dist.train import checkpoint
 from margo_dist.train.batches import TripletSampler
 from margo_dist.train.coordinator import Coordinator
 from margo_dist.train.metrics import csr_from_pairs, full_ranking_sums, weight_detection_auc
@@ -100,7 +101,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, data: TrainingData, log: Callable[[str], None] = print,
                  comm: Communicator | None = None, placement: Placement | None = None,
-                 coordinator: "Coordinator | RemoteCoordinator | None" = None) -> None:
+                 coordinator: "Coordinator | RemoteCoordinator | None" = None,
+                 on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None) -> None:
         self.cfg = cfg
         self.data = data
         self.comm = comm or LocalComm()
@@ -134,6 +136,8 @@ class Trainer:
 
             self.neighbour_sampler = BlockSampler(data.graph, cfg.sampler.fanouts, self.model.encoder.n_layers)
         self.coordinator = coordinator or Coordinator(*Coordinator.arguments(cfg))
+        self.on_checkpoint = on_checkpoint  # (seq, latest record) after each checkpoint, on every worker
+        self.checkpoint_seq = 0
 
     # -- evaluation -------------------------------------------------------------------
 
@@ -370,15 +374,6 @@ class Trainer:
         """Load a whole-table state (``model_state``): each worker keeps the rows it owns."""
         self.model.load_state_dict(self._convert_model(state, ShardedTable.own))
 
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """The optimiser's state with every sharded table's moments gathered whole, like
-        ``model_state``: a checkpoint is one file that any number of workers can resume."""
-        return self._convert_optimizer(optimizer, optimizer.state_dict(), ShardedTable.whole)
-
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        """Load a whole-table optimiser state (``optimizer_state``): each worker keeps its rows."""
-        optimizer.load_state_dict(self._convert_optimizer(optimizer, state, ShardedTable.own))
-
     def _convert_model(self, state: dict[str, Tensor], convert: Callable[[ShardedTable, Tensor], Tensor]
                        ) -> dict[str, Tensor]:
         """``state`` with each sharded table's weight passed through ``convert`` (whole <-> own rows)."""
@@ -390,25 +385,6 @@ class Trainer:
                 state[f"{name}.weight"] = convert(module, state[f"{name}.weight"])
         return state
 
-    def _convert_optimizer(self, optimizer: torch.optim.Optimizer, state: dict[str, Any],
-                           convert: Callable[[ShardedTable, Tensor], Tensor]) -> dict[str, Any]:
-        """An optimiser state dict with each sharded table's per-row moments passed through ``convert``."""
-        if not self.placement.distributed:
-            return state
-        tables = {id(m.weight): m for m in self.model.modules() if isinstance(m, ShardedTable)}
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        state = {**state, "state": {k: dict(v) for k, v in state["state"].items()}}
-        for k, p in enumerate(params):
-            # no entry before a parameter's first gradient (θ in stage 1, any fresh optimiser);
-            # that is the same on every worker, so they all convert the same tables
-            if id(p) not in tables or k not in state["state"]:
-                continue
-            entry = state["state"][k]
-            for name, value in entry.items():
-                if torch.is_tensor(value) and value.dim() > 0:
-                    entry[name] = convert(tables[id(p)], value)
-        return state
-
     def _save(self, name: str, state: dict[str, Any]) -> None:
         """The leader writes; everyone waits for the file to be there."""
         if self.comm.is_leader:
@@ -416,29 +392,28 @@ class Trainer:
         self.comm.barrier()
 
     def _checkpoint(self, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
-        """One file from the leader: model and optimiser state with whole tables, coordinator,
-        sampler RNG and records. Written atomically, so a kill at any point leaves the
-        previous checkpoint whole; whole tables make it loadable at any number of workers."""
-        self._save(CHECKPOINT, {"coordinator": self.coordinator.state_dict(), "model": self.model_state(),
-                                "optimizer": self.optimizer_state(optimizer), "world_size": self.comm.world_size,
-                                "rng": rng.bit_generator.state, "records": self.records})
+        """Every worker writes its table rows, then the leader commits the rest (``train/checkpoint.py``):
+        a kill at any point leaves the previous checkpoint whole, and N workers' checkpoint
+        loads at any M. ``on_checkpoint`` (Ray Train's report) hears of each one."""
+        self.checkpoint_seq += 1
+        checkpoint.save(self.run, self.comm, self.model, optimizer,
+                        {"coordinator": self.coordinator.state_dict(), "rng": rng.bit_generator.state,
+                         "records": self.records}, self.checkpoint_seq)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.checkpoint_seq, self.records[-1] if self.records else {})
 
     def _resume(self) -> tuple[torch.optim.Optimizer, np.random.Generator]:
         rng = np.random.default_rng(self.cfg.train.seed)
         if self.comm.broadcast_object(self.cfg.run.resume and self.run.exists(CHECKPOINT)):
-            ckpt = self.run.load_state(CHECKPOINT)
-            if "coordinator" not in ckpt:
-                raise MargoError(f"{self.run.path(CHECKPOINT)} was written by an older margo-dist: delete it, or "
-                                 f"set run.resume=false to start the run afresh")
-            self.coordinator.load_state_dict(ckpt["coordinator"])
-            self.load_model_state(ckpt["model"])
             optimizer = self.new_optimizer()
-            self.load_optimizer_state(optimizer, ckpt["optimizer"])
+            ckpt = checkpoint.load(self.run, self.model, optimizer)
+            self.coordinator.load_state_dict(ckpt["coordinator"])
             rng.bit_generator.state = ckpt["rng"]
             self.records = list(ckpt["records"])
+            self.checkpoint_seq = int(ckpt["seq"])
             coord = self.coordinator
             self.log(f"resuming {self.run.url}: stage {coord.stage_index + 1}/{len(self.stages)}, "
-                     f"epoch {coord.progress.epoch} (written by {ckpt.get('world_size', 1)} worker(s), "
+                     f"epoch {coord.progress.epoch} (written by {ckpt['world_size']} worker(s), "
                      f"read by {self.comm.world_size})")
             return optimizer, rng
         if self.comm.is_leader:

@@ -19,7 +19,9 @@ from margo_dist.data.synth import SynthSpec, write_synthetic
 from margo_dist.dist.comm import Communicator, LocalComm, TorchComm
 from margo_dist.dist.sharding import Placement
 from margo_dist.model.variants import get_variant
+from margo_dist.train import checkpoint
 from margo_dist.train.loop import Trainer, load_training_data
+from margo_dist.train.rundir import RunDir
 
 from margo_dist.dist.processes import run_workers
 
@@ -115,37 +117,51 @@ def test_each_worker_holds_half_of_every_table_and_of_the_features(data_dir):
         assert all(dist[rank]["held"][n] == local["held"][n] for n in dense)  # replicated
 
 
-def resume_steps(comm: Communicator, data_dir: str, start: dict | None, first: int, n_steps: int) -> dict:
+def resume_steps(comm: Communicator, data_dir: str, start: str | None, first: int, n_steps: int,
+                 save_to: str) -> dict:
     """MARGO calibration steps ``first .. first + n_steps - 1`` (step k trains on the first batch
-    drawn with seed k), from a checkpoint's whole-table states when ``start`` is given."""
+    drawn with seed k), from the checkpoint in run folder ``start`` when given; writes its own
+    checkpoint (one file per worker) to ``save_to`` and returns the whole state and moments."""
     cfg = config(data_dir, "margo")
     data = load_training_data(cfg)
     uo, io = owners(data.ds.n_users, data.ds.n_items, comm.world_size)
     trainer = Trainer(cfg, data, log=lambda _m: None, comm=comm, placement=Placement(comm, uo, io))
     optimizer = trainer.new_optimizer()
     if start is not None:
-        trainer.load_model_state(start["model"])
-        trainer.load_optimizer_state(optimizer, start["optimizer"])
+        checkpoint.load(RunDir(start), trainer.model, optimizer)
     for k in range(first, first + n_steps):
         trainer.train_step("calibrate", next(trainer.batches(np.random.default_rng(k))), optimizer)
-    return {"model": trainer.model_state(), "optimizer": trainer.optimizer_state(optimizer)}
+    checkpoint.save(RunDir(save_to), comm, trainer.model, optimizer, {"coordinator": {}}, first + n_steps)
+    return {"model": trainer.model_state()}
 
 
-def resume_worker(rank: int, world: int, data_dir: str, start: dict | None, first: int, n_steps: int) -> dict:
-    return resume_steps(TorchComm(), data_dir, start, first, n_steps)
+def resume_worker(rank: int, world: int, data_dir: str, start: str | None, first: int, n_steps: int,
+                  save_to: str) -> dict:
+    return resume_steps(TorchComm(), data_dir, start, first, n_steps, save_to)
 
 
-def test_a_checkpoint_of_two_workers_resumes_in_one_process_and_back(data_dir):
-    straight = resume_steps(LocalComm(), data_dir, None, 0, 6)
-    half = run_workers(resume_worker, 2, data_dir, None, 0, 3)[0]  # 3 steps at N = 2
-    local_rest = resume_steps(LocalComm(), data_dir, half, 3, 3)  # 3 more in one process
-    back = run_workers(resume_worker, 2, data_dir, resume_steps(LocalComm(), data_dir, None, 0, 3), 3, 3)[0]
+def whole_moments(data_dir: str, run: str) -> dict[int, dict]:
+    """The Adam moments of a checkpoint, loaded in one process (whole tables)."""
+    trainer = Trainer(config(data_dir, "margo"), load_training_data(config(data_dir, "margo")), log=lambda _m: None)
+    optimizer = trainer.new_optimizer()
+    checkpoint.load(RunDir(run), trainer.model, optimizer)
+    return optimizer.state_dict()["state"]
+
+
+def test_a_checkpoint_of_two_workers_resumes_in_one_process_and_back(data_dir, tmp_path):
+    runs = {name: str(tmp_path / name) for name in ("straight", "half", "rest", "local3", "back")}
+    straight = resume_steps(LocalComm(), data_dir, None, 0, 6, runs["straight"])
+    run_workers(resume_worker, 2, data_dir, None, 0, 3, runs["half"])  # 3 steps at N = 2: 2 shard files
+    assert sorted(p.name for p in (tmp_path / "half" / checkpoint.SHARDS / "3").iterdir()) == ["rank0.pt", "rank1.pt"]
+    local_rest = resume_steps(LocalComm(), data_dir, runs["half"], 3, 3, runs["rest"])  # 3 more in one process
+    resume_steps(LocalComm(), data_dir, None, 0, 3, runs["local3"])
+    back = run_workers(resume_worker, 2, data_dir, runs["local3"], 3, 3, runs["back"])[0]
     for name, value in straight["model"].items():
         assert max_rel_error(local_rest["model"][name], value) <= 1e-4, name
         assert max_rel_error(back["model"][name], value) <= 1e-4, name
-    moments = straight["optimizer"]["state"]
+    moments, rest_moments = whole_moments(data_dir, runs["straight"]), whole_moments(data_dir, runs["rest"])
     for k, entry in moments.items():
-        assert max_rel_error(local_rest["optimizer"]["state"][k]["exp_avg"], entry["exp_avg"]) <= 1e-4, k
+        assert max_rel_error(rest_moments[k]["exp_avg"], entry["exp_avg"]) <= 1e-4, k
 
 
 def test_a_step_that_leaves_a_worker_without_triplets(data_dir):
@@ -158,7 +174,7 @@ def test_a_step_that_leaves_a_worker_without_triplets(data_dir):
         assert max_rel_error(dist[1]["state"][name], value) <= 1e-5, name
 
 
-def fresh_checkpoint(rank: int, world: int, data_dir: str) -> int:
+def fresh_checkpoint(rank: int, world: int, data_dir: str, run: str) -> int:
     cfg = config(data_dir, "margo")
     comm = TorchComm()
     data = load_training_data(cfg)
@@ -166,11 +182,15 @@ def fresh_checkpoint(rank: int, world: int, data_dir: str) -> int:
     trainer = Trainer(cfg, data, log=lambda _m: None, comm=comm, placement=Placement(comm, uo, io))
     optimizer = trainer.new_optimizer()
     trainer.train_step("pretrain", next(trainer.batches(np.random.default_rng(0))), optimizer)  # θ: no gradient
-    return len(trainer.optimizer_state(optimizer)["state"])
+    checkpoint.save(RunDir(run), comm, trainer.model, optimizer, {"coordinator": {}}, 1)
+    again = trainer.new_optimizer()
+    checkpoint.load(RunDir(run), trainer.model, again)
+    return len(again.state_dict()["state"])
 
 
-def test_a_checkpoint_before_theta_has_a_gradient(data_dir):
-    assert run_workers(fresh_checkpoint, 2, data_dir) == [10, 10]  # every parameter but θ has Adam state
+def test_a_checkpoint_before_theta_has_a_gradient(data_dir, tmp_path):
+    # every parameter but θ has Adam state, and the checkpoint loads back
+    assert run_workers(fresh_checkpoint, 2, data_dir, str(tmp_path / "run")) == [10, 10]
 
 
 def test_a_world_without_a_placement_is_refused(data_dir):

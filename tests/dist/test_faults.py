@@ -83,22 +83,24 @@ calls = {"n": 0}
 original = rundir.RunDir.write_bytes
 
 def dying_write(self, name, data):
-    if name == "checkpoint.pt":
+    if name.startswith(sys.argv[2]):
         calls["n"] += 1
         if calls["n"] == int(sys.argv[1]):
+            os.makedirs(os.path.dirname(self.path(name)), exist_ok=True)
             with open(self.path(name) + ".tmp-partial", "wb") as fh:  # half a file, then death
                 fh.write(data[: len(data) // 2])
             os._exit(9)
     original(self, name, data)
 
 rundir.RunDir.write_bytes = dying_write
-train(load_config("configs/default.yaml", sys.argv[2:]), log=lambda _m: None)
+train(load_config("configs/default.yaml", sys.argv[3:]), log=lambda _m: None)
 """
 
 
-def test_a_process_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(data_dir, tmp_path):
+@pytest.mark.parametrize("file", ["checkpoint.pt", "checkpoint-shards/"])  # the commit, or a worker's rows
+def test_a_process_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(data_dir, tmp_path, file):
     args = [f"data.path={data_dir}", f"run.dir={tmp_path / 'run'}", *ARGS]
-    died = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, "5", *args], timeout=240)
+    died = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, "5", file, *args], timeout=240)
     assert died.returncode == 9
     from margo_dist.train.rundir import RunDir
 

@@ -8,6 +8,7 @@ run of the same config: the same metrics, the local run-folder layout written on
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -37,6 +38,12 @@ def test_two_ray_workers_train_what_one_process_trains(tmp_path):
     finally:
         ray.shutdown()
     assert any("2 Ray Train workers" in m for m in messages)
+    # every worker reported its checkpoints to Ray Train (the last one: a pointer per worker)
+    reported = [m.split(": ", 1)[1] for m in messages if m.startswith("last checkpoint reported to Ray Train")]
+    assert len(reported) == 1
+    assert sorted(os.listdir(reported[0])) == ["rank0.json", "rank1.json"]
+    pointer = json.loads(open(os.path.join(reported[0], "rank1.json")).read())
+    assert (tmp_path / "dist" / pointer["rows"]).exists() and pointer["commit"] == "checkpoint.pt"
     # the run's one coordinator actor took the workers through both stages
     assert any(m.endswith("-coordinator: stages ['pretrain', 'calibrate'] done=True") for m in messages), messages
     for split in ("valid", "test"):
@@ -47,6 +54,9 @@ def test_two_ray_workers_train_what_one_process_trains(tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "item_weights.parquet", "learning_curves.png",
                  "best_pretrain.pt", "best_calibrate.pt", "checkpoint.pt"):
         assert (run / name).exists(), name
+    # one file of rows per worker, in the folder of the last checkpoint
+    assert [sorted(p.name for p in d.iterdir()) for d in (run / "checkpoint-shards").iterdir()] == [["rank0.pt",
+                                                                                                   "rank1.pt"]]
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in records] == [("pretrain", 1), ("pretrain", 2), ("calibrate", 0),
                                                            ("calibrate", 1), ("calibrate", 2)]
