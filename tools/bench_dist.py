@@ -6,7 +6,9 @@ summed dense gradients) on MARGO's calibration stage. Per N it prints seconds pe
 (the mean of ``--steps`` timed steps after one warm-up, times the steps of an epoch),
 the projection FLOPs per worker and step, the bytes each worker sends per step, and the
 bytes of every table a worker holds (raw features, user tables, θ, optimiser state);
-then the epoch-time ratio N = 2 / N = 1.
+then the epoch-time ratio N = 2 / N = 1. This machine's speed drifts between minutes
+(a shared host), so ``--repeat R`` measures the world sizes in turn R times and prints
+each round's ratio and their median: the ratio of two measurements taken seconds apart.
 
     python tools/bench_dist.py                    # Baby shape (19,445 users, 7,050 items)
     python tools/bench_dist.py --tiny --steps 2   # the smoke test's size
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", default="1,2", help="world sizes to compare (the first is the baseline)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per world size")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of all world sizes in turn (median ratio)")
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value config overrides")
     parser.add_argument("--root", default=os.path.join(margo_home(), "bench"))
     args = parser.parse_args(argv)
@@ -113,11 +116,28 @@ def main(argv: list[str] | None = None) -> None:
     extra = [f"train.threads={args.threads}", *args.set]
     cfg = load_config("configs/default.yaml", overrides(url, extra))
     load_training_data(cfg)  # graph artefacts, once
-    rows = []
-    for world in [int(w) for w in args.workers.split(",")]:
-        shards = ensure_owner_shards(cfg, world, progress=False) if world > 1 else ""
-        rows.append((world, run_workers(measure, world, url, shards, args.steps, extra, timeout=3600.0,
-                                        threads=args.threads)))
+    worlds = [int(w) for w in args.workers.split(",")]
+    shards = {w: ensure_owner_shards(cfg, w, progress=False) if w > 1 else "" for w in worlds}
+    rounds = []
+    for _ in range(args.repeat):
+        rounds.append([(w, run_workers(measure, w, url, shards[w], args.steps, extra, timeout=3600.0,
+                                       threads=args.threads)) for w in worlds])
+    for k, rows in enumerate(rounds):
+        print(f"\nround {k + 1}/{args.repeat}")
+        _table(url, args, rows)
+    if args.repeat > 1:
+        for world in worlds[1:]:
+            ratios = [_epoch(rows[worlds.index(world)][1]) / _epoch(rows[0][1]) for rows in rounds]
+            print(f"epoch-time ratio N={world} / N={worlds[0]} per round: "
+                  f"{' '.join(f'{r:.2f}' for r in ratios)}; median {float(np.median(ratios)):.2f}")
+
+
+def _epoch(results: list[dict]) -> float:
+    """An epoch: the slowest worker's mean step times the steps of an epoch."""
+    return max(r["step_s"] for r in results) * results[0]["steps_per_epoch"]
+
+
+def _table(url: str, args: argparse.Namespace, rows: list[tuple[int, list[dict]]]) -> None:
     mb = 1 / 2**20
     head = (f"{'N':>2} {'epoch s':>8} {'proj GFLOP/step':>16} {'MB sent/step':>13} {'features MB':>12} "
             f"{'user tables MB':>15} {'theta MB':>9} {'Adam MB':>8} {'dense MB':>9}")
@@ -126,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(head))
     epochs = {}
     for world, results in rows:
-        epochs[world] = max(r["step_s"] for r in results) * results[0]["steps_per_epoch"]
+        epochs[world] = _epoch(results)
         for r in results:
             print(f"{world:>2} {epochs[world]:>8.2f} {r['flops'] / 1e9:>16.2f} {r['sent'] * mb:>13.2f} "
                   f"{r['features'] * mb:>12.2f} {r['user_tables'] * mb:>15.2f} {r['theta'] * mb:>9.3f} "

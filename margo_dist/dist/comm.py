@@ -4,10 +4,12 @@
 ``TorchComm`` wraps the default ``torch.distributed`` process group (gloo on CPU,
 nccl on GPU). The autograd collectives live here and nowhere else:
 
-- ``gather_rows(local)``: every rank's rows concatenated in rank order, on every rank
-  ([n_r, F] per rank -> [sum_r n_r, F]); its gradient goes back to the owner of each
-  row, summed over the ranks that used it (the adjoint of an all-gather, sent as an
-  all-to-all: each rank receives only the gradient of its own rows).
+- ``start_gather(local, width)``: every rank's rows, padded to ``width`` rows each, on
+  every rank ([n_r, F] per rank -> [world * width, F], rank r's rows at r * width);
+  it returns at once and ``wait()`` gives the rows, so the transfer can overlap
+  computation. Its gradient goes back to the owner of each row, summed over the ranks
+  that used it (the adjoint of an all-gather, sent as an all-to-all: each rank
+  receives only the gradient of its own rows).
 - ``fetch_rows(local, ...)``: the rows other ranks asked for, by all-to-all; the
   gradient of each fetched row returns to its owner and is summed there.
 """
@@ -41,11 +43,21 @@ class Communicator(ABC):
         """Every rank's ``n``, in rank order."""
 
     @abstractmethod
+    def start_gather(self, local: Tensor, width: int) -> "PendingRows":
+        """Begin gathering every rank's rows [n_rank <= width, F]; ``wait()`` returns
+        [world_size * width, F] with rank r's rows at r * width (differentiable)."""
+
     def gather_rows(self, local: Tensor, counts: list[int] | None = None) -> Tensor:
         """[n_rank, F] per rank -> [sum of n_rank, F] in rank order, differentiable.
 
         ``counts`` (every rank's n_rank, when the caller knows them) saves exchanging them.
         """
+        counts = self.all_gather_counts(local.shape[0]) if counts is None else counts
+        if len(counts) != self.world_size or counts[self.rank] != local.shape[0]:
+            raise ValueError(f"gather_rows: rank {self.rank} has {local.shape[0]} rows, counts say {counts}")
+        width = max(counts)
+        padded = self.start_gather(local, width).wait()
+        return torch.cat([padded[r * width: r * width + n] for r, n in enumerate(counts)])
 
     @abstractmethod
     def all_to_all(self, send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
@@ -83,8 +95,8 @@ class LocalComm(Communicator):
     def all_gather_counts(self, n: int) -> list[int]:
         return [n]
 
-    def gather_rows(self, local: Tensor, counts: list[int] | None = None) -> Tensor:
-        return local
+    def start_gather(self, local: Tensor, width: int) -> "PendingRows":
+        return PendingRows(None, local if local.shape[0] == width else _pad(local, width))
 
     def all_to_all(self, send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
         return send
@@ -129,12 +141,23 @@ class TorchComm(Communicator):
         self._dist.all_gather(out, torch.tensor([n], dtype=torch.int64, device=self.device))
         return [int(x) for x in out]
 
-    def gather_rows(self, local: Tensor, counts: list[int] | None = None) -> Tensor:
-        if counts is None:
-            counts = self.all_gather_counts(local.shape[0])
-        elif len(counts) != self.world_size or counts[self.rank] != local.shape[0]:
-            raise ValueError(f"gather_rows: rank {self.rank} has {local.shape[0]} rows, counts say {counts}")
-        return _GatherRows.apply(local, self, list(counts))
+    def start_gather(self, local: Tensor, width: int) -> "PendingRows":
+        if local.shape[0] > width:
+            raise ValueError(f"start_gather: rank {self.rank} has {local.shape[0]} rows, more than width {width}")
+        flight: dict[str, Any] = {}
+        rows = _GatherRows.apply(local, self, width, flight)
+        if rows.requires_grad:
+            # the gradient's all-to-all starts as soon as the gradient exists, and the
+            # backward waits for it: it overlaps whatever autograd computes in between
+            rows.register_hook(lambda grad: flight.update(back=self._start_all_to_all(grad, width)))
+        return PendingRows(flight.pop("work"), rows)
+
+    def _start_all_to_all(self, grad: Tensor, width: int) -> tuple[Any, Tensor]:
+        """Begin sending every rank its block of ``width`` rows of ``grad``; returns (work, received)."""
+        send = grad.contiguous()
+        received = torch.empty_like(send)
+        self.bytes_sent += (self.world_size - 1) * width * send[0].numel() * send.element_size() if send.shape[0] else 0
+        return self._dist.all_to_all_single(received, send, async_op=True), received
 
     def all_to_all(self, send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
         if len(send_counts) != self.world_size or len(recv_counts) != self.world_size \
@@ -160,33 +183,56 @@ class TorchComm(Communicator):
         self._dist.barrier()
 
 
-class _GatherRows(torch.autograd.Function):
-    """All-gather of an uneven number of rows per rank; backward: each rank's rows' gradient, summed.
+class PendingRows:
+    """A gather in flight: ``wait()`` returns its rows once they have arrived."""
 
-    The rows are padded to the largest block for ``all_gather`` (gloo and nccl both
-    need equal sizes). The backward is a reduce-scatter written as an all-to-all (each
-    rank sends every owner the gradient block of the owner's rows, then sums the N
-    blocks it receives in rank order): on gloo over loopback that is faster than
-    ``reduce_scatter_tensor``, and it sends 1/N of an all-reduce.
+    def __init__(self, work: Any, rows: Tensor) -> None:
+        self._work = work
+        self._rows = rows
+
+    def wait(self) -> Tensor:
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+        return self._rows
+
+
+def _pad(local: Tensor, width: int) -> Tensor:
+    padded = local.new_zeros((width, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    return padded
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of up to ``width`` rows per rank, started asynchronously; backward: each rank's
+    rows' gradient, summed.
+
+    Rows are padded to ``width`` (gloo and nccl all-gather equal sizes) and land in one
+    buffer, rank r's at r * width; the work handle goes to ``flight["work"]`` and the
+    buffer must not be read before it is waited on (``PendingRows``). The backward
+    uses the all-to-all that a gradient hook started (``flight["back"]``). It is a reduce-scatter
+    written as an all-to-all (each rank sends every owner the gradient block of the
+    owner's rows, then sums the N blocks it receives in rank order): on gloo over loopback
+    that is faster than ``reduce_scatter_tensor``, and it sends 1/N of an all-reduce.
     """
 
     @staticmethod
-    def forward(ctx: Any, local: Tensor, comm: TorchComm, counts: list[int]) -> Tensor:  # type: ignore[override]
-        width = max(counts)
-        padded = local.new_zeros((width, *local.shape[1:]))
-        padded[: local.shape[0]] = local
-        parts = [torch.empty_like(padded) for _ in counts]
+    def forward(ctx: Any, local: Tensor, comm: TorchComm, width: int, flight: dict[str, Any]  # type: ignore[override]
+                ) -> Tensor:
+        padded = _pad(local, width)
+        out = padded.new_empty((comm.world_size * width, *local.shape[1:]))
         comm.bytes_sent += padded.numel() * padded.element_size()
-        comm._dist.all_gather(parts, padded.contiguous())
-        ctx.comm, ctx.counts = comm, counts
-        return torch.cat([p[:n] for p, n in zip(parts, counts)])
+        flight["work"] = comm._dist.all_gather(list(out.view(comm.world_size, width, *local.shape[1:]).unbind(0)),
+                                               padded, async_op=True)
+        ctx.comm, ctx.width, ctx.n, ctx.flight = comm, width, local.shape[0], flight
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        comm, counts = ctx.comm, ctx.counts
-        mine = counts[comm.rank]
-        blocks = comm.all_to_all(grad, counts, [mine] * comm.world_size)
-        return blocks.view(comm.world_size, mine, *grad.shape[1:]).sum(0), None, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        comm, width = ctx.comm, ctx.width
+        work, blocks = ctx.flight.pop("back", None) or comm._start_all_to_all(grad, width)
+        work.wait()
+        return blocks.view(comm.world_size, width, *grad.shape[1:]).sum(0)[: ctx.n], None, None, None
 
 
 class _FetchRows(torch.autograd.Function):

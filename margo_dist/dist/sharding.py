@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from margo_dist.dist.comm import Communicator, LocalComm
+from margo_dist.dist.comm import Communicator, LocalComm, PendingRows
 from margo_dist.model.tables import LocalTable, Table, TableSpec
 
 USER, ITEM, NODE = "user", "item", "node"  # NODE: users then items, as the ID baselines number them
@@ -35,15 +35,15 @@ class RowOwnership:
         self.world_size = world_size
         self.ids_by_rank = [np.flatnonzero(owner == r) for r in range(world_size)]
         self._counts = [ids.size for ids in self.ids_by_rank]
-        rank_order = np.concatenate(self.ids_by_rank) if self.ids_by_rank else np.zeros(0, np.int64)
-        # position of each global id in the rank-concatenated order of a gather
-        self.to_global = torch.from_numpy(np.argsort(rank_order, kind="stable"))
         self.owner_t = torch.from_numpy(owner)
         # position of each global id among its owner's rows
         local = np.empty(owner.size, np.int64)
         for ids in self.ids_by_rank:
             local[ids] = np.arange(ids.size)
         self.local_index = torch.from_numpy(local)
+        # a gather pads every rank's block to the largest: global id -> its row in the gathered buffer
+        self.width = max(self._counts, default=0)
+        self.in_gather = self.owner_t * self.width + self.local_index
 
     @property
     def num_rows(self) -> int:
@@ -80,11 +80,14 @@ class Placement:
 
     def gather(self, space: str, local: Tensor) -> Tensor:
         """Every rank's owned rows [n_own, F] -> all rows in global id order [n, F] (differentiable)."""
+        return self.start_gather(space, local).wait()
+
+    def start_gather(self, space: str, local: Tensor) -> "Gathering":
+        """``gather`` begun now and finished by ``wait()``: the rows travel while the caller computes."""
         if not self.distributed:
-            return local
+            return Gathering(None, local, None)
         ownership = self.spaces[space]
-        rows = self.comm.gather_rows(local, ownership.counts())
-        return rows.index_select(0, ownership.to_global.to(rows.device))
+        return Gathering(self.comm.start_gather(local, ownership.width), None, ownership.in_gather)
 
     def fetch(self, space: str, local: Tensor, ids: Tensor) -> Tensor:
         """Rows ``ids`` (global, any order, repeats allowed) of a per-row tensor whose rows this
@@ -116,6 +119,23 @@ class Placement:
         if not self.distributed:
             return LocalTable(spec)
         return ShardedTable(spec, self, space)
+
+
+class Gathering:
+    """A ``Placement.gather`` in flight."""
+
+    def __init__(self, pending: PendingRows | None, rows: Tensor | None, index: Tensor | None) -> None:
+        self._pending, self._rows, self._index = pending, rows, index
+
+    def wait(self) -> Tensor:
+        """All rows in global id order [n, F]."""
+        if self._pending is not None:
+            buffer = self._pending.wait()
+            assert self._index is not None
+            self._rows = buffer.index_select(0, self._index.to(buffer.device))
+            self._pending = None
+        assert self._rows is not None
+        return self._rows
 
 
 class ShardedTable(Table):

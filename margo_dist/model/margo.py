@@ -51,8 +51,10 @@ class DragonEncoder(nn.Module):
              for k in range(len(feature_dims))])
 
     def user_inputs(self, users: Tensor) -> list[Tensor]:
-        """Preference rows of ``users`` per modality."""
-        return [t.lookup(users) for t in self.preferences]
+        """Preference rows of ``users`` per modality: one lookup for every modality (distributed:
+        one fetch from the owners, not one per table)."""
+        own = torch.cat([t.own_rows() for t in self.preferences], dim=1)
+        return list(self.placement.fetch(USER, own, users).split(self.dim, dim=1))
 
     def item_inputs(self, features: list[Tensor], items: Tensor) -> list[Tensor]:
         """Projected features of ``items`` per modality (local sampled mode).
@@ -69,20 +71,19 @@ class DragonEncoder(nn.Module):
 
     def input_rows(self, user_rows: list[Tensor], item_rows: list[Tensor]) -> Tensor:
         """``X``: users then items, each modality slice L2-normalised; [n_users + n_items, M*d]."""
-        users = torch.cat([nn.functional.normalize(p, p=2, dim=1) for p in user_rows], dim=1)
-        items = torch.cat([nn.functional.normalize(x, p=2, dim=1) for x in item_rows], dim=1)
-        return torch.cat([users, items])
+        return torch.cat([_normalised(user_rows), _normalised(item_rows)])
 
     def whole_inputs(self, features: list[Tensor]) -> Tensor:
         """``X`` of every node: each owner makes its own users' and items' rows, then they are gathered.
 
         ``features`` holds the raw rows this rank owns (all items in local mode): the
         dominant GEMM, the projection, and the normalisation are split over the ranks,
-        and one all-gather moves the M*d-wide rows (owner-computed projections).
+        and all-gathers move the M*d-wide rows (owner-computed projections). The users'
+        rows travel while this rank projects its items.
         """
-        own_users = [t.own_rows() for t in self.preferences]
-        own_items = [mlp(f) for mlp, f in zip(self.projections, features)]
-        return self.placement.gather(NODE, self.input_rows(own_users, own_items))
+        users = self.placement.start_gather(USER, _normalised([t.own_rows() for t in self.preferences]))
+        items = self.placement.gather(ITEM, _normalised([mlp(f) for mlp, f in zip(self.projections, features)]))
+        return torch.cat([users.wait(), items])
 
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Output users' and items' final vectors, [n_out_users, M, d] and [n_out_items, M, d]."""
@@ -231,6 +232,11 @@ class Recommender(nn.Module):
         if isinstance(self.encoder, IdEncoder):
             return self.encoder.regularised_rows(users, torch.cat([pos, neg]))
         return self.encoder.regularised_rows(users)
+
+
+def _normalised(slices: list[Tensor]) -> Tensor:
+    """Modality slices [n, d] each, L2-normalised per row, side by side: [n, M*d]."""
+    return torch.cat([nn.functional.normalize(x, p=2, dim=1) for x in slices], dim=1)
 
 
 def propagate_bipartite(x: Tensor, edges: list[EdgeList]) -> Tensor:
