@@ -198,8 +198,12 @@ class PendingRows:
 
 
 def _pad(local: Tensor, width: int) -> Tensor:
-    padded = local.new_zeros((width, *local.shape[1:]))
+    """``local`` with zero rows appended up to ``width`` rows (no copy when it has them)."""
+    if local.shape[0] == width:
+        return local.contiguous()
+    padded = local.new_empty((width, *local.shape[1:]))
     padded[: local.shape[0]] = local
+    padded[local.shape[0]:] = 0
     return padded
 
 

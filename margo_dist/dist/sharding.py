@@ -20,6 +20,8 @@ from margo_dist.dist.comm import Communicator, LocalComm, PendingRows
 from margo_dist.model.tables import LocalTable, Table, TableSpec
 
 USER, ITEM, NODE = "user", "item", "node"  # NODE: users then items, as the ID baselines number them
+# a sharded table this small (all ranks' rows together) is gathered whole for a lookup
+GATHER_WHOLE_BYTES = 1 << 20
 
 
 class RowOwnership:
@@ -174,7 +176,18 @@ class ShardedTable(Table):
         return whole.index_select(0, self.owned_ids)
 
     def lookup(self, ids: Tensor) -> Tensor:
+        if self.weight.numel() * self.weight.element_size() * self.placement.comm.world_size <= GATHER_WHOLE_BYTES:
+            # a small table (θ: M floats a row) moves whole in one collective; a fetch takes three
+            return self.all_rows().index_select(0, ids)
         return self.placement.fetch(self.space, self.weight, ids)
+
+    def lookup_own(self, ids: Tensor) -> Tensor:
+        ownership = self.placement.spaces[self.space]
+        where = ownership.local_index.index_select(0, ids.cpu())
+        if bool((ownership.owner_t.index_select(0, ids.cpu()) != self.placement.comm.rank).any()):
+            raise ValueError(f"table {self.spec.name}: lookup_own asked for rows that rank "
+                             f"{self.placement.comm.rank} does not hold")
+        return self.weight.index_select(0, where.to(self.weight.device))
 
     @torch.no_grad()
     def reset(self, std: float, seed: int) -> None:

@@ -250,11 +250,25 @@ class Batch:
     neg_local: Tensor
     # triplets in the whole step when this batch is one worker's part of it; 0: the whole step
     step_size: int = 0
+    # the rows this worker regularises when the batch is its part of a step: the whole step's
+    # users, and positives then negatives, that it owns (None: this batch's own triplets)
+    reg_users: Tensor | None = None
+    reg_items: Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
         return Batch(self.graph.to(device), *(t.to(device) for t in (self.users, self.pos, self.neg,
                                                                          self.users_local, self.pos_local,
-                                                                         self.neg_local)), self.step_size)
+                                                                         self.neg_local)), self.step_size,
+                     move(self.reg_users), move(self.reg_items))
+
+    def regularised(self) -> tuple[Tensor, Tensor]:
+        """(users, positives then negatives) whose rows this batch's loss regularises."""
+        if self.reg_users is None or self.reg_items is None:
+            return self.users, torch.cat([self.pos, self.neg])
+        return self.reg_users, self.reg_items
 
     @staticmethod
     def full(graph: ComputeGraph, users: Tensor, pos: Tensor, neg: Tensor, step_size: int = 0) -> "Batch":

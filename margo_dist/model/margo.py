@@ -101,8 +101,9 @@ class DragonEncoder(nn.Module):
         return users.view(-1, self.n_slices, self.dim), items.view(-1, self.n_slices, self.dim)
 
     def regularised_rows(self, users: Tensor) -> list[tuple[Tensor, int]]:
-        """The batch users' preference rows that DRAGON's regulariser penalises, one per triplet."""
-        return [(rows, 1) for rows in self.user_inputs(users)]
+        """The batch users' preference rows that DRAGON's regulariser penalises, one per triplet
+        (``users`` are rows this worker holds)."""
+        return [(t.lookup_own(users), 1) for t in self.preferences]
 
 
 class IdEncoder(nn.Module):
@@ -129,8 +130,9 @@ class IdEncoder(nn.Module):
         return users.view(-1, 1, self.dim), items.view(-1, 1, self.dim)
 
     def regularised_rows(self, users: Tensor, items: Tensor) -> list[tuple[Tensor, int]]:
-        """The batch's user rows (one per triplet) and item rows (positive and negative: two)."""
-        return [(self.embedding.lookup(users), 1), (self.embedding.lookup(items + self.n_users), 2)]
+        """The batch's user rows (one per triplet) and item rows (positive and negative: two);
+        rows this worker holds."""
+        return [(self.embedding.lookup_own(users), 1), (self.embedding.lookup_own(items + self.n_users), 2)]
 
 
 class Recommender(nn.Module):
@@ -226,11 +228,12 @@ class Recommender(nn.Module):
             items_emb = items_emb * ci.unsqueeze(2)
         return users_emb.flatten(1), items_emb.flatten(1)
 
-    def regularised_rows(self, users: Tensor, pos: Tensor, neg: Tensor) -> list[tuple[Tensor, int]]:
+    def regularised_rows(self, users: Tensor, items: Tensor) -> list[tuple[Tensor, int]]:
         """Rows for the λ-regulariser, each with its rows per triplet: DRAGON's batch-user
-        preferences; user and item IDs for the baselines."""
+        preferences; user and item IDs (``items``: positives then negatives) for the
+        baselines. Every id must be a row this worker holds (all of them in local mode)."""
         if isinstance(self.encoder, IdEncoder):
-            return self.encoder.regularised_rows(users, torch.cat([pos, neg]))
+            return self.encoder.regularised_rows(users, items)
         return self.encoder.regularised_rows(users)
 
 

@@ -25,14 +25,17 @@ class LossParts:
 
 def triplet_loss(model: Recommender, stage: str, cfg: ModelConfig, users_emb: Tensor, pos_emb: Tensor,
                  neg_emb: Tensor, users: Tensor, pos: Tensor, neg: Tensor,
-                 global_batch: int | None = None) -> LossParts:
+                 global_batch: int | None = None, regularised: tuple[Tensor, Tensor] | None = None) -> LossParts:
     """``L = L_rec + alpha * L_cal (calibration stage) + lambda * reg``.
 
     users_emb/pos_emb/neg_emb: [B, M, d] final vectors of the batch; users/pos/neg:
     [B] their global ids (for the weight tables and the regulariser). ``global_batch``
     (default B): the size of the whole step's batch when these B triplets are one
     worker's part of it; every mean is then a sum over the part divided by it, so the
-    workers' losses (and gradients) add up to the local step's.
+    workers' losses (and gradients) add up to the local step's. ``regularised``: the
+    (users [R], positives then negatives [R']) whose rows the regulariser penalises,
+    default these triplets'; a worker passes the whole step's rows that it owns, which
+    add up over the workers to the step's and need no rows from another worker.
     """
     b = users.numel()
     g = b if global_batch is None else global_batch
@@ -53,7 +56,7 @@ def triplet_loss(model: Recommender, stage: str, cfg: ModelConfig, users_emb: Te
         cal, calibrated = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, w_pos, w_neg, g)
         total = total + cfg.alpha * cal
         cal_value = float(cal.detach())
-    rows = model.regularised_rows(users, pos, neg)
+    rows = model.regularised_rows(*(regularised or (users, torch.cat([pos, neg]))))
     reg = losses.embedding_reg([t for t, _ in rows], cfg.reg_weight, [per * g for _, per in rows])
     total = total + reg
     return LossParts(total=total, bpr=float(bpr.detach()), cal=cal_value, reg=float(reg.detach()),

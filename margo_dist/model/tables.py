@@ -88,6 +88,11 @@ class Table(nn.Module, ABC):
         """Every row (differentiable), shape [num_rows, dim]."""
 
     @abstractmethod
+    def lookup_own(self, ids: Tensor) -> Tensor:
+        """Rows ``ids`` (global ids this rank holds: any id in local mode), differentiable; no
+        communication."""
+
+    @abstractmethod
     def own_rows(self) -> Tensor:
         """The rows this rank holds (all rows in local mode), in ascending global id order."""
 
@@ -116,6 +121,9 @@ class LocalTable(Table):
 
     def own_rows(self) -> Tensor:
         return self.weight
+
+    def lookup_own(self, ids: Tensor) -> Tensor:
+        return self.lookup(ids)
 
     @torch.no_grad()
     def reset(self, std: float, seed: int) -> None:

@@ -127,6 +127,8 @@ class Trainer:
         self.features = [(f if owned_items is None else f.index_select(0, owned_items)).to(self.device)
                          for f in data.features]
         self.dense_params = self.model.parameter_groups()["dense"]
+        self.user_owner = self.placement.spaces[USER].owner
+        self.item_owner = self.placement.spaces[ITEM].owner
         tu, ti = data.ds.split(TRAIN)
         self.triplets = TripletSampler(tu, ti, data.ds.n_items, cfg.train.batch_size)
         self.records: list[dict[str, Any]] = []
@@ -189,7 +191,7 @@ class Trainer:
         users_emb, items_emb = self.model.encode(b.graph, self.features)
         parts = triplet_loss(self.model, stage, self.cfg.model, users_emb.index_select(0, b.users_local),
                              items_emb.index_select(0, b.pos_local), items_emb.index_select(0, b.neg_local),
-                             b.users, b.pos, b.neg, b.step_size or None)
+                             b.users, b.pos, b.neg, b.step_size or None, b.regularised())
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         self._sum_dense_gradients()
@@ -240,8 +242,14 @@ class Trainer:
             rank, world = self.comm.rank, self.comm.world_size
             for u, i, j in self.triplets.epoch(rng):
                 # every worker draws the same step; worker r takes triplets r, r + N, ...
-                step = u.size if world > 1 else 0
-                yield Batch.full(self.whole_graph, *(torch.from_numpy(a[rank::world]) for a in (u, i, j)), step)
+                batch = Batch.full(self.whole_graph, *(torch.from_numpy(a[rank::world]) for a in (u, i, j)),
+                                   u.size if world > 1 else 0)
+                if world > 1:
+                    # ... and regularises the step's rows it owns, with no rows to fetch
+                    items = np.concatenate([i, j])
+                    batch.reg_users = torch.from_numpy(u[self.user_owner[u] == rank])
+                    batch.reg_items = torch.from_numpy(items[self.item_owner[items] == rank])
+                yield batch
             return
         from margo_dist.graph.sample import sampled_batches
 

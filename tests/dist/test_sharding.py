@@ -45,3 +45,25 @@ def test_fetched_and_gathered_rows_equal_the_whole_table_and_their_gradients_rea
         assert got["fetched"] == whole[torch.tensor(ASKED[rank], dtype=torch.int64)].tolist()
         assert got["gathered"] == whole.tolist()
         assert got["grad"] == expected_grad[got["own"]].tolist()
+
+
+def own_and_small_lookups(rank: int, world: int) -> dict:
+    from margo_dist.model.tables import TableSpec
+
+    placement = Placement(TorchComm(), np.zeros(1, np.int64), OWNER)
+    table = placement.table(TableSpec("theta", 7, 2, 1.0, 0), ITEM)  # 56 bytes: looked up by a whole gather
+    whole = TableSpec("theta", 7, 2, 1.0, 0).rows()
+    own = placement.owned(ITEM)
+    out = {"own": table.lookup_own(own.flip(0)).tolist() == whole[own.flip(0)].tolist(),
+           "small": table.lookup(torch.tensor([6, 0, 6])).tolist() == whole[[6, 0, 6]].tolist()}
+    foreign = torch.tensor([int(np.flatnonzero(OWNER != rank)[0])])
+    try:
+        table.lookup_own(foreign)
+        out["refused"] = False
+    except ValueError as exc:
+        out["refused"] = "does not hold" in str(exc)
+    return out
+
+
+def test_own_rows_need_no_peer_and_a_row_held_elsewhere_is_refused():
+    assert run_workers(own_and_small_lookups, 3) == [{"own": True, "small": True, "refused": True}] * 3
