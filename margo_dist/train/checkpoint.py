@@ -87,13 +87,23 @@ def save(run: RunDir, comm: Communicator, model: nn.Module, optimizer: torch.opt
     comm.barrier()
 
 
-def load(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load the committed checkpoint into ``model`` and ``optimizer`` (this worker's rows of each
-    table); returns the leader's record (coordinator, RNG, records, world size, seq)."""
+def read_record(run: RunDir) -> dict[str, Any]:
+    """The leader's commit record of the latest checkpoint (coordinator, RNG, records, ...)."""
     ckpt = run.load_state(CHECKPOINT)
-    if "seq" not in ckpt or "coordinator" not in ckpt:
+    if "coordinator" not in ckpt:
         raise MargoError(f"{run.path(CHECKPOINT)} was written by an older margo-dist: delete it, or set "
                          f"run.resume=false to start the run afresh")
+    return ckpt
+
+
+def load(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
+         record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load the committed checkpoint (``record``, if already read) into ``model`` and ``optimizer``
+    (this worker's rows of each table); returns the leader's record."""
+    ckpt = read_record(run) if record is None else record
+    if "seq" not in ckpt:
+        raise MargoError(f"{run.path(CHECKPOINT)} holds whole tables (written by an older margo-dist before "
+                         f"per-worker checkpoint files): delete it, or set run.resume=false to start afresh")
     seq, writers = int(ckpt["seq"]), int(ckpt["world_size"])
     parts = [run.load_state(shard_file(seq, r))["tables"] for r in range(writers)]
     state = dict(ckpt["model"])

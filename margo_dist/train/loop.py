@@ -413,8 +413,13 @@ class Trainer:
     def _resume(self) -> tuple[torch.optim.Optimizer, np.random.Generator]:
         rng = np.random.default_rng(self.cfg.train.seed)
         if self.comm.broadcast_object(self.cfg.run.resume and self.run.exists(CHECKPOINT)):
+            record = checkpoint.read_record(self.run)
+            if record["coordinator"]["done"] and self.run.exists(SUMMARY):
+                # a finished run: nothing to load but where it stands (fit returns its summary)
+                self.coordinator.load_state_dict(record["coordinator"])
+                return self.new_optimizer(), rng
             optimizer = self.new_optimizer()
-            ckpt = checkpoint.load(self.run, self.model, optimizer)
+            ckpt = checkpoint.load(self.run, self.model, optimizer, record)
             self.coordinator.load_state_dict(ckpt["coordinator"])
             rng.bit_generator.state = ckpt["rng"]
             self.records = list(ckpt["records"])
