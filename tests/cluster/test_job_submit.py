@@ -1,0 +1,105 @@
+"""The cluster recipe (cluster/README.md) on a real head: token auth, ``ray job submit``, a 2-worker job.
+
+The test starts its own head on loopback (free ports, a token in a temporary file,
+``RAY_AUTH_MODE=token``) in its own process session and stops that session, and only
+that head, when it ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from margo_dist.data.synth import SynthSpec, write_synthetic
+
+pytest.importorskip("ray")
+RAY = shutil.which("ray") or pytest.skip("no `ray` command on PATH", allow_module_level=True)
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def head(tmp_path):
+    """(dashboard URL, environment with the token) of a fresh token-auth head; stopped afterwards."""
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32))
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    env.pop("RAY_ADDRESS", None)
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
+    log = tmp_path / "head.log"
+    proc = subprocess.Popen([RAY, "start", "--head", "--block", "--port=0", "--dashboard-port=0",
+                             "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}",
+                             "--disable-usage-stats"], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        url = None
+        while url is None:
+            found = re.search(r"RAY_API_SERVER_ADDRESS='(http://[^']+)'", log.read_text())
+            url = found.group(1) if found else None
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield url, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def ray_cli(env: dict, *args: str, timeout: float = 60) -> str:
+    done = subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def job_state(url: str, env: dict, job: str) -> str:
+    """The job's status from the job API, with the token (what ``ray job status`` prints)."""
+    request = urllib.request.Request(f"{url}/api/jobs/{job}",
+                                     headers={"Authorization": f"Bearer {Path(env['RAY_AUTH_TOKEN_PATH']).read_text()}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["status"]
+
+
+def test_a_two_worker_job_through_ray_job_submit_with_token_auth(head, tmp_path):
+    url, env = head
+    # the job API refuses a request without the token
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{url}/api/jobs/", timeout=10)
+    assert refused.value.code == 401
+    data, run = tmp_path / "data", tmp_path / "run"
+    write_synthetic(SynthSpec(n_users=120, n_items=80, n_interactions=1200, modality_dims={"image": 12, "text": 8},
+                              seed=0), str(data), "mmrec")
+    job = f"margo-test-{secrets.token_hex(4)}"
+    # the README's recipe, with the tiny job's settings
+    ray_cli(env, "job", "submit", "--address", url, "--submission-id", job, "--no-wait", "--working-dir", ".",
+            "--runtime-env-json", json.dumps({"excludes": ["runs/", "data/", ".git/"]}), "--",
+            "margo-dist", "train", "--config", "configs/default.yaml", f"data.path={data}", f"run.dir={run}",
+            "dist.workers=2", "dist.cpus_per_worker=1", "train.max_epochs=2", "model.dim=8", "graph.user_k=5",
+            "graph.item_k=3", "train.batch_size=256", "train.threads=1", "run.plots=false")
+    deadline = time.time() + 400
+    while (state := job_state(url, env, job)) != "SUCCEEDED":
+        assert state in ("PENDING", "RUNNING"), (state, ray_cli(env, "job", "logs", "--address", url, job))
+        assert time.time() < deadline, state
+        time.sleep(1)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["variant"] == "margo" and 0 < summary["test"]["recall@20"] <= 1
+    assert "succeeded" in ray_cli(env, "job", "status", "--address", url, job)
+    logs = ray_cli(env, "job", "logs", "--address", url, job)
+    assert "training on 2 Ray Train workers" in logs
+    assert len(re.findall(r"\[pretrain\] epoch +1 ", logs)) == 1  # each epoch line once in the job log
