@@ -30,9 +30,10 @@ RAY = shutil.which("ray") or pytest.skip("no `ray` command on PATH", allow_modul
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def head(tmp_path):
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
     """(dashboard URL, environment with the token) of a fresh token-auth head; stopped afterwards."""
+    tmp_path = tmp_path_factory.mktemp("head")
     token = tmp_path / "token"
     token.write_text(secrets.token_hex(32))
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
@@ -68,6 +69,28 @@ def ray_cli(env: dict, *args: str, timeout: float = 60) -> str:
     return done.stdout + done.stderr
 
 
+SPEC = SynthSpec(n_users=120, n_items=80, n_interactions=1200, modality_dims={"image": 12, "text": 8}, seed=0)
+
+
+def submit(url: str, env: dict, data: Path, run: Path, *extra: str) -> str:
+    """The README's recipe with the tiny job's settings; returns the submission id."""
+    job = f"margo-test-{secrets.token_hex(4)}"
+    ray_cli(env, "job", "submit", "--address", url, "--submission-id", job, "--no-wait", "--working-dir", ".",
+            "--runtime-env-json", json.dumps({"excludes": ["runs/", "data/", ".git/"]}), "--",
+            "margo-dist", "train", "--config", "configs/default.yaml", f"data.path={data}", f"run.dir={run}",
+            "dist.workers=2", "dist.cpus_per_worker=1", "model.dim=8", "graph.user_k=5", "graph.item_k=3",
+            "train.batch_size=256", "train.threads=1", "run.plots=false", *extra)
+    return job
+
+
+def wait_for(url: str, env: dict, job: str, wanted: str, timeout: float = 400) -> None:
+    deadline = time.time() + timeout
+    while (state := job_state(url, env, job)) != wanted:
+        assert state in ("PENDING", "RUNNING"), (state, ray_cli(env, "job", "logs", "--address", url, job))
+        assert time.time() < deadline, state
+        time.sleep(1)
+
+
 def job_state(url: str, env: dict, job: str) -> str:
     """The job's status from the job API, with the token (what ``ray job status`` prints)."""
     request = urllib.request.Request(f"{url}/api/jobs/{job}",
@@ -83,23 +106,50 @@ def test_a_two_worker_job_through_ray_job_submit_with_token_auth(head, tmp_path)
         urllib.request.urlopen(f"{url}/api/jobs/", timeout=10)
     assert refused.value.code == 401
     data, run = tmp_path / "data", tmp_path / "run"
-    write_synthetic(SynthSpec(n_users=120, n_items=80, n_interactions=1200, modality_dims={"image": 12, "text": 8},
-                              seed=0), str(data), "mmrec")
-    job = f"margo-test-{secrets.token_hex(4)}"
-    # the README's recipe, with the tiny job's settings
-    ray_cli(env, "job", "submit", "--address", url, "--submission-id", job, "--no-wait", "--working-dir", ".",
-            "--runtime-env-json", json.dumps({"excludes": ["runs/", "data/", ".git/"]}), "--",
-            "margo-dist", "train", "--config", "configs/default.yaml", f"data.path={data}", f"run.dir={run}",
-            "dist.workers=2", "dist.cpus_per_worker=1", "train.max_epochs=2", "model.dim=8", "graph.user_k=5",
-            "graph.item_k=3", "train.batch_size=256", "train.threads=1", "run.plots=false")
-    deadline = time.time() + 400
-    while (state := job_state(url, env, job)) != "SUCCEEDED":
-        assert state in ("PENDING", "RUNNING"), (state, ray_cli(env, "job", "logs", "--address", url, job))
-        assert time.time() < deadline, state
-        time.sleep(1)
+    write_synthetic(SPEC, str(data), "mmrec")
+    job = submit(url, env, data, run, "train.max_epochs=2")
+    wait_for(url, env, job, "SUCCEEDED")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["variant"] == "margo" and 0 < summary["test"]["recall@20"] <= 1
     assert "succeeded" in ray_cli(env, "job", "status", "--address", url, job)
     logs = ray_cli(env, "job", "logs", "--address", url, job)
     assert "training on 2 Ray Train workers" in logs
     assert len(re.findall(r"\[pretrain\] epoch +1 ", logs)) == 1  # each epoch line once in the job log
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ray_job_stop_ends_the_workers_and_the_same_command_resumes(head, tmp_path):
+    url, env = head
+    data, run = tmp_path / "data", tmp_path / "run"
+    write_synthetic(SPEC, str(data), "mmrec")
+    args = ("train.max_epochs=8", "train.patience=20")
+    job = submit(url, env, data, run, *args)
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").exists() or not (run / "checkpoint.pt").exists():
+        assert job_state(url, env, job) in ("PENDING", "RUNNING"), ray_cli(env, "job", "logs", "--address", url, job)
+        assert time.time() < deadline
+        time.sleep(0.2)
+    workers = [int((run / "workers" / f"rank{r}.pid").read_text()) for r in range(2)]
+    ray_cli(env, "job", "stop", "--address", url, "--no-wait", job)
+    stopped = time.time()
+    while any(alive(pid) for pid in workers):
+        assert time.time() - stopped < 30, "workers still alive 30 s after ray job stop"
+        time.sleep(0.2)
+    wait_for(url, env, job, "STOPPED", timeout=60)
+    from margo_dist.train import checkpoint
+    from margo_dist.train.rundir import RunDir
+
+    record = checkpoint.read_record(RunDir(str(run)))  # the last checkpoint is whole
+    assert not record["coordinator"]["done"]
+    again = submit(url, env, data, run, *args)  # the same command
+    wait_for(url, env, again, "SUCCEEDED")
+    logs = ray_cli(env, "job", "logs", "--address", url, again)
+    assert "resuming" in logs, logs[-3000:]
+    assert json.loads((run / "summary.json").read_text())["variant"] == "margo"
