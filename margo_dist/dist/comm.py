@@ -39,25 +39,9 @@ class Communicator(ABC):
         """Sum ``t`` over the ranks, in place (no autograd); returns ``t``."""
 
     @abstractmethod
-    def all_gather_counts(self, n: int) -> list[int]:
-        """Every rank's ``n``, in rank order."""
-
-    @abstractmethod
     def start_gather(self, local: Tensor, width: int) -> "PendingRows":
         """Begin gathering every rank's rows [n_rank <= width, F]; ``wait()`` returns
         [world_size * width, F] with rank r's rows at r * width (differentiable)."""
-
-    def gather_rows(self, local: Tensor, counts: list[int] | None = None) -> Tensor:
-        """[n_rank, F] per rank -> [sum of n_rank, F] in rank order, differentiable.
-
-        ``counts`` (every rank's n_rank, when the caller knows them) saves exchanging them.
-        """
-        counts = self.all_gather_counts(local.shape[0]) if counts is None else counts
-        if len(counts) != self.world_size or counts[self.rank] != local.shape[0]:
-            raise ValueError(f"gather_rows: rank {self.rank} has {local.shape[0]} rows, counts say {counts}")
-        width = max(counts)
-        padded = self.start_gather(local, width).wait()
-        return torch.cat([padded[r * width: r * width + n] for r, n in enumerate(counts)])
 
     @abstractmethod
     def all_to_all(self, send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
@@ -91,9 +75,6 @@ class LocalComm(Communicator):
 
     def all_reduce_(self, t: Tensor) -> Tensor:
         return t
-
-    def all_gather_counts(self, n: int) -> list[int]:
-        return [n]
 
     def start_gather(self, local: Tensor, width: int) -> "PendingRows":
         return PendingRows(None, local if local.shape[0] == width else _pad(local, width))
@@ -135,11 +116,6 @@ class TorchComm(Communicator):
         moved = t.to(self.device)
         self._dist.all_reduce(moved)
         return t.copy_(moved)
-
-    def all_gather_counts(self, n: int) -> list[int]:
-        out = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world_size)]
-        self._dist.all_gather(out, torch.tensor([n], dtype=torch.int64, device=self.device))
-        return [int(x) for x in out]
 
     def start_gather(self, local: Tensor, width: int) -> "PendingRows":
         if local.shape[0] > width:

@@ -36,7 +36,6 @@ class RowOwnership:
         self.owner = owner
         self.world_size = world_size
         self.ids_by_rank = [np.flatnonzero(owner == r) for r in range(world_size)]
-        self._counts = [ids.size for ids in self.ids_by_rank]
         self.owner_t = torch.from_numpy(owner)
         # position of each global id among its owner's rows
         local = np.empty(owner.size, np.int64)
@@ -44,7 +43,7 @@ class RowOwnership:
             local[ids] = np.arange(ids.size)
         self.local_index = torch.from_numpy(local)
         # a gather pads every rank's block to the largest: global id -> its row in the gathered buffer
-        self.width = max(self._counts, default=0)
+        self.width = max((ids.size for ids in self.ids_by_rank), default=0)
         self.in_gather = self.owner_t * self.width + self.local_index
 
     @property
@@ -54,9 +53,6 @@ class RowOwnership:
     def owned(self, rank: int) -> Tensor:
         """Global ids owned by ``rank``, ascending (int64)."""
         return torch.from_numpy(self.ids_by_rank[rank])
-
-    def counts(self) -> list[int]:
-        return self._counts
 
 
 class Placement:
