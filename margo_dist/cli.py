@@ -128,6 +128,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster_check(args: argparse.Namespace) -> int:
+    from margo_dist.dist.cluster import check, report
+
+    facts = check(args.address, args.storage)
+    print(report(facts))
+    return 1 if facts["storage_errors"] else 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from margo_dist.train.report import evaluate_run, format_table
 
@@ -219,10 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value")
     p.set_defaults(func=cmd_partition)
 
-    p = sub.add_parser("train", help="train a model (local mode)")
+    p = sub.add_parser("train", help="train a model (local, or on Ray Train workers with dist.workers=N)")
     p.add_argument("--config", default=None)
     p.add_argument("overrides", nargs="*", help="key=value, e.g. model.variant=margo train.seed=2")
     p.set_defaults(func=cmd_train)
+
+    cluster = sub.add_parser("cluster", help="Ray cluster steps").add_subparsers(dest="cluster_command",
+                                                                                 required=True)
+    p = cluster.add_parser("check", help="nodes, CPUs/GPUs, token auth and storage reachability of a cluster")
+    p.add_argument("--address", default=None, help="HOST:PORT of the head (default: RAY_ADDRESS)")
+    p.add_argument("--storage", default=None, help="a run-folder URL to test from every node")
+    p.set_defaults(func=cmd_cluster_check)
 
     p = sub.add_parser("evaluate", help="recompute validation and test metrics of a run")
     p.add_argument("run")

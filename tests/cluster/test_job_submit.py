@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """(dashboard URL, environment with the token) of a fresh token-auth head; stopped afterwards."""
+    """(dashboard URL, environment with the token, GCS address) of a fresh token-auth head; stopped afterwards."""
     tmp_path = tmp_path_factory.mktemp("head")
     token = tmp_path / "token"
     token.write_text(secrets.token_hex(32))
@@ -45,13 +46,16 @@ def head(tmp_path_factory):
                             start_new_session=True)
     try:
         deadline = time.time() + 120
-        url = None
-        while url is None:
-            found = re.search(r"RAY_API_SERVER_ADDRESS='(http://[^']+)'", log.read_text())
+        url = gcs = None
+        while url is None or gcs is None:
+            text = log.read_text()
+            found = re.search(r"RAY_API_SERVER_ADDRESS='(http://[^']+)'", text)
             url = found.group(1) if found else None
-            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            found = re.search(r"ray start --address='([^']+)'", text)
+            gcs = found.group(1) if found else None
+            assert proc.poll() is None and time.time() < deadline, text[-3000:]
             time.sleep(0.2)
-        yield url, env
+        yield url, env, gcs
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -99,7 +103,7 @@ def job_state(url: str, env: dict, job: str) -> str:
 
 
 def test_a_two_worker_job_through_ray_job_submit_with_token_auth(head, tmp_path):
-    url, env = head
+    url, env, _ = head
     # the job API refuses a request without the token
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{url}/api/jobs/", timeout=10)
@@ -125,7 +129,7 @@ def alive(pid: int) -> bool:
 
 
 def test_ray_job_stop_ends_the_workers_and_the_same_command_resumes(head, tmp_path):
-    url, env = head
+    url, env, _ = head
     data, run = tmp_path / "data", tmp_path / "run"
     write_synthetic(SPEC, str(data), "mmrec")
     args = ("train.max_epochs=8", "train.patience=20")
@@ -152,3 +156,19 @@ def test_ray_job_stop_ends_the_workers_and_the_same_command_resumes(head, tmp_pa
     logs = ray_cli(env, "job", "logs", "--address", url, again)
     assert "resuming" in logs, logs[-3000:]
     assert json.loads((run / "summary.json").read_text())["variant"] == "margo"
+
+
+def test_cluster_check_names_the_nodes_token_auth_and_storage(head, tmp_path):
+    _, env, gcs = head
+    cmd = [sys.executable, "-m", "margo_dist.cli", "cluster", "check", "--address", gcs]
+    good = subprocess.run([*cmd, "--storage", str(tmp_path / "store")], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert good.returncode == 0, good.stdout + good.stderr[-3000:]
+    assert "1 live node(s), 2 CPU(s), 0 GPU(s)" in good.stdout
+    assert "token auth: on" in good.stdout
+    assert "writable and readable from all 1 node(s)" in good.stdout
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where a folder should be")
+    bad = subprocess.run([*cmd, "--storage", str(blocked / "runs")], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert bad.returncode == 1 and "NOT reachable from 1/1 node(s)" in bad.stdout, bad.stdout + bad.stderr[-2000:]

@@ -1,0 +1,90 @@
+"""``margo-dist cluster check``: what a user looks at first when a job will not start.
+
+Connects to the cluster (``--address`` or ``RAY_ADDRESS``) and reports its live nodes,
+CPUs and GPUs, whether the job API asks for a token (a request without one is refused),
+and whether a storage URL is writable and readable from every node (one task per node
+writes, reads back and removes a small file there).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+
+from margo_dist.errors import ConfigError
+
+
+def _probe(url: str) -> str:
+    """On a node: write, read back and remove a small file under ``url``; '' or the error."""
+    from margo_dist.data import io as mio
+
+    name = mio.join(url, f".margo-check-{uuid.uuid4().hex}")
+    try:
+        mio.makedirs(url)
+        with mio.open_url(name, "wb") as fh:
+            fh.write(b"margo-dist")
+        with mio.open_url(name, "rb") as fh:
+            if fh.read() != b"margo-dist":
+                return "read back other bytes than written"
+        mio.remove(name)
+    except Exception as exc:  # reported per node, not raised: the check goes on
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def _token_auth(dashboard: str) -> bool | None:
+    """True when the job API refuses a request without a token (401); None if it cannot be asked."""
+    if not dashboard:
+        return None
+    url = dashboard if "://" in dashboard else f"http://{dashboard}"
+    try:
+        urllib.request.urlopen(f"{url}/api/version", timeout=10)
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
+    except OSError:
+        return None
+    return False
+
+
+def check(address: str | None, storage: str | None) -> dict[str, Any]:
+    """The facts ``cluster check`` prints, as a dict."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ConfigError("cluster check: no cluster to check; pass --address HOST:PORT or set RAY_ADDRESS")
+    context = ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    try:
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        resources = ray.cluster_resources()
+        out: dict[str, Any] = {"address": address, "nodes": len(nodes), "cpus": resources.get("CPU", 0.0),
+                               "gpus": resources.get("GPU", 0.0), "token_auth": _token_auth(context.dashboard_url),
+                               "storage": storage, "storage_errors": {}}
+        if storage:
+            probe = ray.remote(num_cpus=0)(_probe)
+            refs = {n["NodeManagerAddress"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                n["NodeID"], soft=False)).remote(storage) for n in nodes}
+            out["storage_errors"] = {node: err for node, err in zip(refs, ray.get(list(refs.values()))) if err}
+        return out
+    finally:
+        ray.shutdown()
+
+
+def report(facts: dict[str, Any]) -> str:
+    """The check as lines a person reads."""
+    auth = {True: "on (the job API refuses a request without the token)",
+            False: "OFF (anyone who reaches the dashboard port can submit jobs)", None: "unknown (no dashboard)"}
+    lines = [f"cluster {facts['address']}: {facts['nodes']} live node(s), {facts['cpus']:g} CPU(s), "
+             f"{facts['gpus']:g} GPU(s)", f"token auth: {auth[facts['token_auth']]}"]
+    if facts["storage"]:
+        bad = facts["storage_errors"]
+        if bad:
+            lines += [f"storage {facts['storage']}: NOT reachable from {len(bad)}/{facts['nodes']} node(s)"]
+            lines += [f"  {node}: {err}" for node, err in bad.items()]
+        else:
+            lines.append(f"storage {facts['storage']}: writable and readable from all {facts['nodes']} node(s)")
+    return "\n".join(lines)
