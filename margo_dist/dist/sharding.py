@@ -178,9 +178,9 @@ class ShardedTable(Table):
         return self.placement.fetch(self.space, self.weight, ids)
 
     def lookup_own(self, ids: Tensor) -> Tensor:
-        ownership = self.placement.spaces[self.space]
-        where = ownership.local_index.index_select(0, ids.cpu())
-        if bool((ownership.owner_t.index_select(0, ids.cpu()) != self.placement.comm.rank).any()):
+        ownership, host_ids = self.placement.spaces[self.space], ids.cpu()
+        where = ownership.local_index.index_select(0, host_ids)
+        if bool((ownership.owner_t.index_select(0, host_ids) != self.placement.comm.rank).any()):
             raise ValueError(f"table {self.spec.name}: lookup_own asked for rows that rank "
                              f"{self.placement.comm.rank} does not hold")
         return self.weight.index_select(0, where.to(self.weight.device))

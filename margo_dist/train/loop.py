@@ -157,7 +157,7 @@ class Trainer:
         self.model.train()
         users = self.data.eval_users(split)
         if self.placement.distributed:  # each worker ranks the users it owns
-            users = users[self.placement.spaces[USER].owner[users] == self.comm.rank]
+            users = users[self.user_owner[users] == self.comm.rank]
         sums, counted = full_ranking_sums(score, users, self.data.train_csr, self.data.heldout[split],
                                           self.cfg.train.topk, self.cfg.train.eval_user_chunk, fresh_scores=True)
         names = list(sums)  # the same order on every worker
