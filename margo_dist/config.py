@@ -124,6 +124,7 @@ class DistConfig:
     cpus_per_worker: int = 1
     max_failures: int = 0  # worker-group restarts Ray Train may make (FailureConfig)
     timeout_s: int = 300  # a collective that hangs fails after this long (TorchConfig)
+    ray_log_level: str = "WARNING"  # Ray Train's own log lines (LoggingConfig); INFO shows every report
     # shard set whose owner arrays place the rows (`margo-dist data partition --parts N`);
     # empty: a METIS shard set made on first use, cached by the graph's hash
     shards: str = ""
@@ -186,6 +187,14 @@ class Config:
                            "dist.timeout_s": self.dist.timeout_s}.items():
             if value <= 0:
                 raise ConfigError(f"{key}={value} must be > 0")
+        for key, url in (("run.dir", self.run.dir), ("data.path", self.data.path)):
+            if self.dist.workers > 0 and url.startswith("memory://"):
+                raise ConfigError(f"{key}={url} with dist.workers={self.dist.workers}: memory:// is private to "
+                                  "one process and the Ray workers run in others; use a path or an object-store "
+                                  "URL (cluster/README.md)")
+        levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        if self.dist.ray_log_level not in levels:
+            raise ConfigError(f"dist.ray_log_level={self.dist.ray_log_level!r} must be one of {', '.join(levels)}")
         if self.dist.workers > 1 and self.train.mode == "sampled":
             raise ConfigError(f"dist.workers={self.dist.workers} with train.mode=sampled: sampled distributed "
                               "training (graph shards, rows by all-to-all) is not built yet; use train.mode=full")

@@ -1,9 +1,13 @@
-"""``margo-dist cluster check``: what a user looks at first when a job will not start.
+"""What the cluster can see: ``margo-dist cluster check``, and the storage check before a run.
 
-Connects to the cluster (``--address`` or ``RAY_ADDRESS``) and reports its live nodes,
-CPUs and GPUs, whether the job API asks for a token (a request without one is refused),
-and whether a storage URL is writable and readable from every node (one task per node
-writes, reads back and removes a small file there).
+``check`` connects to the cluster (``--address`` or ``RAY_ADDRESS``) and reports its
+live nodes, CPUs and GPUs, whether the job API asks for a token (a request without one
+is refused), and whether a storage URL is writable and readable from every node (one
+task per node writes, reads back and removes a small file there).
+
+``require_shared_storage`` runs in the driver of every distributed run before any worker
+starts: on a multi-node cluster a local path for ``run.dir`` or ``data.path`` must be one
+that every node mounts, or the workers would write checkpoints nobody else reads.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 import urllib.error
 import urllib.request
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from margo_dist.errors import ConfigError
 
@@ -88,3 +92,55 @@ def report(facts: dict[str, Any]) -> str:
         else:
             lines.append(f"storage {facts['storage']}: writable and readable from all {facts['nodes']} node(s)")
     return "\n".join(lines)
+
+
+def _sees(path: str) -> bool:
+    """On a node: whether ``path`` exists there."""
+    return os.path.exists(path)
+
+
+def unseen_by_nodes(urls: dict[str, str], probe: Callable[[str], bool] = _sees) -> dict[str, list[str]]:
+    """Per local-path URL in ``urls`` (name -> URL): the live nodes that do not see it.
+
+    The driver writes a marker file under each local path, and one task per node (pinned
+    to it) asks ``probe`` whether the marker is there. URLs with a protocol (``s3://``,
+    ``gs://``) are not checked: every node reaches them by name. Needs ``ray.init`` done.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) <= 1:
+        return {}
+    task = ray.remote(num_cpus=0)(probe)
+    unseen: dict[str, list[str]] = {}
+    for name, url in urls.items():
+        if "://" in url and not url.startswith("file://"):
+            continue
+        folder = url.removeprefix("file://")
+        os.makedirs(folder, exist_ok=True)
+        marker = os.path.join(folder, f".margo-visible-{uuid.uuid4().hex}")
+        open(marker, "w").close()
+        try:
+            refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+                                 ).remote(marker) for n in nodes]
+            seen = ray.get(refs)
+        finally:
+            os.remove(marker)
+        missing = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
+        if missing:
+            unseen[name] = missing
+    return unseen
+
+
+def require_shared_storage(urls: dict[str, str], probe: Callable[[str], bool] = _sees) -> None:
+    """Refuse, before any worker starts, a local path that not every node sees
+    (``unseen_by_nodes``): its workers would write checkpoints that nobody else reads."""
+    unseen = unseen_by_nodes(urls, probe)
+    if unseen:
+        lines = [f"{name}={urls[name]} is a local path that node(s) {', '.join(nodes)} do not see"
+                 for name, nodes in unseen.items()]
+        raise ConfigError("; ".join(lines) + ". On a multi-node cluster use a file system every node mounts at "
+                          "the same path, or an object store URL (s3://, gs://); for the built-in datasets set "
+                          "MARGO_DIST_HOME to such a path. `margo-dist cluster check --storage URL` tests one "
+                          "(cluster/README.md)")

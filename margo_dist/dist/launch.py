@@ -15,9 +15,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
+import warnings
 from typing import Any, Callable
 
 from margo_dist.config import Config, from_dict, to_dict
@@ -66,6 +68,16 @@ def _worker_log(message: str) -> None:
     sys.stdout.flush()
 
 
+def rank_warnings(rank: int) -> None:
+    """Show this worker's warnings (``warnings.warn``, from any library) as one line each,
+    prefixed with its rank: the job log interleaves every worker's output."""
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        _worker_log(f"rank {rank}: {category.__name__}: {message} ({os.path.basename(filename)}:{lineno})")
+
+    warnings.showwarning = show
+
+
 def report_checkpoint(run_dir: str, rank: int, seq: int, record: dict[str, Any]) -> None:
     """Tell Ray Train of checkpoint ``seq`` (every worker, each for its own file).
 
@@ -99,6 +111,14 @@ def worker_main(config: dict[str, Any]) -> None:
     from margo_dist.train.rundir import RunDir
 
     comm = TorchComm()
+    rank_warnings(comm.rank)
+    # Ray Train logs each report at INFO through a logger outside ``ray.train`` (named by its
+    # file), which LoggingConfig does not reach: the root level does
+    logging.getLogger().setLevel(cfg.dist.ray_log_level)
+    if cfg.train.threads > cfg.dist.cpus_per_worker:
+        warnings.warn(f"train.threads={cfg.train.threads} is more than the dist.cpus_per_worker="
+                      f"{cfg.dist.cpus_per_worker} CPU(s) Ray reserved for this worker: its threads compete "
+                      f"for them (and with other workers' threads)", stacklevel=1)
     # which process is which rank, for an operator (or a fault test) who must find one
     RunDir(cfg.run.dir).write_text(f"workers/rank{comm.rank}.pid", f"{os.getpid()}\n")
     if cfg.dist.use_gpu:
@@ -124,10 +144,11 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
     local one otherwise.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from margo_dist.data.synth import dataset_url
+    from margo_dist.dist.cluster import require_shared_storage
     from margo_dist.dist.coordination import coordinator_name, start_coordinator
     from margo_dist.train.loop import load_training_data
     from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
@@ -150,6 +171,7 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     coordinator = None
     try:
+        require_shared_storage({"run.dir": cfg.run.dir, "data.path": cfg.data.path})
         coordinator = start_coordinator(cfg)
         storage = None if "://" in cfg.run.dir else os.path.join(cfg.run.dir, "ray")
         trainer = TorchTrainer(
@@ -159,7 +181,9 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
             torch_config=TorchConfig(backend="nccl" if cfg.dist.use_gpu else "gloo", timeout_s=cfg.dist.timeout_s),
             run_config=RunConfig(name=run_name(cfg.run.dir), storage_path=storage,
                                  failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 # Ray Train's per-report INFO lines would bury the epoch lines in the job log
+                                 logging_config=LoggingConfig(log_level=cfg.dist.ray_log_level)))
         log(f"training on {n} Ray Train workers ({'nccl' if cfg.dist.use_gpu else 'gloo'}); "
             f"owners from {cfg.dist.shards}")
         result = trainer.fit()

@@ -110,14 +110,27 @@ def test_a_two_worker_job_through_ray_job_submit_with_token_auth(head, tmp_path)
     assert refused.value.code == 401
     data, run = tmp_path / "data", tmp_path / "run"
     write_synthetic(SPEC, str(data), "mmrec")
-    job = submit(url, env, data, run, "train.max_epochs=2")
+    # two threads on one reserved CPU: each worker warns, and the job log says which rank did
+    job = submit(url, env, data, run, "train.max_epochs=2", "train.threads=2")
     wait_for(url, env, job, "SUCCEEDED")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["variant"] == "margo" and 0 < summary["test"]["recall@20"] <= 1
     assert "succeeded" in ray_cli(env, "job", "status", "--address", url, job)
     logs = ray_cli(env, "job", "logs", "--address", url, job)
     assert "training on 2 Ray Train workers" in logs
-    assert len(re.findall(r"\[pretrain\] epoch +1 ", logs)) == 1  # each epoch line once in the job log
+    # the log a person reads: each stage's epoch lines once, from the leader, with loss, metric and seconds
+    for stage, epochs in (("pretrain", (1, 2)), ("calibrate", (1, 2))):
+        for epoch in epochs:
+            lines = re.findall(rf"\[{stage}\] epoch +{epoch} +loss [0-9.]+ +valid recall@20 [0-9.]+ .*s eval\)", logs)
+            assert len(lines) == 1, (stage, epoch, logs[-3000:])
+    for rank in (0, 1):
+        assert re.search(rf"rank {rank}: UserWarning: train\.threads=2 is more than the dist\.cpus_per_worker=1", logs)
+    # no per-report lines from Ray Train, no progress bars
+    assert "Reporting training result" not in logs and "Checkpoint successfully created" not in logs
+    assert "\r" not in logs and "batch/s" not in logs
+    # the summary table ends the job log
+    tail = logs.rstrip().splitlines()[-10:]
+    assert tail[-1].startswith("outputs in ") and any(line.startswith("final test ") for line in tail), tail
 
 
 def alive(pid: int) -> bool:
