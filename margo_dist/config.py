@@ -120,7 +120,11 @@ class DistConfig:
     """Distributed training on Ray Train (``workers`` > 0); 0 is local mode (docs/architecture.md)."""
 
     workers: int = 0  # Ray Train workers (TorchTrainer); 0: one local process
-    use_gpu: bool = False  # one GPU per worker, nccl; else gloo on CPU
+    use_gpu: bool = False  # GPUs for the workers (nccl by default); else gloo on CPU
+    gpus_per_worker: float = 1.0  # with use_gpu; 0.5 lets two workers share one GPU (needs backend=gloo)
+    # collectives: "" picks nccl with use_gpu and gloo without; gloo with use_gpu stages
+    # tensors through host memory (workers that share a GPU: nccl refuses two ranks on one)
+    backend: str = ""
     cpus_per_worker: int = 1
     max_failures: int = 0  # worker-group restarts Ray Train may make (FailureConfig)
     timeout_s: int = 300  # a collective that hangs fails after this long (TorchConfig)
@@ -192,6 +196,16 @@ class Config:
                 raise ConfigError(f"{key}={url} with dist.workers={self.dist.workers}: memory:// is private to "
                                   "one process and the Ray workers run in others; use a path or an object-store "
                                   "URL (cluster/README.md)")
+        if self.dist.backend not in ("", "gloo", "nccl"):
+            raise ConfigError(f"dist.backend={self.dist.backend!r} must be '', 'gloo' or 'nccl'")
+        if self.dist.backend == "nccl" and not self.dist.use_gpu:
+            raise ConfigError("dist.backend=nccl needs dist.use_gpu=true (nccl reduces GPU tensors only)")
+        gpus = self.dist.gpus_per_worker
+        if not (0 < gpus <= 1 or float(gpus).is_integer()):
+            raise ConfigError(f"dist.gpus_per_worker={gpus} must be a fraction in (0, 1] or a whole number")
+        if self.dist.use_gpu and gpus < 1 and self.dist.backend != "gloo":
+            raise ConfigError(f"dist.gpus_per_worker={gpus} puts several workers on one GPU, where nccl refuses "
+                              "two ranks; set dist.backend=gloo")
         levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
         if self.dist.ray_log_level not in levels:
             raise ConfigError(f"dist.ray_log_level={self.dist.ray_log_level!r} must be one of {', '.join(levels)}")

@@ -65,3 +65,10 @@ def test_ray_dict_round_trip():
 def test_default_yaml_loads():
     cfg = load_config("configs/default.yaml")
     assert cfg.model.variant == "margo" and cfg.train.batch_size == 2048
+
+
+def test_sharing_a_gpu_on_nccl_is_refused_when_the_config_is_read():
+    with pytest.raises(ConfigError, match="nccl refuses two ranks"):
+        load_config("configs/default.yaml", ["dist.workers=2", "dist.use_gpu=true", "dist.gpus_per_worker=0.5"])
+    with pytest.raises(ConfigError, match="dist.backend=nccl needs dist.use_gpu=true"):
+        load_config("configs/default.yaml", ["dist.workers=2", "dist.backend=nccl"])

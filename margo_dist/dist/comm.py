@@ -2,7 +2,7 @@
 
 ``LocalComm`` is the one-process implementation (every collective is the identity);
 ``TorchComm`` wraps the default ``torch.distributed`` process group (gloo on CPU,
-nccl on GPU). The autograd collectives live here and nowhere else:
+nccl on GPU; gloo with GPU tensors goes through host copies). The autograd collectives live here and nowhere else:
 
 - ``start_gather(local, width)``: every rank's rows, padded to ``width`` rows each, on
   every rank ([n_r, F] per rank -> [world * width, F], rank r's rows at r * width);
@@ -133,7 +133,12 @@ class TorchComm(Communicator):
         send = grad.contiguous()
         received = torch.empty_like(send)
         self.bytes_sent += (self.world_size - 1) * width * send[0].numel() * send.element_size() if send.shape[0] else 0
-        return self._dist.all_to_all_single(received, send, async_op=True), received
+        if send.device == self.device:
+            return self._dist.all_to_all_single(received, send, async_op=True), received
+        host = send.to(self.device)
+        host_received = torch.empty_like(host)
+        return _Staged(self._dist.all_to_all_single(host_received, host, async_op=True), host_received,
+                       received), received
 
     def all_to_all(self, send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
         if len(send_counts) != self.world_size or len(recv_counts) != self.world_size \
@@ -157,6 +162,20 @@ class TorchComm(Communicator):
 
     def barrier(self) -> None:
         self._dist.barrier()
+
+
+class _Staged:
+    """A collective on host copies of device tensors (gloo with GPU tensors, as when two
+    workers share a GPU): ``wait()`` waits for it, then copies the host result into the
+    device tensor ``dest``."""
+
+    def __init__(self, work: Any, host: Tensor, dest: Tensor) -> None:
+        self._work, self._host, self._dest = work, host, dest
+
+    def wait(self) -> None:
+        self._work.wait()
+        with torch.no_grad():
+            self._dest.copy_(self._host)
 
 
 class PendingRows:
@@ -202,8 +221,14 @@ class _GatherRows(torch.autograd.Function):
         padded = _pad(local, width)
         out = padded.new_empty((comm.world_size * width, *local.shape[1:]))
         comm.bytes_sent += padded.numel() * padded.element_size()
-        flight["work"] = comm._dist.all_gather(list(out.view(comm.world_size, width, *local.shape[1:]).unbind(0)),
-                                               padded, async_op=True)
+        if padded.device == comm.device:
+            flight["work"] = comm._dist.all_gather(list(out.view(comm.world_size, width, *local.shape[1:]).unbind(0)),
+                                                   padded, async_op=True)
+        else:  # gloo with device tensors: through host memory
+            host = torch.empty(out.shape, dtype=out.dtype, device=comm.device)
+            work = comm._dist.all_gather(list(host.view(comm.world_size, width, *local.shape[1:]).unbind(0)),
+                                         padded.to(comm.device), async_op=True)
+            flight["work"] = _Staged(work, host, out)
         ctx.comm, ctx.width, ctx.n, ctx.flight = comm, width, local.shape[0], flight
         return out
 

@@ -174,17 +174,20 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
         require_shared_storage({"run.dir": cfg.run.dir, "data.path": cfg.data.path})
         coordinator = start_coordinator(cfg)
         storage = None if "://" in cfg.run.dir else os.path.join(cfg.run.dir, "ray")
+        backend = cfg.dist.backend or ("nccl" if cfg.dist.use_gpu else "gloo")
+        resources: dict[str, float] = {"CPU": cfg.dist.cpus_per_worker}
+        if cfg.dist.use_gpu:
+            resources["GPU"] = cfg.dist.gpus_per_worker
         trainer = TorchTrainer(
             worker_main, train_loop_config=to_dict(cfg),
-            scaling_config=ScalingConfig(num_workers=n, use_gpu=cfg.dist.use_gpu,
-                                         resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
-            torch_config=TorchConfig(backend="nccl" if cfg.dist.use_gpu else "gloo", timeout_s=cfg.dist.timeout_s),
+            scaling_config=ScalingConfig(num_workers=n, use_gpu=cfg.dist.use_gpu, resources_per_worker=resources),
+            torch_config=TorchConfig(backend=backend, timeout_s=cfg.dist.timeout_s),
             run_config=RunConfig(name=run_name(cfg.run.dir), storage_path=storage,
                                  failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  # Ray Train's per-report INFO lines would bury the epoch lines in the job log
                                  logging_config=LoggingConfig(log_level=cfg.dist.ray_log_level)))
-        log(f"training on {n} Ray Train workers ({'nccl' if cfg.dist.use_gpu else 'gloo'}); "
+        log(f"training on {n} Ray Train workers ({backend}{', GPU' if cfg.dist.use_gpu else ''}); "
             f"owners from {cfg.dist.shards}")
         result = trainer.fit()
         if result.checkpoint is not None:

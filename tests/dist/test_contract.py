@@ -5,9 +5,14 @@ only their rows of the tables and item features under a fixed owner assignment,
 project their own items, train on triplets r, r + 2, ... of the same global batch and
 sum their gradients. Compared: the step's loss and every parameter after it (tables
 gathered whole), after one step and after ten; and evaluation of the same parameters.
+
+``MARGO_TEST_DEVICE=cuda`` runs the same comparisons on the GPU (``tools/gpu_check.py``):
+each worker on GPU ``rank % count``, gloo staging the collectives through host memory.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -25,6 +30,7 @@ from margo_dist.train.rundir import RunDir
 
 from margo_dist.dist.processes import run_workers
 
+DEVICE = os.environ.get("MARGO_TEST_DEVICE", "cpu")
 SPEC = SynthSpec(n_users=120, n_items=90, n_interactions=1500, modality_dims={"image": 12, "text": 8}, seed=0)
 
 
@@ -39,7 +45,8 @@ def data_dir(tmp_path_factory) -> str:
 def config(data_dir: str, variant: str, batch_size: int = 256):
     return load_config("configs/default.yaml", [
         f"data.path={data_dir}", f"model.variant={variant}", "model.dim=8", "graph.user_k=5", "graph.item_k=3",
-        f"train.batch_size={batch_size}", "train.progress=false", "run.dir=memory://contract", "train.seed=3"])
+        f"train.batch_size={batch_size}", "train.progress=false", "run.dir=memory://contract", "train.seed=3",
+        f"train.device={DEVICE}"])
 
 
 def owners(n_users: int, n_items: int, world: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +74,7 @@ def steps(comm: Communicator, data_dir: str, variant: str, n_steps: int, evaluat
         parts = trainer.train_step(stage, next(batches), optimizer)
         losses.append(float(comm.all_reduce_(parts.total.detach().double().clone())))
     out["losses"] = losses
-    out["state"] = {k: v.clone() for k, v in trainer.model_state().items()}
+    out["state"] = {k: v.detach().cpu().clone() for k, v in trainer.model_state().items()}
     out["held"] = {n: int(p.numel()) for n, p in trainer.model.named_parameters()}
     out["features"] = sum(int(f.numel()) for f in trainer.features)
     return out
@@ -75,6 +82,8 @@ def steps(comm: Communicator, data_dir: str, variant: str, n_steps: int, evaluat
 
 def worker(rank: int, world: int, data_dir: str, variant: str, n_steps: int, evaluate: bool,
            batch_size: int = 256) -> dict:
+    if DEVICE.startswith("cuda"):
+        torch.cuda.set_device(rank % torch.cuda.device_count())
     return steps(TorchComm(), data_dir, variant, n_steps, evaluate, batch_size)
 
 
