@@ -158,8 +158,20 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from margo_dist.train.report import report
+    from margo_dist.tune.search import is_search
+    from margo_dist.tune.search import report as search_report
 
-    print(report(args.run, top=args.top))
+    print(search_report(args.run) if is_search(args.run) else report(args.run, top=args.top))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from margo_dist.tune.search import run_search
+    from margo_dist.tune.space import load_search
+
+    search = load_search(args.config, args.overrides)
+    run_search(search)
+    print(f"search results in {search.dir}")
     return 0
 
 
@@ -232,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value, e.g. model.variant=margo train.seed=2")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("tune", help="hyper-parameter search on Ray Tune (staged, ASHA, validation only, resumable)")
+    p.add_argument("--config", required=True, help="search file, e.g. configs/tune/margo.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value on the search file, e.g. max_concurrent_trials=4")
+    p.set_defaults(func=cmd_tune)
+
     cluster = sub.add_parser("cluster", help="Ray cluster steps").add_subparsers(dest="cluster_command",
                                                                                  required=True)
     p = cluster.add_parser("check", help="nodes, CPUs/GPUs, token auth and storage reachability of a cluster")
@@ -250,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="")
     p.set_defaults(func=cmd_recommend)
 
-    p = sub.add_parser("report", help="summary table and most/least reliable items")
-    p.add_argument("run")
+    p = sub.add_parser("report", help="summary table and most/least reliable items; a search's trials table")
+    p.add_argument("run", help="a run folder, or a search folder (margo-dist tune)")
     p.add_argument("--top", type=int, default=10)
     p.set_defaults(func=cmd_report)
     return parser

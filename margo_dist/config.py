@@ -79,6 +79,9 @@ class TrainConfig:
     # evaluate stage 2's starting state (stage 1's best, fresh θ) as its epoch 0 and keep it
     # if no later epoch beats it on validation; false: the paper as written (docs/equations.md 7)
     eval_stage_start: bool = True
+    # score the test split once per stage, after its best epoch; a search's trials set it
+    # false (validation only: the search reads the test split once, for the chosen trial)
+    test_split: bool = True
     mode: str = "full"  # full | sampled
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
@@ -113,6 +116,8 @@ class RunConfig:
     plots: bool = True
     # run folder whose best stage-1 state starts stage 2 here (stage 1 is skipped); empty: train it
     pretrained: str = ""
+    # the last stage to train (e.g. pretrain: a staged search's stage-1 runs); empty: every stage
+    stop_after: str = ""
 
 
 @dataclass
@@ -248,6 +253,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise bad
         return {_coerce(k, args[0], f"{key} key", source): _coerce(v, args[1], f"{key}.{k}", source)
                 for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise bad
+        obj = tp()
+        _apply(obj, value, f"{key}.", source)
+        return obj
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -304,7 +315,17 @@ def from_dict(values: dict[str, Any], source: str = "a dict") -> Config:
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Read ``path`` (YAML), then apply ``key=value`` overrides, then validate."""
-    cfg = Config()
+    cfg = load_into(Config(), path, overrides)
+    cfg.validate()
+    return cfg
+
+
+T = typing.TypeVar("T")
+
+
+def load_into(obj: T, path: str | None = None, overrides: list[str] | None = None) -> T:
+    """Fill the dataclass tree ``obj`` from YAML ``path``, then ``key=value`` overrides:
+    unknown keys and wrong types are errors naming the key and where it came from."""
     if path:
         from margo_dist.data.io import open_url
 
@@ -317,15 +338,14 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        _apply(cfg, values, "", path)
+        _apply(obj, values, "", path)
     for text in overrides or []:
         parts, value = _parse_override(text)
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}
-        _apply(cfg, nested, "", f"command line ({text})")
-    cfg.validate()
-    return cfg
+        _apply(obj, nested, "", f"command line ({text})")
+    return obj
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

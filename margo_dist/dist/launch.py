@@ -92,7 +92,8 @@ def report_checkpoint(run_dir: str, rank: int, seq: int, record: dict[str, Any])
 
     metrics: dict[str, Any] = {"checkpoint_seq": seq}
     if record:
-        metrics.update({"stage": record["stage"], "epoch": record["epoch"]})
+        metrics.update({"stage": record["stage"], "epoch": record["epoch"],
+                        "epochs_trained": record["epochs_trained"]})
         metrics.update({f"valid_{k}": v for k, v in record["valid"].items()})
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, f"rank{rank}.json"), "w") as fh:
@@ -137,11 +138,13 @@ def worker_main(config: dict[str, Any]) -> None:
     trainer.fit()
 
 
-def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_distributed(cfg: Config, log: Callable[[str], None] = print, callbacks: list[Any] | None = None
+                      ) -> dict[str, Any]:
     """Run ``cfg`` on ``dist.workers`` Ray Train workers; returns the run's summary.
 
     Joins the Ray cluster at ``RAY_ADDRESS`` (or a running local head) and starts a
-    local one otherwise.
+    local one otherwise. ``callbacks`` go to Ray Train's ``RunConfig`` (a Tune trial
+    passes ``TuneReportCallback``, which forwards rank 0's reports to Tune).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -184,7 +187,7 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[s
             torch_config=TorchConfig(backend=backend, timeout_s=cfg.dist.timeout_s),
             run_config=RunConfig(name=run_name(cfg.run.dir), storage_path=storage,
                                  failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
                                  # Ray Train's per-report INFO lines would bury the epoch lines in the job log
                                  logging_config=LoggingConfig(log_level=cfg.dist.ray_log_level)))
         log(f"training on {n} Ray Train workers ({backend}{', GPU' if cfg.dist.use_gpu else ''}); "

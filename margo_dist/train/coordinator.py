@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from margo_dist.errors import ConfigError
+
 if TYPE_CHECKING:
     from margo_dist.config import Config
 
@@ -59,9 +61,7 @@ class Coordinator:
     @staticmethod
     def arguments(cfg: "Config") -> tuple[list[str], int, int, int, bool]:
         """The constructor's arguments for ``cfg``'s run (its variant's stages and early-stop rules)."""
-        from margo_dist.model.variants import get_variant
-
-        return (list(get_variant(cfg.model.variant).stages), cfg.train.max_epochs, cfg.train.patience,
+        return (stages_of(cfg), cfg.train.max_epochs, cfg.train.patience,
                 cfg.train.eval_every, cfg.train.eval_stage_start)
 
     @property
@@ -144,3 +144,16 @@ class Coordinator:
         self.progress = StageProgress(**state["progress"])
         self.results = dict(state["results"])
         self.done = bool(state["done"])
+
+
+def stages_of(cfg: "Config") -> list[str]:
+    """The stages ``cfg``'s run trains: its variant's, up to ``run.stop_after`` when set."""
+    from margo_dist.model.variants import get_variant
+
+    stages = list(get_variant(cfg.model.variant).stages)
+    if not cfg.run.stop_after:
+        return stages
+    if cfg.run.stop_after not in stages:
+        raise ConfigError(f"run.stop_after={cfg.run.stop_after!r} is not a stage of model.variant="
+                          f"{cfg.model.variant} ({', '.join(stages)})")
+    return stages[: stages.index(cfg.run.stop_after) + 1]

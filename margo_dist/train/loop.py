@@ -29,7 +29,7 @@ from margo_dist.model.variants import CALIBRATE, PRETRAIN, get_variant
 from margo_dist.progress import progress_bar
 from margo_dist.train import checkpoint
 from margo_dist.train.batches import TripletSampler
-from margo_dist.train.coordinator import Coordinator
+from margo_dist.train.coordinator import Coordinator, stages_of
 from margo_dist.train.metrics import csr_from_pairs, full_ranking_sums, weight_detection_auc
 from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
 
@@ -116,7 +116,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self.run = RunDir(cfg.run.dir)
         self.variant = get_variant(cfg.model.variant)
-        self.stages = list(self.variant.stages)
+        self.stages = stages_of(cfg)
         for line in self.variant.ignored_settings(cfg.model.alpha):
             self.log(f"warning: {line}")
         dims = [f.shape[1] for f in data.features] if self.variant.uses_features else []
@@ -254,8 +254,16 @@ class Trainer:
         from margo_dist.graph.sample import sampled_batches
 
         triplets = list(self.triplets.epoch(rng))
-        seed = int(rng.integers(0, 2**31 - 1))
+        seed = int(rng.integers(0, 2**31 - 1))  # skip_epochs draws what this branch draws
         yield from sampled_batches(self.neighbour_sampler, triplets, seed, self.cfg.sampler.num_workers)
+
+    def skip_epochs(self, rng: np.random.Generator, n: int) -> None:
+        """Advance ``rng`` as ``n`` epochs of ``batches`` would, without building a batch."""
+        for _ in range(n):
+            for _ in self.triplets.epoch(rng):
+                pass
+            if self.neighbour_sampler is not None:
+                rng.integers(0, 2**31 - 1)  # the epoch's sampling seed
 
     def new_optimizer(self) -> torch.optim.Optimizer:
         """Adam (fused: one kernel for every tensor, 5x faster than the default on CPU), one
@@ -339,7 +347,7 @@ class Trainer:
         self.coordinator.require_evaluation()
         progress = self.coordinator.progress
         self.load_model_state(self.run.load_state(f"best_{stage}.pt")["model"])
-        test = self.evaluate(stage, TEST)
+        test = self.evaluate(stage, TEST) if self.cfg.train.test_split else {}
         result: dict[str, Any] = {"best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
                                   "valid": progress.best_valid, "test": test}
         auc = self.weight_auc() if stage == CALIBRATE else None
@@ -347,7 +355,8 @@ class Trainer:
             result["weight_auc"] = auc
         kept = " (its starting state: stage 2 did not beat it)" if progress.best_epoch == 0 else ""
         self.log(f"[{stage}] best epoch {progress.best_epoch}{kept}: valid {self.cfg.train.select_metric} "
-                 f"{progress.best_metric:.4f}, test {test.get(self.cfg.train.select_metric, float('nan')):.4f}")
+                 f"{progress.best_metric:.4f}" + (f", test {test[self.cfg.train.select_metric]:.4f}" if test else
+                                                  " (test split not read: train.test_split=false)"))
         return result
 
     def _write_outputs(self, seconds: float) -> dict[str, Any]:
@@ -408,7 +417,13 @@ class Trainer:
                         {"coordinator": self.coordinator.state_dict(), "rng": rng.bit_generator.state,
                          "records": self.records}, self.checkpoint_seq)
         if self.on_checkpoint is not None:
-            self.on_checkpoint(self.checkpoint_seq, self.records[-1] if self.records else {})
+            latest = dict(self.records[-1], epochs_trained=self.epochs_trained()) if self.records else {}
+            self.on_checkpoint(self.checkpoint_seq, latest)
+
+    def epochs_trained(self) -> int:
+        """Training epochs this run has made (a stage taken from another run not counted):
+        the clock of a search's early-stopping scheduler."""
+        return sum(1 for r in self.records if r["epoch"] >= 1 and "taken_from" not in r)
 
     def _resume(self) -> tuple[torch.optim.Optimizer, np.random.Generator]:
         rng = np.random.default_rng(self.cfg.train.seed)
@@ -433,16 +448,18 @@ class Trainer:
             self.run.write_config(self.cfg)
         self.coordinator.reset()  # a hosted coordinator may hold the state of a failed attempt
         if self.cfg.run.pretrained and self.stages[0] == PRETRAIN and len(self.stages) > 1:
-            self._from_pretrained()
+            self._from_pretrained(rng)
         else:
             self._start_stage(0)
         return self.new_optimizer(), rng
 
-    def _from_pretrained(self) -> None:
+    def _from_pretrained(self, rng: np.random.Generator) -> None:
         """Skip stage 1: take its best state (and its results) from another run's folder.
 
         Stage 2 hyper-parameters (alpha, tau, ...) can then be searched from one
-        pretraining, as the paper's two-stage protocol allows.
+        pretraining, as the paper's two-stage protocol allows. ``rng`` is advanced by the
+        epochs that stage 1 ran there, so stage 2 draws the batches it draws in a run of
+        both stages with the same seed (the same result, tested).
         """
         other = RunDir(self.cfg.run.pretrained)
         name = f"best_{PRETRAIN}.pt"
@@ -464,7 +481,10 @@ class Trainer:
         self._save(name, other.load_state(name))
         stage1 = other.read_json(SUMMARY).get("stages", {}).get(PRETRAIN) if other.exists(SUMMARY) else None
         self.coordinator.skip_stage(stage1)
-        self.records = [r for r in other.read_metrics() if r.get("stage") == PRETRAIN]
+        if stage1 is not None and other_cfg.train.seed == self.cfg.train.seed:
+            self.skip_epochs(rng, int(stage1["epochs_run"]))
+        self.records = [dict(r, taken_from=self.cfg.run.pretrained) for r in other.read_metrics()
+                        if r.get("stage") == PRETRAIN]
         self.log(f"stage {PRETRAIN} taken from {self.cfg.run.pretrained}")
         self._start_stage(1)
 

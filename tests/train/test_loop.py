@@ -196,3 +196,21 @@ def test_the_paper_protocol_is_one_override_away(data_dir, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if r["stage"] == "calibrate"] == [1, 2]
     assert summary["best_epoch"] >= 1
+
+
+def test_a_stage_one_run_then_stage_two_from_it_equals_the_whole_run(data_dir, tmp_path):
+    """The staged search's split: ``run.stop_after=pretrain``, then ``run.pretrained`` (validation only)."""
+    whole = train(cfg_for(data_dir, str(tmp_path / "whole")), log=lambda _m: None)
+    first = train(cfg_for(data_dir, str(tmp_path / "s1"), "run.stop_after=pretrain", "train.test_split=false"),
+                  log=lambda _m: None)
+    assert list(first["stages"]) == ["pretrain"] and first["test"] == {}
+    assert not (tmp_path / "s1" / "item_weights.parquet").exists()
+    messages: list[str] = []
+    second = train(cfg_for(data_dir, str(tmp_path / "s2"), f"run.pretrained={tmp_path / 's1'}",
+                           "train.test_split=false"), log=messages.append)
+    assert any("test split not read" in m for m in messages)
+    assert second["test"] == {} and all(r["test"] == {} for r in second["stages"].values())
+    assert second["valid"] == pytest.approx(whole["valid"], abs=1e-9)
+    assert second["weight_auc"] == pytest.approx(whole["weight_auc"], abs=1e-9)
+    with pytest.raises(Exception, match=r"run.stop_after='dragon' is not a stage of model.variant=margo"):
+        train(cfg_for(data_dir, str(tmp_path / "bad"), "run.stop_after=dragon"), log=lambda _m: None)

@@ -1,0 +1,422 @@
+"""The staged search on Ray Tune: trials, ASHA, selection on validation, resumable.
+
+A search runs one or two Tune experiments ("phases") in its folder:
+
+- staged (the variant has both stages and the space has stage-2 keys): ``stage1``
+  trains stage 1 only (``run.stop_after=pretrain``) once per stage-1 setting; the
+  best of those by validation is the ``run.pretrained`` of every ``stage2`` trial,
+  which searches the stage-2 keys (α, τ, θ's learning rate).
+- otherwise one phase, ``all``, in which every trial trains every stage.
+
+Trials read the validation split only (``train.test_split=false``); ASHA stops the
+weak ones on the validation metric, with the trial's training epochs as its clock.
+After the search the best trial of the last phase is written as a train config
+(``best.yaml``), its test metrics are computed once, and the results table
+(``trials.csv``), ``search.json`` and ``search.png`` are written. Killing the driver
+and running the same command again restores each phase (``Tuner.restore``): finished
+trials are kept, and an unfinished trial resumes from its own run folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import os
+import time
+from typing import Any, Callable
+
+from margo_dist.config import Config, dump_yaml, from_dict, load_config, to_dict
+from margo_dist.errors import MargoError
+from margo_dist.model.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
+from margo_dist.tune.space import Dimension, SearchConfig, ray_space
+
+STARTS = "trial_starts.txt"  # one line each time a trial's process starts its run (a resume adds one)
+RESULTS = "trials.csv"
+SUMMARY = "search.json"
+PLOT = "search.png"
+BEST = "best.yaml"
+
+
+# -- one trial -------------------------------------------------------------------------
+
+def trial_config(config: dict[str, Any]) -> Config:
+    """Tune's config dict -> the trial's typed training config (the first line of a trial)."""
+    from ray import tune
+
+    values = copy.deepcopy(config["_train"])
+    for key, value in config.items():
+        if key.startswith("_"):
+            continue
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    cfg = from_dict(values, f"Tune trial config ({config['_phase']})")
+    cfg.run.dir = os.path.join(config["_root"], "runs", f"{config['_phase']}-{tune.get_context().get_trial_id()}")
+    cfg.validate()
+    return cfg
+
+
+def tune_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """What a trial reports after an epoch: the stage, epoch, training epochs and validation metrics."""
+    metrics: dict[str, Any] = {"stage": record["stage"], "epoch": record["epoch"],
+                               "epochs_trained": record["epochs_trained"]}
+    metrics.update({f"valid_{k}": v for k, v in record["valid"].items()})
+    return metrics
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """A Tune function trainable: one training run, validation reported after every epoch."""
+    cfg = trial_config(config)
+    from ray import tune
+
+    from margo_dist.data import io as mio
+    from margo_dist.train.loop import Trainer, load_training_data
+    from margo_dist.train.rundir import RunDir
+
+    run = RunDir(cfg.run.dir)
+    mio.makedirs(cfg.run.dir)
+    with open(run.path(STARTS), "a") as fh:
+        fh.write(f"{time.time():.3f} pid {os.getpid()}\n")
+    if cfg.dist.workers > 0:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from margo_dist.dist.launch import train_distributed
+
+        train_distributed(cfg, log=print, callbacks=[TuneReportCallback()])
+        return
+    reported: list[int] = []
+
+    def report(seq: int, record: dict[str, Any]) -> None:
+        if record:
+            tune.report(tune_metrics(record))
+            reported.append(seq)
+
+    trainer = Trainer(cfg, load_training_data(cfg), log=print, on_checkpoint=report)
+    summary = trainer.fit()
+    if not reported and trainer.records:  # a finished run restored as unfinished: its result, once
+        last = [r for r in trainer.records if r["stage"] == trainer.stages[-1]][-1]
+        tune.report(tune_metrics(dict(last, valid=summary["valid"], epochs_trained=trainer.epochs_trained())))
+
+
+# -- one phase -------------------------------------------------------------------------
+
+def _phase_overrides(cfg: Config, phase: str, pretrained: str) -> Config:
+    cfg = copy.deepcopy(cfg)
+    cfg.train.test_split = False
+    cfg.train.progress = False
+    cfg.run.plots = False
+    cfg.run.checkpoint_every = 1  # a report per epoch: ASHA's clock
+    cfg.run.stop_after = PRETRAIN if phase == "stage1" else ""
+    cfg.run.pretrained = pretrained if phase == "stage2" else ""
+    return cfg
+
+
+def run_phase(search: SearchConfig, base: Config, phase: str, space: dict[str, Dimension], pretrained: str = "",
+              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """One Tune experiment in ``<dir>/<phase>`` (restored when it exists); one row per trial."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    root = os.path.abspath(search.dir)
+    cfg = _phase_overrides(base, phase, pretrained)
+    if cfg.train.threads == 0 and search.trial_workers == 0:
+        cfg.train.threads = search.cpus_per_trial  # torch would take every core in each trial
+    cfg.dist.workers = search.trial_workers
+    stages = [PRETRAIN] if phase == "stage1" else (get_variant(cfg.model.variant).stages[1:] if phase == "stage2"
+                                                   else get_variant(cfg.model.variant).stages)
+    metric = f"valid_{search.metric}"
+    trainable = tune.with_resources(run_trial, {"cpu": search.cpus_per_trial if search.trial_workers == 0 else 0})
+    path = os.path.join(root, phase)
+    # Tune saves its experiment state after every step, not every few seconds: a driver
+    # killed just after a trial ended must not find that trial unfinished on restore
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    if tune.Tuner.can_restore(path):
+        log(f"search phase {phase}: restoring {path} (finished trials are kept)")
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        # max_t one past the last epoch: ASHA stops a trial at max_t, which would cut it off
+        # before it restores its best state and writes its summary
+        scheduler = (ASHAScheduler(time_attr="epochs_trained", max_t=cfg.train.max_epochs * len(stages) + 1,
+                                   grace_period=search.asha.grace_period,
+                                   reduction_factor=search.asha.reduction_factor)
+                     if search.asha.enabled else FIFOScheduler())
+        param_space = {"_train": to_dict(cfg), "_root": root, "_phase": phase, **ray_space(space)}
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler,
+                                        num_samples=search.num_samples if any(
+                                            d.kind != "grid" for d in space.values()) else 1,
+                                        search_alg=_seeded_search(search.seed, search.max_concurrent_trials)),
+            run_config=tune.RunConfig(name=phase, storage_path=root, verbose=0,
+                                      callbacks=[_trial_lines(phase, search.metric)]))
+        log(f"search phase {phase}: {len(space)} searched key(s) in {path}")
+    grid = tuner.fit()
+    rows = []
+    for result in grid:
+        keys = {k: v for k, v in result.config.items() if not k.startswith("_")}
+        run_dir = os.path.join(root, "runs", f"{phase}-{result.metrics.get('trial_id', '')}") \
+            if result.metrics else ""
+        rows.append(_row(phase, keys, run_dir, stages[-1], result.error, search.metric))
+    return rows
+
+
+def _say(message: str) -> None:
+    """The trial lines' output (a module function: Tune pickles its callbacks with the experiment)."""
+    print(message, flush=True)
+
+
+def _trial_lines(phase: str, metric: str, log: Callable[[str], None] = _say) -> Any:
+    """A Tune callback that logs one line per trial report and per trial end (Tune's own tables are off)."""
+    from ray import tune
+
+    class TrialLines(tune.Callback):
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            keys = " ".join(f"{k}={v}" for k, v in trial.config.items() if not k.startswith("_"))
+            log(f"[{phase}] {trial.trial_id} {keys}: {result['stage']} epoch {result['epoch']} "
+                f"valid {metric} {result.get(f'valid_{metric}', float('nan')):.4f}")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            done = sum(t.status == "TERMINATED" for t in trials)
+            log(f"[{phase}] {trial.trial_id} ended ({done}/{len(trials)} trials ended)")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            log(f"[{phase}] {trial.trial_id} FAILED: {trial.error_file}")
+
+    return TrialLines()
+
+
+def _seeded_search(seed: int, max_concurrent: int) -> Any:
+    """Tune's default variant generator with a fixed seed (the same draws on every run); it
+    holds the concurrency limit itself (Tune ignores ``max_concurrent_trials`` beside it)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+
+
+def _row(phase: str, keys: dict[str, Any], run_dir: str, stage: str, error: Any, metric: str) -> dict[str, Any]:
+    """A trial's line of the results table, from its run folder's records (not Tune's last report)."""
+    from margo_dist.train.rundir import SUMMARY as RUN_SUMMARY
+    from margo_dist.train.rundir import RunDir
+
+    row: dict[str, Any] = {"phase": phase, "trial": os.path.basename(run_dir), **keys, "status": "error", "stage": "",
+                           "epochs": 0, "seconds": 0.0, "run": run_dir}
+    if error is not None or not run_dir or not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+        row["error"] = str(error) if error is not None else "no record"
+        return row
+    run = RunDir(run_dir)
+    records = [r for r in run.read_metrics() if "taken_from" not in r]
+    if not records:
+        row["error"] = "no record"
+        return row
+    # a trial that ASHA stopped in an earlier stage is shown with that stage's best epoch
+    reached = stage if any(r["stage"] == stage for r in records) else records[-1]["stage"]
+    best = max((r for r in records if r["stage"] == reached), key=lambda r: r["valid"][metric])
+    row["stage"] = reached
+    row.update({f"valid_{k}": v for k, v in best["valid"].items()})
+    row.update({"status": "finished" if run.exists(RUN_SUMMARY) else "stopped early",
+                "best_epoch": best["epoch"], "epochs": sum(1 for r in records if r["epoch"] >= 1),
+                "seconds": sum(r["train_seconds"] + r["eval_seconds"] for r in records),
+                "starts": len(open(run.path(STARTS)).read().splitlines()) if run.exists(STARTS) else 0})
+    return row
+
+
+_STAGE_ORDER = [PRETRAIN, CALIBRATE, DRAGON]
+
+
+# -- the whole search ------------------------------------------------------------------
+
+def run_search(search: SearchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the search; write best.yaml, trials.csv, search.json and search.png."""
+    import ray
+
+    from margo_dist.data import io as mio
+    from margo_dist.data.synth import dataset_url
+    from margo_dist.train.loop import load_training_data
+
+    base = search.train_base()
+    base.data.path = os.path.abspath(dataset_url(base.data.path, base.train.progress)) \
+        if "://" not in (base.data.path or "") else base.data.path
+    load_training_data(base)  # validates the data and builds the graph artefacts once, before the trials
+    mio.makedirs(search.dir)
+    variant = get_variant(base.model.variant)
+    one, two = search.stage_keys()
+    staged = search.staged and bool(two) and variant.stages[:2] == (PRETRAIN, CALIBRATE)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    t0 = time.time()
+    try:
+        if staged:
+            rows1 = run_phase(search, base, "stage1", one, log=log)
+            best1 = _best(rows1, "stage1", search.metric)
+            log(f"stage 1: best of {len(rows1)} pretraining(s) is {best1['trial']} "
+                f"(valid {search.metric} {best1[f'valid_{search.metric}']:.4f}); stage-2 trials start from it")
+            rows2 = run_phase(search, base, "stage2", two, pretrained=best1["run"], log=log)
+            rows, final = rows1 + rows2, rows2
+        else:
+            rows = final = run_phase(search, base, "all", search.space, log=log)
+    finally:
+        if started:
+            ray.shutdown()
+    best = _best(final, final[0]["phase"] if final else "all", search.metric)
+    return _write_results(search, base, rows, best, staged, time.time() - t0, log)
+
+
+def _best(rows: list[dict[str, Any]], phase: str, metric: str) -> dict[str, Any]:
+    """The phase's best trial by validation ``metric``, among those that reached its last stage."""
+    last = max((r["stage"] for r in rows if r["status"] != "error"), key=_STAGE_ORDER.index, default="")
+    ok = [r for r in rows if r["status"] != "error" and r["stage"] == last]
+    if not ok:
+        errors = "; ".join(f"{r['trial']}: {r.get('error')}" for r in rows)
+        raise MargoError(f"search phase {phase}: no trial finished ({errors})")
+    return max(ok, key=lambda r: r[f"valid_{metric}"])
+
+
+def best_config(base: Config, search: SearchConfig, best: dict[str, Any], stage1: dict[str, Any] | None) -> Config:
+    """The chosen trial as a standalone train config (both stages from scratch, test split read)."""
+    cfg = copy.deepcopy(base)
+    values = to_dict(cfg)
+    chosen = {k: best[k] for k in search.space if k in best}
+    if stage1 is not None:
+        chosen.update({k: stage1[k] for k in search.space if k in stage1})
+    for key, value in chosen.items():
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    cfg = from_dict(values, "the search's best trial")
+    cfg.run.dir = os.path.join(os.path.abspath(search.dir), "best")
+    cfg.run.pretrained = ""
+    cfg.run.stop_after = ""
+    cfg.train.test_split = True
+    return cfg
+
+
+def _write_results(search: SearchConfig, base: Config, rows: list[dict[str, Any]], best: dict[str, Any],
+                   staged: bool, seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
+    from margo_dist.data import io as mio
+    from margo_dist.train.report import evaluate_run
+
+    stage1 = _best([r for r in rows if r["phase"] == "stage1"], "stage1", search.metric) if staged else None
+    cfg = best_config(base, search, best, stage1)
+    with mio.atomic_write(mio.join(search.dir, BEST), "wt") as fh:
+        fh.write(dump_yaml(cfg))
+    load_config(mio.join(search.dir, BEST))  # what we wrote is a valid train config
+    log(f"best trial {best['trial']}: valid {search.metric} {best[f'valid_{search.metric}']:.4f}; "
+        f"scoring its test split once")
+    scored = evaluate_run(best["run"], ["train.test_split=true"])  # the test split's one read
+    n2 = sum(1 for r in rows if r["phase"] == "stage2")
+    stage1_seconds = sum(r["seconds"] for r in rows if r["phase"] == "stage1")
+    summary: dict[str, Any] = {
+        "metric": search.metric, "staged": staged, "seconds": seconds, "trials": len(rows),
+        "best": {"trial": best["trial"], "keys": {k: best[k] for k in search.space if k in best},
+                 "valid": {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")},
+                 "valid_recomputed": scored["valid"], "test": scored["test"], "run": best["run"]},
+        "trial_seconds": sum(r["seconds"] for r in rows),
+    }
+    if staged and stage1 is not None:
+        summary["best"]["keys"].update({k: stage1[k] for k in search.space if k in stage1})
+        # without the split, every stage-2 trial would pretrain again (at the chosen stage-1 trial's cost)
+        summary["saved_seconds"] = n2 * stage1["seconds"] - stage1_seconds
+    _write_table(search.dir, rows)
+    with mio.atomic_write(mio.join(search.dir, SUMMARY), "wt") as fh:
+        json.dump(summary, fh, indent=2, default=str)
+    _plot(search, rows)
+    log(report(search.dir))
+    return summary
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def _write_table(folder: str, rows: list[dict[str, Any]]) -> None:
+    from margo_dist.data import io as mio
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=_columns(rows))
+    writer.writeheader()
+    writer.writerows(rows)
+    with mio.atomic_write(mio.join(folder, RESULTS), "wt") as fh:
+        fh.write(text.getvalue())
+
+
+def read_table(folder: str) -> list[dict[str, str]]:
+    from margo_dist.data import io as mio
+
+    with mio.open_url(mio.join(folder, RESULTS), "rt") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _plot(search: SearchConfig, rows: list[dict[str, Any]]) -> None:
+    """Validation metric against each searched key, one panel per key, a marker per trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from margo_dist.data import io as mio
+
+    keys = list(search.space) or ["trial"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    metric = f"valid_{search.metric}"
+    for ax, key in zip(axes[0], keys):
+        for phase, marker in (("stage1", "s"), ("stage2", "o"), ("all", "o")):
+            pts = [(r[key], r[metric]) for r in rows if r["phase"] == phase and key in r and metric in r]
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+            ax.scatter(xs if numeric else [str(x) for x in xs], [p[1] for p in pts], marker=marker, label=phase)
+            if numeric and min(xs) > 0 and max(xs) / min(xs) >= 20:
+                ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"validation {search.metric}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    with mio.atomic_write(mio.join(search.dir, PLOT), "wb") as fh:
+        fh.write(buf.getvalue())
+
+
+def report(folder: str) -> str:
+    """The search's table sorted by the validation metric, and the chosen trial's test metrics."""
+    from margo_dist.data import io as mio
+
+    summary = json.loads(mio.open_url(mio.join(folder, SUMMARY), "rt").read())
+    metric = f"valid_{summary['metric']}"
+    rows = read_table(folder)
+    keys = list(summary["best"]["keys"])
+    ranked = sorted(rows, key=lambda r: float(r[metric]) if r.get(metric) else float("-inf"), reverse=True)
+    head = ["phase", "trial", *keys, metric, "stage", "epochs", "seconds", "status"]
+    table = [head] + [[r.get(c, "") if c not in (metric, "seconds") or not r.get(c) else
+                       f"{float(r[c]):.4f}" if c == metric else f"{float(r[c]):.1f}" for c in head] for r in ranked]
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(head))]
+    lines = ["  ".join(f"{str(v):<{w}}" for v, w in zip(line, widths)) for line in table]
+    best = summary["best"]
+    lines.append(f"\nchosen: {best['trial']} {best['keys']}")
+    lines.append(f"  validation {summary['metric']} {best['valid'][summary['metric']]:.4f}, "
+                 f"test {summary['metric']} {best['test'][summary['metric']]:.4f} (test split read once, after the search)")
+    if "saved_seconds" in summary:
+        lines.append(f"  staged search: stage 1 trained once per stage-1 setting; {summary['saved_seconds']:.1f} s "
+                     f"({summary['saved_seconds'] / 3600:.3f} trial-hours) saved against pretraining in every trial")
+    lines.append(f"  best train config: {mio.join(folder, BEST)}")
+    return "\n".join(lines)
+
+
+def is_search(folder: str) -> bool:
+    """Whether ``folder`` holds a search's results (``margo-dist report`` on it prints the table)."""
+    from margo_dist.data import io as mio
+
+    return mio.exists(mio.join(folder, SUMMARY))
