@@ -375,7 +375,7 @@ class Trainer:
             if self.cfg.run.plots:
                 from margo_dist.train.plots import write_plots
 
-                write_plots(self.run, self.records, weights, self.data.modalities)
+                write_plots(self.run, self.records, weights, self.data.modalities, self.data.truth)
         self.comm.barrier()
         return summary
 

@@ -217,6 +217,8 @@ def _row(phase: str, keys: dict[str, Any], run_dir: str, stage: str, error: Any,
     best = max((r for r in records if r["stage"] == reached), key=lambda r: r["valid"][metric])
     row["stage"] = reached
     row.update({f"valid_{k}": v for k, v in best["valid"].items()})
+    if "weight_auc" in best:  # planted data: how well the weights at that epoch find the noisy pairs
+        row["weight_auc"] = best["weight_auc"]
     row.update({"status": "finished" if run.exists(RUN_SUMMARY) else "stopped early",
                 "best_epoch": best["epoch"], "epochs": sum(1 for r in records if r["epoch"] >= 1),
                 "seconds": sum(r["train_seconds"] + r["eval_seconds"] for r in records),

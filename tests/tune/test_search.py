@@ -65,6 +65,8 @@ def test_a_tiny_search_stops_the_weak_trials_and_writes_its_results(tmp_path):
         ray.shutdown()
     rows = read_table(search.dir)
     assert len(rows) == 4 and len({r["trial"] for r in rows}) == 4 and {r["phase"] for r in rows} == {"all"}
+    # the planted data's weight AUC of each trial that reached stage 2, at its best epoch
+    assert all(0 <= float(r["weight_auc"]) <= 1 for r in rows if r["stage"] == "calibrate")
     good = [r for r in rows if float(r["train.lr"]) > 1e-6]
     weak = [r for r in rows if float(r["train.lr"]) < 1e-6]
     assert all(r["status"] == "finished" and int(r["epochs"]) == 4 for r in good), good
