@@ -129,7 +129,9 @@ def run_phase(search: SearchConfig, base: Config, phase: str, space: dict[str, D
     stages = [PRETRAIN] if phase == "stage1" else (get_variant(cfg.model.variant).stages[1:] if phase == "stage2"
                                                    else get_variant(cfg.model.variant).stages)
     metric = f"valid_{search.metric}"
-    trainable = tune.with_resources(run_trial, {"cpu": search.cpus_per_trial if search.trial_workers == 0 else 0})
+    # a trial of N workers only waits on its TorchTrainer, whose workers reserve the CPUs
+    # (Tune refuses a trial with no resources at all)
+    trainable = tune.with_resources(run_trial, {"cpu": search.cpus_per_trial if search.trial_workers == 0 else 0.01})
     path = os.path.join(root, phase)
     # Tune saves its experiment state after every step, not every few seconds: a driver
     # killed just after a trial ended must not find that trial unfinished on restore

@@ -126,3 +126,26 @@ def test_a_killed_search_driver_resumes_without_training_a_finished_trial_again(
     for name in finished:  # not trained again: its process started once
         assert _starts(str(runs / name)) == 1, name
     assert all(r["status"] == "finished" for r in rows)
+
+
+def test_a_trial_of_two_ray_train_workers_reports_to_tune_through_rank_zero(tmp_path):
+    """``trial_workers: 2``: each trial fits a TorchTrainer whose TuneReportCallback feeds Tune."""
+    path = search_file(tmp_path, space={"model.alpha": {"grid": [0.1]}}, max_concurrent_trials=1,
+                       trial_workers=2, asha={"enabled": False}, overrides_extra=["train.threads=1"])
+    search = load_search(str(path))
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)  # 2 workers + each trial's 0.01 CPU
+    try:
+        summary = run_search(search, log=lambda _m: None)
+    finally:
+        ray.shutdown()
+    rows = read_table(search.dir)
+    assert [r["phase"] for r in rows] == ["stage1", "stage2"] and all(r["status"] == "finished" for r in rows)
+    for r in rows:  # both runs were trained by two workers: one file of rows per rank
+        shards = list(Path(r["run"], "checkpoint-shards").glob("*/rank*.pt"))
+        assert sorted(p.name for p in shards) == ["rank0.pt", "rank1.pt"], shards
+    # what Tune heard from rank 0 is what the run folder records
+    trial = Path(rows[1]["run"])
+    records = [yaml.safe_load(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+    best = max((r for r in records if r["stage"] == "calibrate"), key=lambda r: r["valid"]["recall@20"])
+    assert summary["best"]["valid"]["recall@20"] == pytest.approx(best["valid"]["recall@20"])
+    assert summary["best"]["valid_recomputed"]["recall@20"] == pytest.approx(best["valid"]["recall@20"], abs=1e-6)
