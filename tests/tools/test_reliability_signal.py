@@ -18,13 +18,14 @@ from .helpers import SMALL, load_tool
 def test_both_signals_scored_on_a_trained_run(capsys: pytest.CaptureFixture, tiny_data: str, tmp_path: Path) -> None:
     """The run's stage-1 state is read back and each signal gets three AUCs in [0, 1]."""
     run = tmp_path / "run"
-    train(load_config("configs/default.yaml", [f"data.path={tiny_data}", f"run.dir={run}", "train.max_epochs=2",
-                                               *SMALL]), log=lambda _m: None)
+    cfg = load_config("configs/default.yaml", [f"data.path={tiny_data}", f"run.dir={run}", "train.max_epochs=2",
+                                               *SMALL])
+    train(cfg, log=lambda _m: None)
     tool = load_tool("reliability_signal")
     assert tool.main([str(run), "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     noisy = int(np.sum(load_truth(tiny_data)[1]))
-    assert f"(tau 0.1, 2 epochs of triplets, {noisy} noisy pairs)" in out
+    assert f"(tau {cfg.model.tau}, 2 epochs of triplets, {noisy} noisy pairs)" in out  # the run's own tau
     rows = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.split()[:1] in (["L_cal"], ["BPR"])}
     assert set(rows) == {"L_cal", "BPR"}
     for aucs in rows.values():

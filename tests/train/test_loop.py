@@ -153,7 +153,7 @@ def test_weight_tables_can_have_their_own_learning_rate(data_dir, tmp_path):
     model = trainer.model
     assert groups["tables"]["params"] == [t.weight for t in model.encoder.preferences]
     assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
-    plain = Trainer(cfg_for(data_dir, str(tmp_path / "p")), trainer.data, log=lambda _m: None)
+    plain = Trainer(cfg_for(data_dir, str(tmp_path / "p"), "train.weight_lr=0"), trainer.data, log=lambda _m: None)
     assert {g["lr"] for g in plain.new_optimizer().param_groups} == {cfg.train.lr}
 
 
@@ -177,9 +177,10 @@ def stage_two_from(data_dir: str, tmp_path, *extra: str) -> dict:
 
 
 def test_stage_two_that_only_hurts_keeps_its_starting_state(data_dir, tmp_path):
-    # a learning rate of 10 wrecks a trained model in one epoch; θ = 0 makes the start uniform weights
-    summary, first = stage_two_from(data_dir, tmp_path, "train.lr=10", "model.theta_init_std=0",
-                                    "train.max_epochs=3")
+    # a learning rate of 10 (θ's too: weight_lr 0) wrecks a trained model in one epoch (at tau
+    # 0.1; at tau 5 this tiny run recovers by epoch 3); θ = 0 makes the start uniform weights
+    summary, first = stage_two_from(data_dir, tmp_path, "train.lr=10", "train.weight_lr=0", "model.tau=0.1",
+                                    "model.theta_init_std=0", "train.max_epochs=3")
     assert summary["best_epoch"] == 0 == summary["stages"]["calibrate"]["best_epoch"]
     lines = [json.loads(x) for x in (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
     calibrate = [r for r in lines if r["stage"] == "calibrate"]
@@ -192,7 +193,7 @@ def test_stage_two_that_only_hurts_keeps_its_starting_state(data_dir, tmp_path):
 
 def test_the_paper_protocol_is_one_override_away(data_dir, tmp_path):
     summary, _ = stage_two_from(data_dir, tmp_path, "train.eval_stage_start=false", "train.lr=10",
-                                "model.theta_init_std=0")
+                                "train.weight_lr=0", "model.theta_init_std=0")
     lines = [json.loads(x) for x in (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if r["stage"] == "calibrate"] == [1, 2]
     assert summary["best_epoch"] >= 1

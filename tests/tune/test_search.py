@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -96,6 +97,21 @@ def _starts(run: str) -> int:
     return len(Path(run, "trial_starts.txt").read_text().splitlines())
 
 
+def terminated(phase: Path) -> set[str]:
+    """Trial ids that a phase's saved experiment state records as finished (what a restore keeps)."""
+    ids: set[str] = set()
+    for state in phase.glob("experiment_state-*.json"):
+        try:
+            data = json.loads(state.read_text())
+        except json.JSONDecodeError:  # being written
+            continue
+        for trial, _ in data["trial_data"]:
+            trial = json.loads(trial)
+            if trial["status"] == "TERMINATED":
+                ids.add(trial["trial_id"])
+    return ids
+
+
 def test_a_killed_search_driver_resumes_without_training_a_finished_trial_again(tmp_path):
     path = search_file(tmp_path, space={"model.alpha": {"grid": [0.01, 0.1, 1.0]}}, max_concurrent_trials=1,
                        asha={"enabled": False})
@@ -106,15 +122,17 @@ def test_a_killed_search_driver_resumes_without_training_a_finished_trial_again(
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 300
-        while not any(runs.glob("stage2-*/summary.json")):
+        # the first stage-2 trial that Tune has recorded as finished in its saved state
+        while not terminated(tmp_path / "search" / "stage2"):
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    finished = {p.parent.name for p in runs.glob("*/summary.json")}
-    assert any(name.startswith("stage1-") for name in finished)
+    finished = {f"stage1-{t}" for t in terminated(tmp_path / "search" / "stage1")}
+    finished |= {f"stage2-{t}" for t in terminated(tmp_path / "search" / "stage2")}
+    assert len(finished) >= 2 and all((runs / name / "summary.json").exists() for name in finished)
     assert not (tmp_path / "search" / "trials.csv").exists()  # the driver died mid-search
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
