@@ -47,17 +47,20 @@ def trial_config(config: dict[str, Any]) -> Config:
 
     values = copy.deepcopy(config["_train"])
     for key, value in config.items():
-        if key.startswith("_"):
-            continue
-        node = values
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        if not key.startswith("_"):
+            _set_dotted(values, key, value)
     cfg = from_dict(values, f"Tune trial config ({config['_phase']})")
     cfg.run.dir = os.path.join(config["_root"], "runs", f"{config['_phase']}-{tune.get_context().get_trial_id()}")
     cfg.validate()
     return cfg
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``model.alpha``-style ``key`` in the nested config dict ``values``."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        values = values[part]
+    values[leaf] = value
 
 
 def tune_metrics(record: dict[str, Any]) -> dict[str, Any]:
@@ -288,11 +291,7 @@ def best_config(base: Config, search: SearchConfig, best: dict[str, Any], stage1
     if stage1 is not None:
         chosen.update({k: stage1[k] for k in search.space if k in stage1})
     for key, value in chosen.items():
-        node = values
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        _set_dotted(values, key, value)
     cfg = from_dict(values, "the search's best trial")
     cfg.run.dir = os.path.join(os.path.abspath(search.dir), "best")
     cfg.run.pretrained = ""

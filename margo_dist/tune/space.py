@@ -81,8 +81,7 @@ class SearchConfig:
         return one, two
 
     def validate(self, source: str) -> None:
-        base_overrides = list(self.overrides)
-        self.train_base()
+        base = self.train_base()
         for key, dim in self.space.items():
             where = f"space.{key} in {source}"
             set_kinds = [k for k in KINDS if getattr(dim, k)]
@@ -99,7 +98,7 @@ class SearchConfig:
             for value in dim.candidates():
                 # the train config's own checks: an unknown key or a wrong type names the key
                 try:
-                    load_config(self.train_config, [*base_overrides, f"{key}={_yaml_scalar(value)}"])
+                    load_config(self.train_config, [*self.overrides, override(key, value)])
                 except ConfigError as exc:
                     raise ConfigError(f"{where}: {exc}") from None
         for name, value in {"num_samples": self.num_samples, "max_concurrent_trials": self.max_concurrent_trials,
@@ -112,7 +111,7 @@ class SearchConfig:
             raise ConfigError(f"trial_workers={self.trial_workers} in {source} must be >= 0")
         if self.metric.split("@")[0] not in ("recall", "ndcg"):
             raise ConfigError(f"metric={self.metric!r} in {source} must be recall@K or ndcg@K")
-        topk = self.train_base().train.topk
+        topk = base.train.topk
         if int(self.metric.split("@")[1]) not in topk:
             raise ConfigError(f"metric={self.metric!r} in {source}: the train config's train.topk={topk} lacks it")
 
