@@ -12,6 +12,9 @@ tables are ordinary :class:`LocalTable` s, so local mode runs the same code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -96,6 +99,30 @@ class Placement:
         """
         if not self.distributed:
             return local.index_select(0, ids)
+        request = self._request(space, ids)
+        rows = self.comm.fetch_rows(local, request.asked.to(local.device), request.send_counts, request.recv_counts)
+        return request.arrange(rows, ids)
+
+    def fetch_computed(self, space: str, ids: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
+        """Rows ``ids`` (global, repeats allowed) of a per-row function that owners evaluate:
+        ``compute(local_rows)`` [n, F] for the local indices of rows this rank owns (an
+        owner's projection of its items' raw features, say) -> [len(ids), F], differentiable.
+
+        Each owner computes each row asked of it once, however many ranks ask for it (the
+        rows are deduplicated over the requesters), and the gradients of a row from all its
+        requesters are summed before they flow back into ``compute``.
+        """
+        if not self.distributed:
+            unique, inverse = torch.unique(ids, return_inverse=True)
+            return compute(unique).index_select(0, inverse.view(-1).to(ids.device)).view(*ids.shape, -1)
+        request = self._request(space, ids)
+        wanted, inverse = torch.unique(request.asked, return_inverse=True)
+        rows = compute(wanted)
+        fetched = self.comm.fetch_rows(rows, inverse.to(rows.device), request.send_counts, request.recv_counts)
+        return request.arrange(fetched, ids)
+
+    def _request(self, space: str, ids: Tensor) -> "_Request":
+        """Exchange which rows each rank wants of each owner: counts, then local ids (all-to-all)."""
         ownership, comm = self.spaces[space], self.comm
         unique, inverse = torch.unique(ids.cpu(), return_inverse=True)
         owner = ownership.owner_t.index_select(0, unique)
@@ -105,18 +132,32 @@ class Placement:
         send_counts = [int(c) for c in comm.all_to_all(want, [1] * comm.world_size, [1] * comm.world_size)]
         asked = comm.all_to_all(ownership.local_index.index_select(0, unique.index_select(0, order)),
                                 recv_counts, send_counts)
-        rows = comm.fetch_rows(local, asked.to(local.device), send_counts, recv_counts)
         # rows arrive in the order asked (grouped by owner); back to sorted unique ids, then to ids
         position = torch.empty_like(order)
         position[order] = torch.arange(order.numel())
-        return rows.index_select(0, position.index_select(0, inverse.view(-1)).to(rows.device)).view(
-            *ids.shape, *rows.shape[1:])
+        return _Request(asked, send_counts, recv_counts, position.index_select(0, inverse.view(-1)))
 
     def table(self, spec: TableSpec, space: str) -> Table:
         """A table of ``spec`` whose rows of ``space`` are placed by the owner rule."""
         if not self.distributed:
             return LocalTable(spec)
         return ShardedTable(spec, self, space)
+
+
+@dataclass
+class _Request:
+    """One exchange of row requests: the local rows others asked of this rank (grouped by
+    asking rank, ``send_counts`` each), what this rank asked of each owner
+    (``recv_counts``), and where each asked id's row lands among the rows received."""
+
+    asked: Tensor
+    send_counts: list[int]
+    recv_counts: list[int]
+    where: Tensor
+
+    def arrange(self, rows: Tensor, ids: Tensor) -> Tensor:
+        """Received rows (grouped by owner) -> the rows of ``ids`` in their order and shape."""
+        return rows.index_select(0, self.where.to(rows.device)).view(*ids.shape, *rows.shape[1:])
 
 
 class Gathering:

@@ -67,3 +67,58 @@ def own_and_small_lookups(rank: int, world: int) -> dict:
 
 def test_own_rows_need_no_peer_and_a_row_held_elsewhere_is_refused():
     assert run_workers(own_and_small_lookups, 3) == [{"own": True, "small": True, "refused": True}] * 3
+
+
+FEATURES = torch.arange(7 * 3, dtype=torch.float64).view(7, 3) / 10  # raw rows of the 7 items
+
+
+def projected_fetch(rank: int, world: int) -> dict:
+    """Each owner projects only the rows asked of it, once, however many ranks ask for them."""
+    placement = Placement(TorchComm(), np.zeros(1, np.int64), OWNER)
+    own_ids = placement.owned(ITEM)
+    own_features = FEATURES.index_select(0, own_ids)
+    torch.manual_seed(0)  # the same replicated projection on every rank
+    projection = torch.nn.Linear(3, 2, dtype=torch.float64)
+    computed: list[int] = []
+
+    def project(local_rows: torch.Tensor) -> torch.Tensor:
+        computed.extend(own_ids[local_rows].tolist())
+        return projection(own_features.index_select(0, local_rows))
+
+    ids = torch.tensor(ASKED[rank], dtype=torch.int64)
+    rows = placement.fetch_computed(ITEM, ids, project)
+    weights = (rank + 1) * torch.arange(1.0, ids.numel() + 1, dtype=torch.float64).unsqueeze(1)
+    (rows * weights).sum().backward()
+    return {"rows": rows.tolist(), "computed": sorted(computed), "grad": projection.weight.grad.tolist()}
+
+
+def test_owners_project_each_asked_row_once_and_the_projection_gets_every_requesters_gradient():
+    results = run_workers(projected_fetch, 3)
+    torch.manual_seed(0)
+    projection = torch.nn.Linear(3, 2, dtype=torch.float64)
+    whole = projection(FEATURES)
+    loss = sum(((rank + 1) * torch.arange(1.0, len(ids) + 1, dtype=torch.float64).unsqueeze(1)
+                * whole[torch.tensor(ids, dtype=torch.int64)]).sum() for rank, ids in ASKED.items() if ids)
+    loss.backward()
+    summed = sum(torch.tensor(r["grad"], dtype=torch.float64) for r in results)  # all-reduced, as the trainer does
+    assert torch.allclose(summed, projection.weight.grad, rtol=1e-12, atol=1e-12)
+    asked_of = {r: sorted({i for ids in ASKED.values() for i in ids if OWNER[i] == r}) for r in range(3)}
+    for rank, got in enumerate(results):
+        assert torch.allclose(torch.tensor(got["rows"], dtype=torch.float64).view(-1, 2),
+                              whole.detach()[torch.tensor(ASKED[rank], dtype=torch.int64)].view(-1, 2))
+        # item 6 is asked by ranks 0 and 2 (and twice by rank 0) but its owner projects it once
+        assert got["computed"] == asked_of[rank], (rank, got["computed"])
+
+
+def test_in_one_process_computed_rows_are_the_function_of_the_asked_ids():
+    placement = Placement.single(1, 7)
+    seen: list[list[int]] = []
+
+    def double(rows: torch.Tensor) -> torch.Tensor:
+        seen.append(rows.tolist())
+        return FEATURES.index_select(0, rows) * 2
+
+    ids = torch.tensor([[6, 0], [6, 3]])
+    out = placement.fetch_computed(ITEM, ids, double)
+    assert out.shape == (2, 2, 3) and torch.equal(out, FEATURES[ids] * 2)
+    assert seen == [[0, 3, 6]]  # each distinct row once
