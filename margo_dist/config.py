@@ -214,9 +214,6 @@ class Config:
         levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
         if self.dist.ray_log_level not in levels:
             raise ConfigError(f"dist.ray_log_level={self.dist.ray_log_level!r} must be one of {', '.join(levels)}")
-        if self.dist.workers > 1 and self.train.mode == "sampled":
-            raise ConfigError(f"dist.workers={self.dist.workers} with train.mode=sampled: sampled distributed "
-                              "training (graph shards, rows by all-to-all) is not built yet; use train.mode=full")
         unknown = set(self.graph.knn_mix) - set(self.data.modalities)
         if unknown:
             raise ConfigError(f"graph.knn_mix names {sorted(unknown)}, not in data.modalities={self.data.modalities}")

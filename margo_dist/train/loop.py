@@ -255,7 +255,20 @@ class Trainer:
 
         triplets = list(self.triplets.epoch(rng))
         seed = int(rng.integers(0, 2**31 - 1))  # skip_epochs draws what this branch draws
-        yield from sampled_batches(self.neighbour_sampler, triplets, seed, self.cfg.sampler.num_workers)
+        rank, world = self.comm.rank, self.comm.world_size
+        if world == 1:
+            yield from sampled_batches(self.neighbour_sampler, triplets, seed, self.cfg.sampler.num_workers)
+            return
+        # as in full mode: every worker draws the same steps and samples blocks for its share
+        # of each (triplets r, r + N, ...); the regulariser reads the step's rows it owns
+        shares = [(u[rank::world], i[rank::world], j[rank::world]) for u, i, j in triplets]
+        for (u, i, j), batch in zip(triplets, sampled_batches(self.neighbour_sampler, shares, seed,
+                                                               self.cfg.sampler.num_workers)):
+            batch.step_size = u.size
+            items = np.concatenate([i, j])
+            batch.reg_users = torch.from_numpy(u[self.user_owner[u] == rank])
+            batch.reg_items = torch.from_numpy(items[self.item_owner[items] == rank])
+            yield batch
 
     def skip_epochs(self, rng: np.random.Generator, n: int) -> None:
         """Advance ``rng`` as ``n`` epochs of ``batches`` would, without building a batch."""

@@ -42,11 +42,15 @@ def data_dir(tmp_path_factory) -> str:
     return path
 
 
-def config(data_dir: str, variant: str, batch_size: int = 256):
+ALL_NEIGHBOURS = ["train.mode=sampled", "sampler.num_workers=0",
+                  "sampler.fanouts={ui: [-1, -1], iu: [-1, -1], ii: [-1], uu: [-1]}"]
+
+
+def config(data_dir: str, variant: str, batch_size: int = 256, extra: tuple[str, ...] = ()):
     return load_config("configs/default.yaml", [
         f"data.path={data_dir}", f"model.variant={variant}", "model.dim=8", "graph.user_k=5", "graph.item_k=3",
         f"train.batch_size={batch_size}", "train.progress=false", "run.dir=memory://contract", "train.seed=3",
-        f"train.device={DEVICE}"])
+        f"train.device={DEVICE}", *extra])
 
 
 def owners(n_users: int, n_items: int, world: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,9 +60,9 @@ def owners(n_users: int, n_items: int, world: int) -> tuple[np.ndarray, np.ndarr
 
 
 def steps(comm: Communicator, data_dir: str, variant: str, n_steps: int, evaluate: bool,
-          batch_size: int = 256) -> dict:
+          batch_size: int = 256, extra: tuple[str, ...] = ()) -> dict:
     """``n_steps`` steps of the variant's last stage; the loss of each, the whole state after."""
-    cfg = config(data_dir, variant, batch_size)
+    cfg = config(data_dir, variant, batch_size, extra)
     data = load_training_data(cfg)
     uo, io = owners(data.ds.n_users, data.ds.n_items, comm.world_size)
     trainer = Trainer(cfg, data, log=lambda _m: None, comm=comm, placement=Placement(comm, uo, io))
@@ -81,10 +85,10 @@ def steps(comm: Communicator, data_dir: str, variant: str, n_steps: int, evaluat
 
 
 def worker(rank: int, world: int, data_dir: str, variant: str, n_steps: int, evaluate: bool,
-           batch_size: int = 256) -> dict:
+           batch_size: int = 256, extra: tuple[str, ...] = ()) -> dict:
     if DEVICE.startswith("cuda"):
         torch.cuda.set_device(rank % torch.cuda.device_count())
-    return steps(TorchComm(), data_dir, variant, n_steps, evaluate, batch_size)
+    return steps(TorchComm(), data_dir, variant, n_steps, evaluate, batch_size, extra)
 
 
 def max_rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -103,6 +107,19 @@ def test_one_step_at_two_workers_equals_the_local_step(data_dir, variant):
         # distributed evaluation (each worker ranks its own users, sums reduced) = local evaluation
         for metric, value in local["valid"].items():
             assert dist[rank]["valid"][metric] == pytest.approx(value, abs=1e-12), metric
+
+
+@pytest.mark.parametrize("variant", ["margo", "lightgcn"])
+def test_a_sampled_step_at_two_workers_and_fanout_minus_one_equals_the_local_full_step(data_dir, variant):
+    """Sampled mode at N = 2: each worker samples blocks for its share of the step; the rows of
+    the blocks' input nodes come from their owners (user rows fetched, items projected by
+    their owners on request). At fan-out -1 that is the full-graph step."""
+    local = steps(LocalComm(), data_dir, variant, 1, evaluate=False)
+    dist = run_workers(worker, 2, data_dir, variant, 1, False, 256, tuple(ALL_NEIGHBOURS))
+    for rank in range(2):
+        assert dist[rank]["losses"][0] == pytest.approx(local["losses"][0], rel=1e-5)
+        for name, value in local["state"].items():
+            assert max_rel_error(dist[rank]["state"][name], value) <= 1e-5, name
 
 
 def test_ten_steps_stay_within_1e4(data_dir):
