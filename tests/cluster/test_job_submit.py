@@ -76,14 +76,25 @@ SPEC = SynthSpec(n_users=120, n_items=80, n_interactions=1200, modality_dims={"i
 
 
 def submit(url: str, env: dict, data: Path, run: Path, *extra: str) -> str:
-    """The README's recipe with the tiny job's settings; returns the submission id."""
+    """The README's recipe with the tiny job's settings; returns the submission id.
+
+    A head that has just started may answer "No available agent to submit job, please try
+    again later" (500) until its job agent has registered; that one answer is retried.
+    """
     job = f"margo-test-{secrets.token_hex(4)}"
-    ray_cli(env, "job", "submit", "--address", url, "--submission-id", job, "--no-wait", "--working-dir", ".",
+    args = [RAY, "job", "submit", "--address", url, "--submission-id", job, "--no-wait", "--working-dir", ".",
             "--runtime-env-json", json.dumps({"excludes": ["runs/", "data/", ".git/"]}), "--",
             "margo-dist", "train", "--config", "configs/default.yaml", f"data.path={data}", f"run.dir={run}",
             "dist.workers=2", "dist.cpus_per_worker=1", "model.dim=8", "graph.user_k=5", "graph.item_k=3",
-            "train.batch_size=256", "train.threads=1", "run.plots=false", *extra)
-    return job
+            "train.batch_size=256", "train.threads=1", "run.plots=false", *extra]
+    deadline = time.time() + 120
+    while True:
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+        if done.returncode == 0:
+            return job
+        out = done.stdout + done.stderr
+        assert "No available agent to submit job" in out and time.time() < deadline, out[-3000:]
+        time.sleep(2)
 
 
 def wait_for(url: str, env: dict, job: str, wanted: str, timeout: float = 400) -> None:
