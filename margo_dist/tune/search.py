@@ -100,9 +100,13 @@ def run_trial(config: dict[str, Any]) -> None:
 
     trainer = Trainer(cfg, load_training_data(cfg), log=print, on_checkpoint=report)
     summary = trainer.fit()
-    if not reported and trainer.records:  # a finished run restored as unfinished: its result, once
-        last = [r for r in trainer.records if r["stage"] == trainer.stages[-1]][-1]
-        tune.report(tune_metrics(dict(last, valid=summary["valid"], epochs_trained=trainer.epochs_trained())))
+    if not reported:
+        # a run that had finished before Tune saved the trial as finished: fit returned its
+        # summary without training; report its result once, from the run folder's records
+        records = [r for r in run.read_metrics() if "taken_from" not in r]
+        last = [r for r in records if r["stage"] == trainer.stages[-1]][-1]
+        tune.report(tune_metrics(dict(last, valid=summary["valid"],
+                                      epochs_trained=sum(1 for r in records if r["epoch"] >= 1))))
 
 
 # -- one phase -------------------------------------------------------------------------

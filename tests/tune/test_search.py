@@ -167,3 +167,32 @@ def test_a_trial_of_two_ray_train_workers_reports_to_tune_through_rank_zero(tmp_
     best = max((r for r in records if r["stage"] == "calibrate"), key=lambda r: r["valid"]["recall@20"])
     assert summary["best"]["valid"]["recall@20"] == pytest.approx(best["valid"]["recall@20"])
     assert summary["best"]["valid_recomputed"]["recall@20"] == pytest.approx(best["valid"]["recall@20"], abs=1e-6)
+
+
+def test_a_trial_whose_run_had_finished_reports_its_result_once_without_training(tmp_path, monkeypatch):
+    """Tune may restart a trial that finished just before the driver died, before Tune saved it
+    as finished: the trial's run folder is complete, so it trains nothing and reports its result."""
+    from ray import tune
+
+    from margo_dist.config import to_dict
+    from margo_dist.tune.search import run_trial
+
+    search = load_search(str(search_file(tmp_path, space={})))
+    cfg = search.train_base()
+    cfg.train.test_split, cfg.train.progress, cfg.run.plots = False, False, False
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "report", lambda metrics, **_: reports.append(metrics))
+    monkeypatch.setattr(tune, "get_context", lambda: type("Context", (), {"get_trial_id": lambda self: "t0"})())
+    config = {"_train": to_dict(cfg), "_root": str(tmp_path / "search"), "_phase": "all", "model.alpha": 1.0}
+    run_trial(config)
+    first = list(reports)
+    assert [(r["stage"], r["epochs_trained"]) for r in first][-1] == ("calibrate", 4)
+    reports.clear()
+    run_trial(config)  # the same trial again: its run is complete
+    run = tmp_path / "search" / "runs" / "all-t0"
+    assert len(reports) == 1 and reports[0]["stage"] == "calibrate" and reports[0]["epochs_trained"] == 4
+    summary = yaml.safe_load((run / "summary.json").read_text())
+    assert reports[0]["valid_recall@20"] == summary["valid"]["recall@20"]
+    assert _starts(str(run)) == 2
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 5  # nothing was trained again
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["alpha"] == 1.0
