@@ -33,6 +33,11 @@ def join(url: str, *parts: str) -> str:
     return posixpath.join(url, *parts)
 
 
+def absolute(url: str) -> str:
+    """``url`` with a local path made absolute (other processes may start elsewhere)."""
+    return url if "://" in url else posixpath.abspath(url)
+
+
 def exists(url: str) -> bool:
     fs, path = fs_and_path(url)
     return fs.exists(path)

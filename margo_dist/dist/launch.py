@@ -78,6 +78,15 @@ def rank_warnings(rank: int) -> None:
     warnings.showwarning = show
 
 
+def epoch_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """What a report after an epoch carries: the stage, epoch, training epochs (a search's
+    ASHA clock) and the validation metrics as ``valid_<metric>``."""
+    metrics: dict[str, Any] = {"stage": record["stage"], "epoch": record["epoch"],
+                               "epochs_trained": record["epochs_trained"]}
+    metrics.update({f"valid_{k}": v for k, v in record["valid"].items()})
+    return metrics
+
+
 def report_checkpoint(run_dir: str, rank: int, seq: int, record: dict[str, Any]) -> None:
     """Tell Ray Train of checkpoint ``seq`` (every worker, each for its own file).
 
@@ -90,11 +99,7 @@ def report_checkpoint(run_dir: str, rank: int, seq: int, record: dict[str, Any])
     from margo_dist.train.checkpoint import shard_file
     from margo_dist.train.rundir import CHECKPOINT
 
-    metrics: dict[str, Any] = {"checkpoint_seq": seq}
-    if record:
-        metrics.update({"stage": record["stage"], "epoch": record["epoch"],
-                        "epochs_trained": record["epochs_trained"]})
-        metrics.update({f"valid_{k}": v for k, v in record["valid"].items()})
+    metrics: dict[str, Any] = {"checkpoint_seq": seq, **(epoch_metrics(record) if record else {})}
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, f"rank{rank}.json"), "w") as fh:
             json.dump({"run_dir": run_dir, "rows": shard_file(seq, rank), "commit": CHECKPOINT, "seq": seq}, fh)
@@ -160,7 +165,7 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print, callbacks
     n = cfg.dist.workers
     cfg.data.path = dataset_url(cfg.data.path, cfg.train.progress)
     # workers may start in another folder: local paths become absolute
-    cfg.run.dir, cfg.data.path = (u if "://" in u else os.path.abspath(u) for u in (cfg.run.dir, cfg.data.path))
+    cfg.run.dir, cfg.data.path = mio.absolute(cfg.run.dir), mio.absolute(cfg.data.path)
     data = load_training_data(cfg)  # validates the dataset and builds the graph artefacts once, here
     cfg.dist.shards = ensure_owner_shards(cfg, n, cfg.train.progress, data.ds)
     del data

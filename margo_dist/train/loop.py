@@ -244,11 +244,8 @@ class Trainer:
                 # every worker draws the same step; worker r takes triplets r, r + N, ...
                 batch = Batch.full(self.whole_graph, *(torch.from_numpy(a[rank::world]) for a in (u, i, j)),
                                    u.size if world > 1 else 0)
-                if world > 1:
-                    # ... and regularises the step's rows it owns, with no rows to fetch
-                    items = np.concatenate([i, j])
-                    batch.reg_users = torch.from_numpy(u[self.user_owner[u] == rank])
-                    batch.reg_items = torch.from_numpy(items[self.item_owner[items] == rank])
+                if world > 1:  # ... and regularises the step's rows it owns, with no rows to fetch
+                    self._own_regularised(batch, u, i, j)
                 yield batch
             return
         from margo_dist.graph.sample import sampled_batches
@@ -265,10 +262,15 @@ class Trainer:
         for (u, i, j), batch in zip(triplets, sampled_batches(self.neighbour_sampler, shares, seed,
                                                                self.cfg.sampler.num_workers)):
             batch.step_size = u.size
-            items = np.concatenate([i, j])
-            batch.reg_users = torch.from_numpy(u[self.user_owner[u] == rank])
-            batch.reg_items = torch.from_numpy(items[self.item_owner[items] == rank])
+            self._own_regularised(batch, u, i, j)
             yield batch
+
+    def _own_regularised(self, batch: Batch, u: np.ndarray, i: np.ndarray, j: np.ndarray) -> None:
+        """Set the rows of the whole step (u, i, j) that this worker owns as the batch's
+        regularised rows: the workers' terms add up to the step's."""
+        rank, items = self.comm.rank, np.concatenate([i, j])
+        batch.reg_users = torch.from_numpy(u[self.user_owner[u] == rank])
+        batch.reg_items = torch.from_numpy(items[self.item_owner[items] == rank])
 
     def skip_epochs(self, rng: np.random.Generator, n: int) -> None:
         """Advance ``rng`` as ``n`` epochs of ``batches`` would, without building a batch."""
@@ -434,9 +436,8 @@ class Trainer:
             self.on_checkpoint(self.checkpoint_seq, latest)
 
     def epochs_trained(self) -> int:
-        """Training epochs this run has made (a stage taken from another run not counted):
-        the clock of a search's early-stopping scheduler."""
-        return sum(1 for r in self.records if r["epoch"] >= 1 and "taken_from" not in r)
+        """Training epochs this run has made: ``epochs_trained`` of its records."""
+        return epochs_trained(self.records)
 
     def _resume(self) -> tuple[torch.optim.Optimizer, np.random.Generator]:
         rng = np.random.default_rng(self.cfg.train.seed)
@@ -500,6 +501,12 @@ class Trainer:
                         if r.get("stage") == PRETRAIN]
         self.log(f"stage {PRETRAIN} taken from {self.cfg.run.pretrained}")
         self._start_stage(1)
+
+
+def epochs_trained(records: list[dict[str, Any]]) -> int:
+    """Training epochs in a run's records, a stage taken from another run not counted:
+    the clock of a search's early-stopping scheduler."""
+    return sum(1 for r in records if r["epoch"] >= 1 and "taken_from" not in r)
 
 
 def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:

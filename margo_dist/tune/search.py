@@ -28,8 +28,13 @@ import time
 from typing import Any, Callable
 
 from margo_dist.config import Config, dump_yaml, from_dict, load_config, to_dict
+from margo_dist.data import io as mio
+from margo_dist.dist.launch import epoch_metrics
 from margo_dist.errors import MargoError
 from margo_dist.model.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
+from margo_dist.train.loop import epochs_trained
+from margo_dist.train.rundir import SUMMARY as RUN_SUMMARY
+from margo_dist.train.rundir import RunDir
 from margo_dist.tune.space import Dimension, SearchConfig, ray_space
 
 STARTS = "trial_starts.txt"  # one line each time a trial's process starts its run (a resume adds one)
@@ -63,27 +68,16 @@ def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     values[leaf] = value
 
 
-def tune_metrics(record: dict[str, Any]) -> dict[str, Any]:
-    """What a trial reports after an epoch: the stage, epoch, training epochs and validation metrics."""
-    metrics: dict[str, Any] = {"stage": record["stage"], "epoch": record["epoch"],
-                               "epochs_trained": record["epochs_trained"]}
-    metrics.update({f"valid_{k}": v for k, v in record["valid"].items()})
-    return metrics
-
-
 def run_trial(config: dict[str, Any]) -> None:
     """A Tune function trainable: one training run, validation reported after every epoch."""
     cfg = trial_config(config)
     from ray import tune
 
-    from margo_dist.data import io as mio
     from margo_dist.train.loop import Trainer, load_training_data
-    from margo_dist.train.rundir import RunDir
 
     run = RunDir(cfg.run.dir)
-    mio.makedirs(cfg.run.dir)
-    with open(run.path(STARTS), "a") as fh:
-        fh.write(f"{time.time():.3f} pid {os.getpid()}\n")
+    before = run.read_text(STARTS) if run.exists(STARTS) else ""
+    run.write_text(STARTS, f"{before}{time.time():.3f} pid {os.getpid()}\n")
     if cfg.dist.workers > 0:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -95,7 +89,7 @@ def run_trial(config: dict[str, Any]) -> None:
 
     def report(seq: int, record: dict[str, Any]) -> None:
         if record:
-            tune.report(tune_metrics(record))
+            tune.report(epoch_metrics(record))
             reported.append(seq)
 
     trainer = Trainer(cfg, load_training_data(cfg), log=print, on_checkpoint=report)
@@ -105,8 +99,7 @@ def run_trial(config: dict[str, Any]) -> None:
         # summary without training; report its result once, from the run folder's records
         records = [r for r in run.read_metrics() if "taken_from" not in r]
         last = [r for r in records if r["stage"] == trainer.stages[-1]][-1]
-        tune.report(tune_metrics(dict(last, valid=summary["valid"],
-                                      epochs_trained=sum(1 for r in records if r["epoch"] >= 1))))
+        tune.report(epoch_metrics(dict(last, valid=summary["valid"], epochs_trained=epochs_trained(records))))
 
 
 # -- one phase -------------------------------------------------------------------------
@@ -178,22 +171,22 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _trial_lines(phase: str, metric: str, log: Callable[[str], None] = _say) -> Any:
+def _trial_lines(phase: str, metric: str) -> Any:
     """A Tune callback that logs one line per trial report and per trial end (Tune's own tables are off)."""
     from ray import tune
 
     class TrialLines(tune.Callback):
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             keys = " ".join(f"{k}={v}" for k, v in trial.config.items() if not k.startswith("_"))
-            log(f"[{phase}] {trial.trial_id} {keys}: {result['stage']} epoch {result['epoch']} "
+            _say(f"[{phase}] {trial.trial_id} {keys}: {result['stage']} epoch {result['epoch']} "
                 f"valid {metric} {result.get(f'valid_{metric}', float('nan')):.4f}")
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             done = sum(t.status == "TERMINATED" for t in trials)
-            log(f"[{phase}] {trial.trial_id} ended ({done}/{len(trials)} trials ended)")
+            _say(f"[{phase}] {trial.trial_id} ended ({done}/{len(trials)} trials ended)")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            log(f"[{phase}] {trial.trial_id} FAILED: {trial.error_file}")
+            _say(f"[{phase}] {trial.trial_id} FAILED: {trial.error_file}")
 
     return TrialLines()
 
@@ -208,9 +201,6 @@ def _seeded_search(seed: int, max_concurrent: int) -> Any:
 
 def _row(phase: str, keys: dict[str, Any], run_dir: str, stage: str, error: Any, metric: str) -> dict[str, Any]:
     """A trial's line of the results table, from its run folder's records (not Tune's last report)."""
-    from margo_dist.train.rundir import SUMMARY as RUN_SUMMARY
-    from margo_dist.train.rundir import RunDir
-
     row: dict[str, Any] = {"phase": phase, "trial": os.path.basename(run_dir), **keys, "status": "error", "stage": "",
                            "epochs": 0, "seconds": 0.0, "run": run_dir}
     if error is not None or not run_dir or not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
@@ -229,9 +219,9 @@ def _row(phase: str, keys: dict[str, Any], run_dir: str, stage: str, error: Any,
     if "weight_auc" in best:  # planted data: how well the weights at that epoch find the noisy pairs
         row["weight_auc"] = best["weight_auc"]
     row.update({"status": "finished" if run.exists(RUN_SUMMARY) else "stopped early",
-                "best_epoch": best["epoch"], "epochs": sum(1 for r in records if r["epoch"] >= 1),
+                "best_epoch": best["epoch"], "epochs": epochs_trained(records),
                 "seconds": sum(r["train_seconds"] + r["eval_seconds"] for r in records),
-                "starts": len(open(run.path(STARTS)).read().splitlines()) if run.exists(STARTS) else 0})
+                "starts": len(run.read_text(STARTS).splitlines()) if run.exists(STARTS) else 0})
     return row
 
 
@@ -244,13 +234,11 @@ def run_search(search: SearchConfig, log: Callable[[str], None] = print) -> dict
     """Run (or resume) the search; write best.yaml, trials.csv, search.json and search.png."""
     import ray
 
-    from margo_dist.data import io as mio
     from margo_dist.data.synth import dataset_url
     from margo_dist.train.loop import load_training_data
 
     base = search.train_base()
-    base.data.path = os.path.abspath(dataset_url(base.data.path, base.train.progress)) \
-        if "://" not in (base.data.path or "") else base.data.path
+    base.data.path = mio.absolute(dataset_url(base.data.path, base.train.progress))
     load_training_data(base)  # validates the data and builds the graph artefacts once, before the trials
     mio.makedirs(search.dir)
     variant = get_variant(base.model.variant)
@@ -306,7 +294,6 @@ def best_config(base: Config, search: SearchConfig, best: dict[str, Any], stage1
 
 def _write_results(search: SearchConfig, base: Config, rows: list[dict[str, Any]], best: dict[str, Any],
                    staged: bool, seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
-    from margo_dist.data import io as mio
     from margo_dist.train.report import evaluate_run
 
     stage1 = _best([r for r in rows if r["phase"] == "stage1"], "stage1", search.metric) if staged else None
@@ -347,8 +334,6 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _write_table(folder: str, rows: list[dict[str, Any]]) -> None:
-    from margo_dist.data import io as mio
-
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=_columns(rows))
     writer.writeheader()
@@ -358,8 +343,6 @@ def _write_table(folder: str, rows: list[dict[str, Any]]) -> None:
 
 
 def read_table(folder: str) -> list[dict[str, str]]:
-    from margo_dist.data import io as mio
-
     with mio.open_url(mio.join(folder, RESULTS), "rt") as fh:
         return list(csv.DictReader(fh))
 
@@ -370,8 +353,6 @@ def _plot(search: SearchConfig, rows: list[dict[str, Any]]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from margo_dist.data import io as mio
 
     keys = list(search.space) or ["trial"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
@@ -399,8 +380,6 @@ def _plot(search: SearchConfig, rows: list[dict[str, Any]]) -> None:
 
 def report(folder: str) -> str:
     """The search's table sorted by the validation metric, and the chosen trial's test metrics."""
-    from margo_dist.data import io as mio
-
     summary = json.loads(mio.open_url(mio.join(folder, SUMMARY), "rt").read())
     metric = f"valid_{summary['metric']}"
     rows = read_table(folder)
@@ -424,6 +403,4 @@ def report(folder: str) -> str:
 
 def is_search(folder: str) -> bool:
     """Whether ``folder`` holds a search's results (``margo-dist report`` on it prints the table)."""
-    from margo_dist.data import io as mio
-
     return mio.exists(mio.join(folder, SUMMARY))
