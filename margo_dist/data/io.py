@@ -8,6 +8,7 @@ name first and are renamed, so a crash never leaves a half-written file in place
 from __future__ import annotations
 
 import contextlib
+import os
 import io
 import posixpath
 import uuid
@@ -110,14 +111,34 @@ def staging_dir(url: str, keep_existing: Callable[[str], bool] | None = None) ->
     try:
         fs.makedirs(tmp, exist_ok=True)
         yield _with_protocol(url, tmp)
-        keep = keep_existing is not None and fs.exists(path) and keep_existing(url)
-        if not keep:
+        # another writer (a concurrent run on the same dataset) may put its folder there
+        # between our check and our rename: the rename then fails, and the check is asked again
+        for attempt in range(_PLACE_ATTEMPTS):
             if fs.exists(path):
+                if keep_existing is not None and keep_existing(url):
+                    break
                 fs.rm(path, recursive=True)
-            fs.mv(tmp, path, recursive=True)
+            try:
+                _rename_dir(fs, tmp, path)
+                break
+            except OSError:
+                if not fs.exists(path) or attempt == _PLACE_ATTEMPTS - 1:
+                    raise
     finally:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
+
+
+_PLACE_ATTEMPTS = 5
+
+
+def _rename_dir(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
+    """Rename folder ``src`` to ``dst``; locally one ``rename``, which fails when ``dst`` has
+    appeared meanwhile (fsspec's local move would copy ``src`` into it instead)."""
+    if is_local(fs):
+        os.rename(src, dst)
+    else:
+        fs.mv(src, dst, recursive=True)
 
 
 def _with_protocol(url: str, path: str) -> str:

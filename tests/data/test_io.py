@@ -73,3 +73,28 @@ def test_refuses_a_root() -> None:
     with pytest.raises(DataError, match="'/'"):
         with mio.staging_dir("/"):
             pass
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_concurrent_writer_that_places_its_folder_first(tmp_path, monkeypatch, keep: bool) -> None:
+    """Two runs build the same cached folder at once: the other one's rename lands between
+    this one's check and its rename. Its folder is then kept (an identical result) or
+    replaced, and no temporary folder is left either way."""
+    url = str(tmp_path / "graphs")
+    real = mio._rename_dir
+    calls = []
+
+    def raced(fs, src, dst):
+        calls.append(dst)
+        if len(calls) == 1:  # the other writer wins the first time
+            (tmp_path / "graphs").mkdir()
+            (tmp_path / "graphs" / "a.txt").write_text("theirs")
+            real(fs, src, dst)  # fails: dst has appeared and is not empty
+        real(fs, src, dst)
+
+    monkeypatch.setattr(mio, "_rename_dir", raced)
+    with mio.staging_dir(url, keep_existing=lambda dest: keep) as tmp:
+        _write(tmp, "a.txt", "ours")
+    assert (tmp_path / "graphs" / "a.txt").read_text() == ("theirs" if keep else "ours")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graphs"]
+    assert len(calls) == (1 if keep else 2)
