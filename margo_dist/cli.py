@@ -108,7 +108,8 @@ def cmd_partition(args: argparse.Namespace) -> int:
     t0 = time.time()
     art = ensure_graphs(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=True)
     out = args.out or shards_dir(cfg.data.path, cfg.graph, art.key, args.method, args.parts)
-    man = partition_graphs(art, cfg.data.modalities, out, args.parts, args.method, seed=args.seed)
+    man = partition_graphs(art, cfg.data.modalities, out, args.parts, args.method, seed=args.seed,
+                           features=ds.features)
     for s in man["shards"]:
         print(f"shard {s['part']}: {s['users']} users, {s['items']} items, {s['inner_edges']} inner edges "
               f"(+{s['halo_users']} halo users, {s['halo_items']} halo items)")

@@ -14,10 +14,14 @@ noisy (item, modality) pairs (lower weight = more likely noisy) and test Recall@
     python tools/bench_reliability.py --seeds 1 --users 1000 --items 600 --interactions 12000
     python tools/bench_reliability.py --noise-kind gaussian --set model.alpha=1
     python tools/bench_reliability.py --workers 2    # and MARGO on 2 Ray workers per seed
+    python tools/bench_reliability.py --workers 2 --dist-set train.mode=sampled --recall-within 0.03
 
 With ``--workers N`` each seed's MARGO run is repeated with ``dist.workers=N`` (one
 thread per worker), and the check is that the N-worker runs' mean test Recall@20 and
 mean weight AUC lie within the local runs' seed range (min to max) widened by 0.005.
+``--dist-set`` adds overrides to the N-worker runs only (sampled mode, say); with
+``--recall-within F`` the check is instead that their mean test Recall@20 is at least
+(1 - F) times the local (full-graph) runs' mean.
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--independent", action="store_true", help="train wo_weight as its own run")
     p.add_argument("--out", default=os.path.join(margo_home(), "bench-reliability"))
     p.add_argument("--workers", type=int, default=0, help="also train MARGO on this many Ray workers per seed")
+    p.add_argument("--dist-set", nargs="*", default=[], help="extra key=value overrides for the N-worker runs")
+    p.add_argument("--recall-within", type=float, default=0.0,
+                   help="check the N-worker mean test Recall@20 against (1 - this) x the local mean instead")
     args = p.parse_args(argv)
     dims = {k: int(v) for k, v in (part.split(":") for part in args.dims.split(","))}
     rows = []
@@ -94,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers:
             # one thread per worker; the thread setting of --set is the local runs'
             sets = [s for s in args.set if not s.startswith("train.threads=")]
-            dist = run(args, data, f"margo_n{args.workers}", seed, "model.variant=margo",
-                       f"dist.workers={args.workers}", "train.threads=1", "dist.cpus_per_worker=1", sets=sets)
+            tag = hashlib.blake2b(json.dumps(args.dist_set).encode(), digest_size=3).hexdigest() \
+                if args.dist_set else ""
+            dist = run(args, data, f"margo_n{args.workers}{'-' + tag if tag else ''}", seed, "model.variant=margo",
+                       f"dist.workers={args.workers}", "train.threads=1", "dist.cpus_per_worker=1",
+                       *args.dist_set, sets=sets)
             rows[-1].update({"dist_auc": dist["weight_auc"], "dist_r20": dist["test"]["recall@20"]})
     print(f"\n{'seed':<6} {'AUC margo':>10} {'AUC wo_cal':>11} {'R@20 margo':>11} {'R@20 wo_cal':>12} "
           f"{'R@20 wo_weight':>15}")
@@ -105,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['wo_cal_r20']:>12.4f} {r['wo_weight_r20']:>15.4f}")
     print(json.dumps({"mean": mean}))
     if args.workers:
+        if args.recall_within > 0:
+            return _check_recall(rows, args.workers, args.recall_within, args.dist_set)
         return _check_workers(rows, args.workers)
     ok = mean["margo_auc"] >= 0.75 and mean["margo_auc"] >= mean["wo_cal_auc"] + 0.05 and \
         mean["margo_r20"] > mean["wo_weight_r20"]
@@ -127,6 +139,20 @@ def _check_workers(rows: list[dict], workers: int) -> int:
         print(f"{what}: N={workers} mean {mean:.4f}, local range widened by 0.005 [{low:.4f}, {high:.4f}]: "
               f"{'inside' if inside else 'OUTSIDE'}")
     print(f"acceptance ({workers}-worker means within the local seed range +- 0.005):", "PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def _check_recall(rows: list[dict], workers: int, within: float, dist_set: list[str]) -> int:
+    """N-worker mean test Recall@20 against (1 - ``within``) x the local runs' mean."""
+    print(f"\n{'seed':<6} {'R@20 local':>11} {f'R@20 N={workers}':>11} {'relative':>9}   N-worker runs: "
+          f"{' '.join(dist_set) or 'as the local ones'}")
+    for r in rows:
+        print(f"{r['seed']!s:<6} {r['margo_r20']:>11.4f} {r['dist_r20']:>11.4f} "
+              f"{r['dist_r20'] / r['margo_r20'] - 1:>+9.2%}")
+    local, dist = (statistics.mean(r[k] for r in rows) for k in ("margo_r20", "dist_r20"))
+    ok = dist >= (1 - within) * local
+    print(f"mean test recall@20: local {local:.4f}, N={workers} {dist:.4f} ({dist / local - 1:+.2%}); "
+          f"acceptance (within {within:.0%} of local):", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 
 

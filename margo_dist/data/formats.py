@@ -131,14 +131,7 @@ def convert(src: str, dst: str, src_fmt: str = "mmrec", dst_fmt: str = "parquet"
 def _load_mmrec(url: str, modalities: list[str] | None, name: str, feature_dtype: str,
                 mmap: bool) -> tuple[Dataset, dict[str, str]]:
     entries = dio.listdir(url)
-    if name:
-        inter_name = f"{name}.inter"
-    else:
-        found = [e for e in entries if e.endswith(".inter")]
-        if len(found) != 1:
-            what = "no *.inter file" if not found else f"several *.inter files ({', '.join(found)})"
-            raise DataError(f"{url}: {what}; set data.name to the stem of the one to read")
-        inter_name = found[0]
+    inter_name = _mmrec_inter_name(url, name, entries)
     inter_url = dio.join(url, inter_name)
     if modalities is None:
         modalities = sorted(e[: -len(FEAT_SUFFIX)] for e in entries if e.endswith(FEAT_SUFFIX))
@@ -156,6 +149,49 @@ def _load_mmrec(url: str, modalities: list[str] | None, name: str, feature_dtype
     ds = Dataset(name=inter_name[: -len(".inter")], n_users=max(n_users, 0), n_items=n_items, user=user,
                  item=item, label=label, features=features, source=url)
     return ds, files
+
+
+def _mmrec_inter_name(url: str, name: str, entries: list[str]) -> str:
+    """The interaction file of an MMRec folder: ``<data.name>.inter``, or its only ``*.inter``."""
+    if name:
+        return f"{name}.inter"
+    found = [e for e in entries if e.endswith(".inter")]
+    if len(found) != 1:
+        what = "no *.inter file" if not found else f"several *.inter files ({', '.join(found)})"
+        raise DataError(f"{url}: {what}; set data.name to the stem of the one to read")
+    return found[0]
+
+
+def read_interactions(cfg: DataConfig, n_users: int, n_items: int) -> Dataset:
+    """The dataset's interactions alone, its feature files never opened (``features`` is empty).
+
+    For a distributed worker, whose feature rows come from its shard and whose driver
+    validated the whole dataset first; ``n_users`` and ``n_items`` are the driver's
+    counts (the shard manifest's). Ids, labels and duplicates are checked as
+    :func:`read_dataset` does, ``data.dedupe`` included, so the rows are the driver's.
+    """
+    from margo_dist.data.validate import check_duplicates, check_ids, check_labels
+
+    if not cfg.path:
+        raise ConfigError("data.path is empty: no dataset folder to read")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"data.format={cfg.format!r} is not one of {list(FORMATS)}")
+    if cfg.format == "mmrec":
+        inter_name = _mmrec_inter_name(cfg.path, cfg.name, dio.listdir(cfg.path))
+        inter_url = dio.join(cfg.path, inter_name)
+        user, item, label = _read_inter(inter_url)
+        name = inter_name[: -len(".inter")]
+    else:
+        inter_url = dio.join(cfg.path, INTER_FILE)
+        user, item, label = _read_interactions_parquet(inter_url)
+        name = cfg.name or posixpath.basename(dio.fs_and_path(cfg.path)[1].rstrip("/"))
+    ds = Dataset(name=name, n_users=n_users, n_items=n_items, user=user, item=item, label=label, features={},
+                 source=cfg.path)
+    files = {INTERACTIONS: inter_url}
+    check_labels(ds, files)
+    check_ids(ds, files)
+    check_duplicates(ds, files, dedupe=cfg.dedupe)
+    return ds
 
 
 def _read_inter(url: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,8 +1,10 @@
 """``dist.workers=N``: the same trainer on N Ray Train workers (``TorchTrainer``).
 
 The driver does the offline steps once (dataset validation, graph artefacts, the
-shard set whose owner arrays place the rows), then starts N workers. Each worker
-turns Ray's config dict back into the typed tree on its first line, joins the
+shard set whose owner arrays place the rows and which holds each shard's raw-feature
+rows), then starts N workers. Each worker turns Ray's config dict back into the typed
+tree on its first line, reads the interactions, the graph and its own feature rows
+(never the dataset's feature files or another shard's rows), joins the
 process group Ray set up (gloo on CPU, nccl on GPU) and runs :class:`Trainer` with a
 :class:`TorchComm` and its :class:`Placement`: the training loop itself does not know
 how many workers there are. The stage machine is one Coordinator, hosted as a Ray
@@ -25,7 +27,7 @@ from typing import Any, Callable
 from margo_dist.config import Config, from_dict, to_dict
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import Dataset
-from margo_dist.errors import ConfigError
+from margo_dist.errors import ConfigError, DataError
 
 SHARD_METHOD = "metis"
 
@@ -37,19 +39,34 @@ def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True, ds: Data
     from margo_dist.graph.build import ensure_graphs, shards_dir
     from margo_dist.graph.partition import MANIFEST, partition_graphs, read_shard_manifest
 
+    ds = ds if ds is not None else read_dataset_cfg(cfg.data)
+    art = ensure_graphs(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=progress)
     if cfg.dist.shards:
         man = read_shard_manifest(cfg.dist.shards)
         if man["parts"] != parts:
             raise ConfigError(f"dist.shards={cfg.dist.shards} has {man['parts']} shards, dist.workers={parts}")
+        if man["graph_key"] != art.key:
+            raise ConfigError(f"dist.shards={cfg.dist.shards} was made from other data or graph parameters "
+                              f"(graph_key {man['graph_key']!r}; data.path={cfg.data.path} with this config gives "
+                              f"{art.key!r}); rerun `margo-dist data partition`")
         return cfg.dist.shards
-    ds = ds if ds is not None else read_dataset_cfg(cfg.data)
-    art = ensure_graphs(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=progress)
     url = shards_dir(cfg.data.path, cfg.graph, art.key, SHARD_METHOD, parts)
-    if not mio.exists(mio.join(url, MANIFEST)):
+    # a cached set made before shards carried their feature rows is made again
+    if not (mio.exists(mio.join(url, MANIFEST)) and _has_feature_rows(url, cfg.data.modalities)):
         if progress:
-            print(f"partitioning the graph into {parts} shards (owner arrays) at {url} ...", flush=True)
-        partition_graphs(art, cfg.data.modalities, url, parts, SHARD_METHOD, seed=cfg.train.seed)
+            print(f"partitioning the graph into {parts} shards (owner arrays, feature rows) at {url} ...", flush=True)
+        partition_graphs(art, cfg.data.modalities, url, parts, SHARD_METHOD, seed=cfg.train.seed,
+                         features=ds.features)
     return url
+
+
+def _has_feature_rows(url: str, modalities: list[str]) -> bool:
+    from margo_dist.graph.partition import read_shard_manifest
+
+    try:
+        return set(modalities) <= set(read_shard_manifest(url).get("feature_rows", {}))
+    except DataError:  # an older format: made again
+        return False
 
 
 def run_name(run_dir: str) -> str:
@@ -132,14 +149,11 @@ def worker_main(config: dict[str, Any]) -> None:
 
         cfg.train.device = str(ray.train.torch.get_device())
     owners = load_owners(cfg.dist.shards)
-    data = load_training_data(cfg, build_graphs=False)
+    data = load_training_data(cfg, shard=(cfg.dist.shards, comm.rank))  # its own feature rows only
     placement = Placement(comm, owners["user"], owners["item"])
     trainer = Trainer(cfg, data, log=_worker_log, comm=comm, placement=placement,
                       coordinator=RemoteCoordinator.connect(cfg.run.dir, comm),
                       on_checkpoint=lambda seq, record: report_checkpoint(cfg.run.dir, comm.rank, seq, record))
-    # the trainer copied the feature rows this worker owns; the whole matrices can go
-    data.features.clear()
-    data.ds.features.clear()
     trainer.fit()
 
 

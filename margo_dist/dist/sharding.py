@@ -66,6 +66,8 @@ class Placement:
         n = comm.world_size
         self.spaces = {USER: RowOwnership(user_owner, n, USER), ITEM: RowOwnership(item_owner, n, ITEM),
                        NODE: RowOwnership(np.concatenate([user_owner, item_owner]), n, NODE)}
+        self.rows_asked = 0  # rows this rank asked of other owners (``fetch``, ``fetch_computed``)
+        self.rows_computed = 0  # rows this rank computed for ``fetch_computed`` (its own asks included)
 
     @classmethod
     def single(cls, n_users: int, n_items: int) -> "Placement":
@@ -114,9 +116,11 @@ class Placement:
         """
         if not self.distributed:
             unique, inverse = torch.unique(ids, return_inverse=True)
+            self.rows_computed += unique.numel()
             return compute(unique).index_select(0, inverse.view(-1).to(ids.device)).view(*ids.shape, -1)
         request = self._request(space, ids)
         wanted, inverse = torch.unique(request.asked, return_inverse=True)
+        self.rows_computed += wanted.numel()
         rows = compute(wanted)
         fetched = self.comm.fetch_rows(rows, inverse.to(rows.device), request.send_counts, request.recv_counts)
         return request.arrange(fetched, ids)
@@ -129,6 +133,7 @@ class Placement:
         order = torch.argsort(owner, stable=True)
         want = torch.bincount(owner, minlength=comm.world_size)
         recv_counts = [int(c) for c in want.tolist()]
+        self.rows_asked += sum(recv_counts) - recv_counts[comm.rank]
         send_counts = [int(c) for c in comm.all_to_all(want, [1] * comm.world_size, [1] * comm.world_size)]
         asked = comm.all_to_all(ownership.local_index.index_select(0, unique.index_select(0, order)),
                                 recv_counts, send_counts)

@@ -44,6 +44,7 @@ from margo_dist.graph.dgl_backend import Captured, captured_output, dgl
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+FEATURE_ROWS = "features"  # part<k>/features/<modality>.npy: the rows of the items shard k owns
 GRAPH_NAME = "margo"
 METHODS = ("metis", "random")
 NTYPES = ("user", "item")
@@ -232,19 +233,42 @@ def _upload(local_dir: str, rel_paths: list[str], fs: Any, dest: str) -> None:
         fs.put_file(os.path.join(local_dir, *rel.split("/")), target)
 
 
+def _write_feature_rows(work: str, parts: int, item_owner: np.ndarray, features: dict[str, np.ndarray],
+                        mods: list[str]) -> dict[str, dict[str, Any]]:
+    """``part<k>/features/<modality>.npy``: the raw-feature rows of the items shard k owns,
+    in ascending item id (the order of :meth:`RowOwnership.owned`); returns their specs."""
+    specs: dict[str, dict[str, Any]] = {}
+    for m in mods:
+        feat = features[m]
+        if feat.ndim != 2 or feat.shape[0] != item_owner.size:
+            raise DataError(f"features[{m!r}] has shape {list(feat.shape)}: not the rows of {item_owner.size} items "
+                            "(the graph's)")
+        specs[m] = {"dim": int(feat.shape[1]), "dtype": str(feat.dtype)}
+        for p in range(parts):
+            folder = os.path.join(work, f"part{p}", FEATURE_ROWS)
+            os.makedirs(folder, exist_ok=True)
+            np.save(os.path.join(folder, f"{m}.npy"), np.ascontiguousarray(feat[np.flatnonzero(item_owner == p)]),
+                    allow_pickle=False)
+    return specs
+
+
 def partition_graphs(art: GraphArtifacts, modalities: list[str], out_url: str, parts: int,
-                     method: str = "metis", seed: int = 0) -> dict:
+                     method: str = "metis", seed: int = 0, features: dict[str, np.ndarray] | None = None) -> dict:
     """Split the training graph into ``parts`` shards at ``out_url``; returns the manifest.
 
-    ``seed`` seeds DGL's generator (the random method's assignment). A set already at
-    ``out_url`` is replaced only once the new one is complete.
+    ``seed`` seeds DGL's generator (the random method's assignment). ``features``
+    (modality -> [n_items, dim]) adds each shard's own raw-feature rows, so that a
+    worker reads its rows without opening the dataset's feature files
+    (:func:`load_feature_rows`). A set already at ``out_url`` is replaced only once the
+    new one is complete.
     """
     mods = _check_request(art, modalities, parts, method)
     rels = graph_relations(art, mods)
     hetero = _heterograph(art, rels, mods)
     with tempfile.TemporaryDirectory(prefix="margo-shards-") as work:
         orig = _run_partition(hetero, work, parts, method, seed)
-        _, stats = _index_files(work, parts, orig, {"user": art.n_users, "item": art.n_items})
+        owner, stats = _index_files(work, parts, orig, {"user": art.n_users, "item": art.n_items})
+        rows = _write_feature_rows(work, parts, owner["item"], features, mods) if features is not None else {}
         rel_paths = [p for p in _walk(work) if p != MANIFEST]
         manifest = {
             "format_version": FORMAT_VERSION, "parts": parts, "method": method, "seed": int(seed),
@@ -257,6 +281,7 @@ def partition_graphs(art: GraphArtifacts, modalities: list[str], out_url: str, p
             "owners": {t: f"owner_{t}.npy" for t in NTYPES},
             "nids": {t: f"nid_{t}.npy" for t in NTYPES},
             "shards": stats,
+            "feature_rows": {m: {**spec, "path": f"part{{part}}/{FEATURE_ROWS}/{m}.npy"} for m, spec in rows.items()},
             "files": {p: os.path.getsize(os.path.join(work, *p.split("/"))) for p in rel_paths},
         }
         with open(os.path.join(work, MANIFEST), "w") as fh:
@@ -299,6 +324,35 @@ def load_owners(url: str) -> dict[str, np.ndarray]:
             raise DataError(f"{file_url}: holds {arr.dtype}{list(arr.shape)}, expected int32[{n}]")
         out[t] = arr
     return out
+
+
+def load_feature_rows(url: str, part: int, modalities: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(item ids, modality -> rows) of the items shard ``part`` owns, ids ascending.
+
+    Reads the owner array and shard ``part``'s own feature files only: no other
+    shard's rows and nothing of the dataset's feature files.
+    """
+    man = read_shard_manifest(url)
+    parts = int(man["parts"])
+    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < parts:
+        raise DataError(f"{mio.join(url, MANIFEST)}: shard {part!r} requested, the set has shards 0..{parts - 1}")
+    specs = man.get("feature_rows", {})
+    missing = [m for m in modalities if m not in specs]
+    if missing:
+        raise DataError(f"{mio.join(url, MANIFEST)}: the shard set holds no feature rows of modalities {missing} "
+                        f"(it has {sorted(specs)}); rerun `margo-dist data partition`, which writes each "
+                        "shard's rows")
+    ids = np.flatnonzero(load_owners(url)["item"] == part)
+    rows = {}
+    for m in modalities:
+        file_url = mio.join(url, specs[m]["path"].format(part=part))
+        arr = mio.load_npy(file_url)
+        want = (ids.size, int(specs[m]["dim"]))
+        if arr.shape != want or str(arr.dtype) != specs[m]["dtype"]:
+            raise DataError(f"{file_url}: holds {arr.dtype}{list(arr.shape)}, the manifest and the owner array "
+                            f"expect {specs[m]['dtype']}{list(want)}")
+        rows[m] = arr
+    return ids, rows
 
 
 @dataclass
@@ -353,7 +407,8 @@ def _local_copy(url: str, man: dict, part: int) -> Iterator[str]:
         yield path
         return
     prefix = f"part{part}/"
-    wanted = [man["dgl_config"]] + [p for p in man["files"] if p.startswith(prefix)]
+    rows = f"{prefix}{FEATURE_ROWS}/"  # the raw-feature rows are read by load_feature_rows, not DGL
+    wanted = [man["dgl_config"]] + [p for p in man["files"] if p.startswith(prefix) and not p.startswith(rows)]
     with tempfile.TemporaryDirectory(prefix="margo-shard-") as tmp:
         for rel in wanted:
             target = os.path.join(tmp, *rel.split("/"))

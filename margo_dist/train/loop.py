@@ -45,7 +45,8 @@ class TrainingData:
     url: str
     modalities: list[str]
     graph: FullGraph
-    features: list[Tensor]
+    features: list[Tensor]  # per modality: the rows of ``feature_ids``, or of every item when None
+    feature_ids: Tensor | None
     train_csr: tuple[np.ndarray, np.ndarray]
     heldout: dict[int, tuple[np.ndarray, np.ndarray]]
     truth: np.ndarray | None  # planted unreliable pairs of a synthetic dataset
@@ -55,24 +56,41 @@ class TrainingData:
         return np.flatnonzero(np.diff(indptr) > 0)
 
 
-def load_training_data(cfg: Config, build_graphs: bool = True) -> TrainingData:
-    """Read and validate the dataset, load (or build once) its graph artefacts."""
-    from margo_dist.data.formats import read_dataset_cfg
-    from margo_dist.graph.source import load_graph_source
+def load_training_data(cfg: Config, build_graphs: bool = True, shard: tuple[str, int] | None = None
+                       ) -> TrainingData:
+    """Read and validate the dataset, load (or build once) its graph artefacts.
+
+    ``shard`` (shard set URL, part) is a distributed worker's view: the interactions,
+    the graph the shard set was made from, and only the part's own feature rows, read
+    from the shard set; the dataset's feature files are never opened.
+    """
+    from margo_dist.data.formats import read_dataset_cfg, read_interactions
+    from margo_dist.graph.source import load_graph_by_key, load_graph_source
 
     url = dataset_url(cfg.data.path, cfg.train.progress)
     data_cfg = copy.copy(cfg.data)
     data_cfg.path = url
-    ds = read_dataset_cfg(data_cfg)
     modalities = list(cfg.data.modalities)
-    art = load_graph_source(ds, url, cfg.graph, modalities, build=build_graphs)
-    graph = full_graph(art, modalities, cfg.graph.knn_mix)
     dtype = torch.float16 if cfg.data.feature_dtype == "float16" else torch.float32
-    features = [torch.from_numpy(np.ascontiguousarray(ds.features[m])).to(dtype) for m in modalities]
+    feature_ids = None
+    if shard is None:
+        ds = read_dataset_cfg(data_cfg)
+        art = load_graph_source(ds, url, cfg.graph, modalities, build=build_graphs)
+        rows = ds.features
+    else:
+        from margo_dist.graph.partition import load_feature_rows, read_shard_manifest
+
+        man = read_shard_manifest(shard[0])
+        ds = read_interactions(data_cfg, int(man["n_users"]), int(man["n_items"]))
+        art = load_graph_by_key(url, cfg.graph, str(man["graph_key"]), modalities)
+        ids, rows = load_feature_rows(shard[0], shard[1], modalities)
+        feature_ids = torch.from_numpy(ids)
+    graph = full_graph(art, modalities, cfg.graph.knn_mix)
+    features = [torch.from_numpy(np.ascontiguousarray(rows[m])).to(dtype) for m in modalities]
     tu, ti = ds.split(TRAIN)
     heldout = {s: csr_from_pairs(*ds.split(s), ds.n_users) for s in (VALID, TEST)}
     return TrainingData(ds=ds, url=url, modalities=modalities, graph=graph, features=features,
-                        train_csr=csr_from_pairs(tu, ti, ds.n_users), heldout=heldout,
+                        feature_ids=feature_ids, train_csr=csr_from_pairs(tu, ti, ds.n_users), heldout=heldout,
                         truth=_load_truth(url, modalities))
 
 
@@ -123,9 +141,7 @@ class Trainer:
         self.model: Recommender = build_model(data.ds.n_users, data.ds.n_items, dims, cfg.model,
                                               cfg.train.seed, self.placement).to(self.device)
         self.whole_graph = data.graph.to(self.device).compute_graph(self.model.encoder.n_layers)
-        owned_items = self.placement.owned(ITEM) if self.placement.distributed else None
-        self.features = [(f if owned_items is None else f.index_select(0, owned_items)).to(self.device)
-                         for f in data.features]
+        self.features = [f.to(self.device) for f in self._own_feature_rows(data)]
         self.dense_params = self.model.parameter_groups()["dense"]
         self.user_owner = self.placement.spaces[USER].owner
         self.item_owner = self.placement.spaces[ITEM].owner
@@ -140,6 +156,16 @@ class Trainer:
         self.coordinator = coordinator or Coordinator(*Coordinator.arguments(cfg))
         self.on_checkpoint = on_checkpoint  # (seq, latest record) after each checkpoint, on every worker
         self.checkpoint_seq = 0
+
+    def _own_feature_rows(self, data: TrainingData) -> list[Tensor]:
+        """The raw-feature rows of the items this worker owns (all of them in local mode)."""
+        owned = self.placement.owned(ITEM) if self.placement.distributed else torch.arange(data.ds.n_items)
+        if data.feature_ids is None:
+            return [f if not self.placement.distributed else f.index_select(0, owned) for f in data.features]
+        if not torch.equal(data.feature_ids, owned):
+            raise ValueError(f"the data holds the feature rows of {data.feature_ids.numel()} items, not the "
+                             f"{owned.numel()} this worker owns (a shard of another owner array?)")
+        return list(data.features)
 
     # -- evaluation -------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ each worker on GPU ``rank % count``, gloo staging the collectives through host m
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +24,9 @@ from margo_dist.config import load_config
 from margo_dist.data.dataset import VALID
 from margo_dist.data.synth import SynthSpec, write_synthetic
 from margo_dist.dist.comm import Communicator, LocalComm, TorchComm
+from margo_dist.dist.launch import ensure_owner_shards
 from margo_dist.dist.sharding import Placement
+from margo_dist.graph.partition import load_owners
 from margo_dist.model.variants import get_variant
 from margo_dist.train import checkpoint
 from margo_dist.train.loop import Trainer, load_training_data
@@ -60,11 +64,19 @@ def owners(n_users: int, n_items: int, world: int) -> tuple[np.ndarray, np.ndarr
 
 
 def steps(comm: Communicator, data_dir: str, variant: str, n_steps: int, evaluate: bool,
-          batch_size: int = 256, extra: tuple[str, ...] = ()) -> dict:
-    """``n_steps`` steps of the variant's last stage; the loss of each, the whole state after."""
+          batch_size: int = 256, extra: tuple[str, ...] = (), shards: tuple[str, ...] = ()) -> dict:
+    """``n_steps`` steps of the variant's last stage; the loss of each, the whole state after.
+
+    ``shards`` (one shard set URL per rank): the worker's view of a distributed run, the
+    owners and its feature rows read from its shard set (``dist.launch.worker_main``).
+    """
     cfg = config(data_dir, variant, batch_size, extra)
-    data = load_training_data(cfg)
-    uo, io = owners(data.ds.n_users, data.ds.n_items, comm.world_size)
+    if shards:
+        data = load_training_data(cfg, shard=(shards[comm.rank], comm.rank))
+        uo, io = (load_owners(shards[comm.rank])[t] for t in ("user", "item"))
+    else:
+        data = load_training_data(cfg)
+        uo, io = owners(data.ds.n_users, data.ds.n_items, comm.world_size)
     trainer = Trainer(cfg, data, log=lambda _m: None, comm=comm, placement=Placement(comm, uo, io))
     stage = get_variant(variant).stages[-1]
     out: dict = {}
@@ -85,10 +97,10 @@ def steps(comm: Communicator, data_dir: str, variant: str, n_steps: int, evaluat
 
 
 def worker(rank: int, world: int, data_dir: str, variant: str, n_steps: int, evaluate: bool,
-           batch_size: int = 256, extra: tuple[str, ...] = ()) -> dict:
+           batch_size: int = 256, extra: tuple[str, ...] = (), shards: tuple[str, ...] = ()) -> dict:
     if DEVICE.startswith("cuda"):
         torch.cuda.set_device(rank % torch.cuda.device_count())
-    return steps(TorchComm(), data_dir, variant, n_steps, evaluate, batch_size, extra)
+    return steps(TorchComm(), data_dir, variant, n_steps, evaluate, batch_size, extra, shards)
 
 
 def max_rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -120,6 +132,35 @@ def test_a_sampled_step_at_two_workers_and_fanout_minus_one_equals_the_local_ful
         assert dist[rank]["losses"][0] == pytest.approx(local["losses"][0], rel=1e-5)
         for name, value in local["state"].items():
             assert max_rel_error(dist[rank]["state"][name], value) <= 1e-5, name
+
+
+@pytest.mark.parametrize("mode", ["full", "sampled"])
+def test_workers_that_can_read_only_their_own_feature_rows_take_the_local_step(data_dir, tmp_path, mode):
+    """Each worker gets a dataset folder without feature files and a shard set holding only
+    its own shard's feature rows (a copy of the set with the other shard's rows removed):
+    it reads nothing else, and the step still equals the local one."""
+    cfg = config(data_dir, "margo")
+    shard_set = ensure_owner_shards(cfg, 2, progress=False)
+    bare = tmp_path / "data"
+    shutil.copytree(data_dir, bare, ignore=shutil.ignore_patterns("*_feat.npy", "shards-*"))
+    assert not list(bare.glob("*_feat.npy")) and list(Path(data_dir).glob("*_feat.npy"))
+    own = []
+    for rank in range(2):
+        copy = tmp_path / f"shards-seen-by-rank{rank}"
+        shutil.copytree(shard_set, copy)
+        shutil.rmtree(copy / f"part{1 - rank}" / "features")
+        own.append(str(copy))
+    local = steps(LocalComm(), data_dir, "margo", 1, evaluate=True)
+    extra = tuple(ALL_NEIGHBOURS) if mode == "sampled" else ()
+    dist = run_workers(worker, 2, str(bare), "margo", 1, mode == "full", 256, extra, tuple(own))
+    assert sum(d["features"] for d in dist) == local["features"]  # the two shards' rows, each once
+    for rank in range(2):
+        assert dist[rank]["losses"][0] == pytest.approx(local["losses"][0], rel=1e-5)
+        for name, value in local["state"].items():
+            assert max_rel_error(dist[rank]["state"][name], value) <= 1e-5, name
+        if mode == "full":
+            for metric, value in local["valid"].items():
+                assert dist[rank]["valid"][metric] == pytest.approx(value, abs=1e-12), metric
 
 
 def test_ten_steps_stay_within_1e4(data_dir):

@@ -89,7 +89,8 @@ def projected_fetch(rank: int, world: int) -> dict:
     rows = placement.fetch_computed(ITEM, ids, project)
     weights = (rank + 1) * torch.arange(1.0, ids.numel() + 1, dtype=torch.float64).unsqueeze(1)
     (rows * weights).sum().backward()
-    return {"rows": rows.tolist(), "computed": sorted(computed), "grad": projection.weight.grad.tolist()}
+    return {"rows": rows.tolist(), "computed": sorted(computed), "grad": projection.weight.grad.tolist(),
+            "counted": (placement.rows_asked, placement.rows_computed)}
 
 
 def test_owners_project_each_asked_row_once_and_the_projection_gets_every_requesters_gradient():
@@ -108,6 +109,9 @@ def test_owners_project_each_asked_row_once_and_the_projection_gets_every_reques
                               whole.detach()[torch.tensor(ASKED[rank], dtype=torch.int64)].view(-1, 2))
         # item 6 is asked by ranks 0 and 2 (and twice by rank 0) but its owner projects it once
         assert got["computed"] == asked_of[rank], (rank, got["computed"])
+        # the benchmarks' counters: distinct rows asked of other owners, rows computed here
+        others = {i for i in ASKED[rank] if OWNER[i] != rank}
+        assert got["counted"] == (len(others), len(asked_of[rank])), rank
 
 
 def test_in_one_process_computed_rows_are_the_function_of_the_asked_ids():
@@ -122,3 +126,4 @@ def test_in_one_process_computed_rows_are_the_function_of_the_asked_ids():
     out = placement.fetch_computed(ITEM, ids, double)
     assert out.shape == (2, 2, 3) and torch.equal(out, FEATURES[ids] * 2)
     assert seen == [[0, 3, 6]]  # each distinct row once
+    assert (placement.rows_asked, placement.rows_computed) == (0, 3)

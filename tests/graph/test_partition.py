@@ -22,8 +22,8 @@ from margo_dist.data.synth import SynthSpec, make_synthetic, write_synthetic
 from margo_dist.errors import ConfigError, DataError
 from margo_dist.graph import partition as part_mod
 from margo_dist.graph.build import GraphArtifacts, build_graphs, graph_key
-from margo_dist.graph.partition import (MANIFEST, artifacts_from_shards, graph_relations, load_owners, load_shard,
-                                        partition_graphs, read_shard_manifest)
+from margo_dist.graph.partition import (MANIFEST, artifacts_from_shards, graph_relations, load_feature_rows,
+                                        load_owners, load_shard, partition_graphs, read_shard_manifest)
 from margo_dist.graph.source import load_graph_source
 from margo_dist.graph.tensors import full_graph
 
@@ -165,6 +165,33 @@ def test_a_shard_loads_from_its_own_files_alone(tmp_path, art) -> None:
         load_shard(str(alone), 0)
     with pytest.raises(DataError, match="shard 2"):
         load_shard(url, 2)
+
+
+def test_each_shard_holds_the_feature_rows_of_the_items_it_owns(tmp_path, ds, art) -> None:
+    url = str(tmp_path / "full")
+    features = {m: np.asarray(ds.features[m]) for m in MODS}
+    man = partition_graphs(art, MODS, url, 2, "metis", features=features)
+    owner = load_owners(url)["item"]
+    for part in range(2):
+        ids, rows = load_feature_rows(url, part, MODS)
+        np.testing.assert_array_equal(ids, np.flatnonzero(owner == part))
+        for m in MODS:
+            np.testing.assert_array_equal(rows[m], features[m][ids])
+    assert sorted(man["feature_rows"]) == MODS
+    # shard 1's rows read with shard 0's feature files gone; DGL's shard loader never reads them
+    shutil.rmtree(os.path.join(url, "part0", "features"))
+    ids, rows = load_feature_rows(url, 1, ["text"])
+    np.testing.assert_array_equal(rows["text"], features["text"][ids])
+    assert load_shard(url, 0).part == 0
+    with pytest.raises(DataError, match="part0/features/text.npy: file not found"):
+        load_feature_rows(url, 0, ["text"])
+    # a set made without features says how to make one with them
+    bare = str(tmp_path / "bare")
+    partition_graphs(art, MODS, bare, 2, "metis")
+    with pytest.raises(DataError, match=r"no feature rows of modalities \['image'\].*data partition"):
+        load_feature_rows(bare, 0, ["image"])
+    with pytest.raises(DataError, match="rows of 40 items"):
+        partition_graphs(art, MODS, bare, 2, "metis", features={**features, "text": features["text"][:5]})
 
 
 def test_memory_url_and_replacement(art) -> None:

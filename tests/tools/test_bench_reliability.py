@@ -31,3 +31,14 @@ def test_one_tiny_seed_prints_table_json_and_verdict(capsys: pytest.CaptureFixtu
     assert rc in (0, 1)
     runs = [p.parent.name for p in tmp_path.glob("runs-*/*/summary.json")]
     assert sorted(runs) == ["margo", "wo_cal"]
+
+
+def test_the_recall_check_compares_the_worker_mean_with_the_local_mean(capsys: pytest.CaptureFixture) -> None:
+    tool = load_tool("bench_reliability")
+    rows = [{"seed": 0, "margo_r20": 0.40, "dist_r20": 0.39}, {"seed": 1, "margo_r20": 0.30, "dist_r20": 0.29}]
+    # mean 0.34 against 0.35: 2.9% lower
+    assert tool._check_recall(rows, 2, 0.03, ["train.mode=sampled"]) == 0
+    out = capsys.readouterr().out
+    assert "-2.50%" in out and "-3.33%" in out and "(-2.86%)" in out and out.strip().endswith("PASS")
+    assert tool._check_recall(rows, 2, 0.02, []) == 1
+    assert capsys.readouterr().out.strip().endswith("FAIL")
