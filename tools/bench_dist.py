@@ -7,9 +7,10 @@ the raw features from its shard (N = 1 reads the dataset, as local mode does).
 
 - ``--mode full`` (default): owner-computed projections of every item, gathered rows,
   summed dense gradients.
-- ``--mode sampled``: DGL blocks for the worker's share of each step; the rows the
-  blocks reach come from their owners (users' rows fetched, items projected by their
-  owners once per step, deduplicated over the requesters).
+- ``--mode sampled``: DGL blocks for the worker's share of each step (sampled ahead in
+  ``sampler.num_workers`` DataLoader processes, as training does); the rows the blocks
+  reach come from their owners (users' rows fetched, items projected by their owners
+  once per step, deduplicated over the requesters).
 
 Per size (``--sizes``: tiny, baby, elec) and N it prints, per worker: seconds per epoch
 (the mean of ``--steps`` timed steps after one warm-up, times the steps of an epoch; or
@@ -60,8 +61,7 @@ def dataset(shape: dict[str, int], root: str) -> str:
 
 
 def overrides(url: str, mode: str, extra: list[str]) -> list[str]:
-    return [f"data.path={url}", "run.dir=memory://bench-dist", "train.progress=false", f"train.mode={mode}",
-            "sampler.num_workers=0", *extra]
+    return [f"data.path={url}", "run.dir=memory://bench-dist", "train.progress=false", f"train.mode={mode}", *extra]
 
 
 def measure(rank: int, world: int, url: str, shards: str, mode: str, steps: int, epoch: bool,
@@ -96,11 +96,11 @@ def measure(rank: int, world: int, url: str, shards: str, mode: str, steps: int,
     times, inputs = [], []
     start = time.perf_counter()
     for _ in range(n_steps):
-        batch = next(batches)  # sampling is part of a step's time in sampled mode
-        inputs.append(batch.graph.input_items.numel() if batch.graph.input_items is not None else 0)
         if not epoch:
             comm.barrier()
         t0 = time.perf_counter()
+        batch = next(batches)  # making the batch (sampling, in sampled mode) is part of the step
+        inputs.append(batch.graph.input_items.numel() if batch.graph.input_items is not None else 0)
         trainer.train_step(CALIBRATE, batch, optimizer)
         times.append(time.perf_counter() - t0)
     comm.barrier()
@@ -138,7 +138,17 @@ def measure(rank: int, world: int, url: str, shards: str, mode: str, steps: int,
             "user_tables": nbytes([t.weight for t in model.encoder.preferences]),
             "theta": nbytes([model.theta.weight]), "adam": adam,
             "structure": structure, "own_items": n_own_items, "own_users": int(placement.owned(USER).numel()),
-            "items": int(data.ds.n_items), "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "items": int(data.ds.n_items), "rss": peak_rss()}
+
+
+def peak_rss() -> int:
+    """This process's peak resident bytes (VmHWM). Not ``getrusage``'s ru_maxrss: that survives
+    exec, so a worker spawned by a parent holding the dataset would start at the parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def halo(url: str, cfg_extra: list[str], shards: str, world: int) -> list[tuple[float, float]]:

@@ -52,8 +52,10 @@ def run_workers(fn: Callable[..., Any], world: int, *args: Any, timeout: float =
     # plain pickle both ways: multiprocessing would hand every process the same shared-memory
     # tensors, so workers that update them in place (an optimiser state) would share updates
     payload = pickle.dumps(args)
-    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, payload, out, threads),
-                         daemon=True) for r in range(world)]
+    # not daemonic: a worker may start processes of its own (sampled mode's DataLoader
+    # workers); every one is joined or killed below all the same
+    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, payload, out, threads))
+             for r in range(world)]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}
