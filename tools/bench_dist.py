@@ -39,9 +39,14 @@ import os
 import resource
 import time
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from margo_dist.data.synth import margo_home
+
+if TYPE_CHECKING:
+    from margo_dist.graph.tensors import FullGraph
 
 SHAPES = {
     "tiny": {"users": 150, "items": 80, "interactions": 1500, "image": 12, "text": 8},
@@ -151,16 +156,12 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def halo(url: str, cfg_extra: list[str], shards: str, world: int) -> list[tuple[float, float]]:
+def halo(graph: "FullGraph", n_layers: int, shards: str, world: int) -> list[tuple[float, float]]:
     """Per shard: the fraction of the graph's nodes and edges in the receptive field of its
     own nodes (one ii/uu layer over ``n_layers`` propagation steps): what a shard-local
     loader would hold besides its inner nodes."""
-    from margo_dist.config import load_config
     from margo_dist.graph.partition import load_owners
-    from margo_dist.train.loop import load_training_data
 
-    cfg = load_config("configs/default.yaml", overrides(url, "full", cfg_extra))
-    graph = load_training_data(cfg, build_graphs=False).graph
     n_u, n = graph.n_users, graph.n_users + graph.n_items
     rels = [graph.bipartite, graph.item_item, graph.user_user]
     shifts = [0, n_u, 0]  # item_item numbers items from 0; the others number nodes users first
@@ -175,7 +176,7 @@ def halo(url: str, cfg_extra: list[str], shards: str, world: int) -> list[tuple[
     out = []
     for part in range(world):
         field = owner == part
-        for use in [homogeneous] + [~homogeneous] * cfg.model.n_layers:  # from the seeds back to the inputs
+        for use in [homogeneous] + [~homogeneous] * n_layers:  # from the seeds back to the inputs
             edges = use & field[dst]
             field = field.copy()
             field[src[edges]] = True
@@ -213,9 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     for size in sizes:
         url = dataset(SHAPES[size], args.root)
         cfg = load_config("configs/default.yaml", overrides(url, args.mode, extra))
-        load_training_data(cfg)  # graph artefacts, once
+        graph = load_training_data(cfg).graph  # graph artefacts, built once
         shards = {w: ensure_owner_shards(cfg, w, progress=False) if w > 1 else "" for w in worlds}
-        halos = {w: halo(url, extra, shards[w], w) for w in worlds}
+        halos = {w: halo(graph, cfg.model.n_layers, shards[w], w) for w in worlds}
+        del graph
         rounds = []
         for _ in range(args.repeat):
             rounds.append([(w, run_workers(measure, w, url, shards[w], args.mode, args.steps, args.epoch, extra,

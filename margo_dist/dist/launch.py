@@ -22,25 +22,32 @@ import os
 import sys
 import tempfile
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from margo_dist.config import Config, from_dict, to_dict
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import Dataset
 from margo_dist.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from margo_dist.graph.build import GraphArtifacts
+
 SHARD_METHOD = "metis"
 
 
-def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True, ds: Dataset | None = None) -> str:
-    """URL of a shard set with ``parts`` shards for ``cfg``'s dataset (``ds`` if already read):
-    ``dist.shards``, or one made on first use (METIS) and cached by the graph's hash."""
+def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True, ds: Dataset | None = None,
+                        art: GraphArtifacts | None = None) -> str:
+    """URL of a shard set with ``parts`` shards for ``cfg``'s dataset (``ds`` and its graph
+    artefacts ``art`` if already loaded): ``dist.shards``, or one made on first use (METIS)
+    and cached by the graph's hash."""
     from margo_dist.data.formats import read_dataset_cfg
-    from margo_dist.graph.build import ensure_graphs, shards_dir
+    from margo_dist.graph.build import shards_dir
     from margo_dist.graph.partition import MANIFEST, partition_graphs, read_shard_manifest
+    from margo_dist.graph.source import load_graph_source
 
     ds = ds if ds is not None else read_dataset_cfg(cfg.data)
-    art = ensure_graphs(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=progress)
+    if art is None:  # finding the artefacts hashes every feature row: once per driver
+        art = load_graph_source(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=progress)
     if cfg.dist.shards:
         man = read_shard_manifest(cfg.dist.shards)
         if man["parts"] != parts:
@@ -172,7 +179,9 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print, callbacks
     from margo_dist.data.synth import dataset_url
     from margo_dist.dist.cluster import require_shared_storage
     from margo_dist.dist.coordination import coordinator_name, start_coordinator
-    from margo_dist.train.loop import load_training_data
+    from margo_dist.data.formats import read_dataset_cfg
+    from margo_dist.graph.source import load_graph_source
+    from margo_dist.graph.tensors import knn_mix_weights
     from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
 
     cfg = copy.deepcopy(cfg)  # the driver fills in paths and the shard set for the workers
@@ -180,9 +189,12 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print, callbacks
     cfg.data.path = dataset_url(cfg.data.path, cfg.train.progress)
     # workers may start in another folder: local paths become absolute
     cfg.run.dir, cfg.data.path = mio.absolute(cfg.run.dir), mio.absolute(cfg.data.path)
-    data = load_training_data(cfg)  # validates the dataset and builds the graph artefacts once, here
-    cfg.dist.shards = ensure_owner_shards(cfg, n, cfg.train.progress, data.ds)
-    del data
+    # the offline steps, once, here: validate the dataset, build its graph artefacts and shard set
+    ds = read_dataset_cfg(cfg.data)
+    art = load_graph_source(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=cfg.train.progress)
+    knn_mix_weights(cfg.data.modalities, cfg.graph.knn_mix)  # a bad graph.knn_mix fails here, not in the workers
+    cfg.dist.shards = ensure_owner_shards(cfg, n, cfg.train.progress, ds, art)
+    del ds, art
     if not cfg.run.resume:
         # "start afresh" is the driver's decision, once: a group that Ray restarts after a
         # failure must resume from this run's own checkpoints, not start over again
