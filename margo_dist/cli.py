@@ -109,10 +109,11 @@ def cmd_partition(args: argparse.Namespace) -> int:
     art = ensure_graphs(ds, cfg.data.path, cfg.graph, cfg.data.modalities, progress=True)
     out = args.out or shards_dir(cfg.data.path, cfg.graph, art.key, args.method, args.parts)
     man = partition_graphs(art, cfg.data.modalities, out, args.parts, args.method, seed=args.seed,
-                           features=ds.features)
-    for s in man["shards"]:
+                           features=ds.features, field_layers=cfg.model.n_layers)
+    for s, f in zip(man["shards"], man["field"]["parts"]):
         print(f"shard {s['part']}: {s['users']} users, {s['items']} items, {s['inner_edges']} inner edges "
-              f"(+{s['halo_users']} halo users, {s['halo_items']} halo items)")
+              f"(+{s['halo_users']} halo users, {s['halo_items']} halo items); receptive field of "
+              f"{cfg.model.n_layers} step(s): {f['train_edges']} training edges ({100 * f['edge_fraction']:.1f}%)")
     print(f"wrote {out} ({args.parts} shards, {args.method}) in {time.time() - t0:.1f}s")
     return 0
 

@@ -17,8 +17,8 @@ Per size (``--sizes``: tiny, baby, elec) and N it prints, per worker: seconds pe
 one whole epoch with ``--epoch``), the items it projects per step and their FLOPs, the
 rows it asks of other owners and the bytes it sends per step, the bytes of every table
 it holds (raw features, user tables, θ, Adam state), the graph structure it holds, the
-halo its own nodes' receptive field would need (nodes, edges: a fraction of the whole
-graph), and its peak RSS; then per N the epoch-time ratio against the first N and the
+fraction of the graph it holds (sampled mode: its shard's receptive field, the nodes whose
+edges it holds and its training edges, each a fraction of the whole graph), and its peak RSS; then per N the epoch-time ratio against the first N and the
 feature + table bytes of the largest worker against the first N's (the target at N = 2
 is 0.55 or less). ``--plot FILE`` draws per-worker memory against N. This machine's
 speed drifts between minutes (a shared host), so ``--repeat R`` measures the world sizes
@@ -39,14 +39,9 @@ import os
 import resource
 import time
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from margo_dist.data.synth import margo_home
-
-if TYPE_CHECKING:
-    from margo_dist.graph.tensors import FullGraph
 
 SHAPES = {
     "tiny": {"users": 150, "items": 80, "interactions": 1500, "image": 12, "text": 8},
@@ -156,33 +151,17 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def halo(graph: "FullGraph", n_layers: int, shards: str, world: int) -> list[tuple[float, float]]:
-    """Per shard: the fraction of the graph's nodes and edges in the receptive field of its
-    own nodes (one ii/uu layer over ``n_layers`` propagation steps): what a shard-local
-    loader would hold besides its inner nodes."""
-    from margo_dist.graph.partition import load_owners
+def held_fractions(shards: str, world: int, mode: str) -> list[tuple[float, float]]:
+    """Per worker: the fraction of the graph's nodes whose edges it holds and of the training
+    edges it holds. Sampled workers hold their shard's receptive field (``graph/field.py``,
+    sizes from the shard manifest); full-mode workers and N = 1 hold the whole graph."""
+    if world == 1 or mode == "full":
+        return [(1.0, 1.0)] * world
+    from margo_dist.graph.partition import read_shard_manifest
 
-    n_u, n = graph.n_users, graph.n_users + graph.n_items
-    rels = [graph.bipartite, graph.item_item, graph.user_user]
-    shifts = [0, n_u, 0]  # item_item numbers items from 0; the others number nodes users first
-    src = np.concatenate([r.src.numpy() + s for r, s in zip(rels, shifts)])
-    dst = np.concatenate([r.dst.numpy() + s for r, s in zip(rels, shifts)])
-    homogeneous = np.concatenate([np.zeros(rels[0].src.numel(), bool), np.ones(src.size - rels[0].src.numel(), bool)])
-    if world > 1:
-        owner = load_owners(shards)
-        owner = np.concatenate([owner["user"], owner["item"]])
-    else:
-        owner = np.zeros(n, np.int64)
-    out = []
-    for part in range(world):
-        field = owner == part
-        for use in [homogeneous] + [~homogeneous] * n_layers:  # from the seeds back to the inputs
-            edges = use & field[dst]
-            field = field.copy()
-            field[src[edges]] = True
-        inside = field[src] & field[dst]
-        out.append((float(field.mean()), float(inside.mean())))
-    return out
+    man = read_shard_manifest(shards)
+    n = int(man["n_users"]) + int(man["n_items"])
+    return [((p["users"] + p["items"]) / n, float(p["edge_fraction"])) for p in man["field"]["parts"]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,10 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     for size in sizes:
         url = dataset(SHAPES[size], args.root)
         cfg = load_config("configs/default.yaml", overrides(url, args.mode, extra))
-        graph = load_training_data(cfg).graph  # graph artefacts, built once
+        load_training_data(cfg)  # graph artefacts, built once
         shards = {w: ensure_owner_shards(cfg, w, progress=False) if w > 1 else "" for w in worlds}
-        halos = {w: halo(graph, cfg.model.n_layers, shards[w], w) for w in worlds}
-        del graph
+        halos = {w: held_fractions(shards[w], w, args.mode) for w in worlds}
         rounds = []
         for _ in range(args.repeat):
             rounds.append([(w, run_workers(measure, w, url, shards[w], args.mode, args.steps, args.epoch, extra,
@@ -252,7 +230,7 @@ def _table(url: str, args: argparse.Namespace, rows: list[tuple[int, list[dict]]
     timed = "one whole epoch" if args.epoch else f"{args.steps} timed steps"
     head = (f"{'N':>2} {'rank':>4} {'epoch s':>8} {'items proj/step':>15} {'proj GFLOP/step':>15} "
             f"{'rows asked/step':>15} {'MB sent/step':>12} {'features MB':>11} {'user tables MB':>14} "
-            f"{'theta MB':>8} {'Adam MB':>8} {'graph MB':>8} {'halo nodes':>10} {'halo edges':>10} "
+            f"{'theta MB':>8} {'Adam MB':>8} {'graph MB':>8} {'held nodes':>10} {'held edges':>10} "
             f"{'peak RSS MB':>11}")
     print(f"dataset {url}  ({args.threads} thread(s) per worker, {timed})")
     print(head)

@@ -42,6 +42,7 @@ def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True, ds: Data
     and cached by the graph's hash."""
     from margo_dist.data.formats import read_dataset_cfg
     from margo_dist.graph.build import shards_dir
+    from margo_dist.graph.field import field_layers
     from margo_dist.graph.partition import MANIFEST, partition_graphs, read_shard_manifest
     from margo_dist.graph.source import load_graph_source
 
@@ -56,24 +57,35 @@ def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True, ds: Data
             raise ConfigError(f"dist.shards={cfg.dist.shards} was made from other data or graph parameters "
                               f"(graph_key {man['graph_key']!r}; data.path={cfg.data.path} with this config gives "
                               f"{art.key!r}); rerun `margo-dist data partition`")
+        have = field_layers(man)
+        if cfg.train.mode == "sampled" and (have is None or have < cfg.model.n_layers):
+            raise ConfigError(f"dist.shards={cfg.dist.shards} holds receptive fields for {have or 0} propagation "
+                              f"step(s); train.mode=sampled with model.n_layers={cfg.model.n_layers} needs them: "
+                              "rerun `margo-dist data partition` with this config")
         return cfg.dist.shards
     url = shards_dir(cfg.data.path, cfg.graph, art.key, SHARD_METHOD, parts)
-    # a cached set made before shards carried their feature rows is made again
-    if not (mio.exists(mio.join(url, MANIFEST)) and _has_feature_rows(url, cfg.data.modalities)):
+    # a cached set made before shards carried their feature rows and fields (or with fields
+    # for fewer propagation steps) is made again
+    if not (mio.exists(mio.join(url, MANIFEST)) and _usable(url, cfg.data.modalities, cfg.model.n_layers)):
         if progress:
-            print(f"partitioning the graph into {parts} shards (owner arrays, feature rows) at {url} ...", flush=True)
+            print(f"partitioning the graph into {parts} shards (owner arrays, feature rows, fields) at {url} ...",
+                  flush=True)
         partition_graphs(art, cfg.data.modalities, url, parts, SHARD_METHOD, seed=cfg.train.seed,
-                         features=ds.features)
+                         features=ds.features, field_layers=cfg.model.n_layers)
     return url
 
 
-def _has_feature_rows(url: str, modalities: list[str]) -> bool:
+def _usable(url: str, modalities: list[str], layers: int) -> bool:
+    """Whether a cached shard set holds these modalities' feature rows and fields for ``layers`` steps."""
+    from margo_dist.graph.field import field_layers
     from margo_dist.graph.partition import read_shard_manifest
 
     try:
-        return set(modalities) <= set(read_shard_manifest(url).get("feature_rows", {}))
+        man = read_shard_manifest(url)
     except DataError:  # an older format: made again
         return False
+    have = field_layers(man)
+    return set(modalities) <= set(man.get("feature_rows", {})) and have is not None and have >= layers
 
 
 def run_name(run_dir: str) -> str:

@@ -105,27 +105,29 @@ class Placement:
         rows = self.comm.fetch_rows(local, request.asked.to(local.device), request.send_counts, request.recv_counts)
         return request.arrange(rows, ids)
 
-    def fetch_computed(self, space: str, ids: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
+    def fetch_computed(self, space: str, ids: Tensor, compute: Callable[[Tensor], Tensor],
+                       tally: bool = True) -> Tensor:
         """Rows ``ids`` (global, repeats allowed) of a per-row function that owners evaluate:
         ``compute(local_rows)`` [n, F] for the local indices of rows this rank owns (an
         owner's projection of its items' raw features, say) -> [len(ids), F], differentiable.
 
         Each owner computes each row asked of it once, however many ranks ask for it (the
         rows are deduplicated over the requesters), and the gradients of a row from all its
-        requesters are summed before they flow back into ``compute``.
+        requesters are summed before they flow back into ``compute``. ``tally``: count the
+        rows in ``rows_asked`` / ``rows_computed`` (the projections' counters).
         """
         if not self.distributed:
             unique, inverse = torch.unique(ids, return_inverse=True)
-            self.rows_computed += unique.numel()
+            self.rows_computed += unique.numel() if tally else 0
             return compute(unique).index_select(0, inverse.view(-1).to(ids.device)).view(*ids.shape, -1)
-        request = self._request(space, ids)
+        request = self._request(space, ids, tally)
         wanted, inverse = torch.unique(request.asked, return_inverse=True)
-        self.rows_computed += wanted.numel()
+        self.rows_computed += wanted.numel() if tally else 0
         rows = compute(wanted)
         fetched = self.comm.fetch_rows(rows, inverse.to(rows.device), request.send_counts, request.recv_counts)
         return request.arrange(fetched, ids)
 
-    def _request(self, space: str, ids: Tensor) -> "_Request":
+    def _request(self, space: str, ids: Tensor, tally: bool = True) -> "_Request":
         """Exchange which rows each rank wants of each owner: counts, then local ids (all-to-all)."""
         ownership, comm = self.spaces[space], self.comm
         unique, inverse = torch.unique(ids.cpu(), return_inverse=True)
@@ -133,7 +135,7 @@ class Placement:
         order = torch.argsort(owner, stable=True)
         want = torch.bincount(owner, minlength=comm.world_size)
         recv_counts = [int(c) for c in want.tolist()]
-        self.rows_asked += sum(recv_counts) - recv_counts[comm.rank]
+        self.rows_asked += sum(recv_counts) - recv_counts[comm.rank] if tally else 0
         send_counts = [int(c) for c in comm.all_to_all(want, [1] * comm.world_size, [1] * comm.world_size)]
         asked = comm.all_to_all(ownership.local_index.index_select(0, unique.index_select(0, order)),
                                 recv_counts, send_counts)

@@ -19,7 +19,9 @@ and renamed, so a reader never sees a half-written set. Beside DGL's files the s
 holds ``manifest.json``, ``owner_<type>.npy`` (shard of each original id),
 ``nid_<type>.npy`` (original id of each id in DGL's reshuffled numbering) and, per
 shard, ``part<k>/orig_nid.npy`` (original id of each local node), so a shard can be
-used with original ids without any other shard.
+used with original ids without any other shard; a set made for workers also holds each
+shard's raw-feature rows (``part<k>/features/``) and receptive field (``part<k>/field/``,
+``graph/field.py``), all a sampled worker reads of the data.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from margo_dist.data.dataset import pair_codes, split_pair_codes
 from margo_dist.errors import ConfigError, DataError
 from margo_dist.graph.build import GraphArtifacts, dedup_pairs, fill_ranked, padded_edges
 from margo_dist.graph.dgl_backend import Captured, captured_output, dgl
+from margo_dist.graph.field import FIELD, write_fields
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -253,14 +256,16 @@ def _write_feature_rows(work: str, parts: int, item_owner: np.ndarray, features:
 
 
 def partition_graphs(art: GraphArtifacts, modalities: list[str], out_url: str, parts: int,
-                     method: str = "metis", seed: int = 0, features: dict[str, np.ndarray] | None = None) -> dict:
+                     method: str = "metis", seed: int = 0, features: dict[str, np.ndarray] | None = None,
+                     field_layers: int | None = None) -> dict:
     """Split the training graph into ``parts`` shards at ``out_url``; returns the manifest.
 
     ``seed`` seeds DGL's generator (the random method's assignment). ``features``
     (modality -> [n_items, dim]) adds each shard's own raw-feature rows, so that a
     worker reads its rows without opening the dataset's feature files
-    (:func:`load_feature_rows`). A set already at ``out_url`` is replaced only once the
-    new one is complete.
+    (:func:`load_feature_rows`). ``field_layers`` adds each shard's receptive field for
+    a model of that many propagation steps (``graph/field.py``): the structure a sampled
+    worker reads. A set already at ``out_url`` is replaced only once the new one is complete.
     """
     mods = _check_request(art, modalities, parts, method)
     rels = graph_relations(art, mods)
@@ -269,6 +274,7 @@ def partition_graphs(art: GraphArtifacts, modalities: list[str], out_url: str, p
         orig = _run_partition(hetero, work, parts, method, seed)
         owner, stats = _index_files(work, parts, orig, {"user": art.n_users, "item": art.n_items})
         rows = _write_feature_rows(work, parts, owner["item"], features, mods) if features is not None else {}
+        fields = write_fields(work, art, mods, owner, parts, field_layers) if field_layers is not None else None
         rel_paths = [p for p in _walk(work) if p != MANIFEST]
         manifest = {
             "format_version": FORMAT_VERSION, "parts": parts, "method": method, "seed": int(seed),
@@ -282,6 +288,7 @@ def partition_graphs(art: GraphArtifacts, modalities: list[str], out_url: str, p
             "nids": {t: f"nid_{t}.npy" for t in NTYPES},
             "shards": stats,
             "feature_rows": {m: {**spec, "path": f"part{{part}}/{FEATURE_ROWS}/{m}.npy"} for m, spec in rows.items()},
+            **({FIELD: fields} if fields is not None else {}),
             "files": {p: os.path.getsize(os.path.join(work, *p.split("/"))) for p in rel_paths},
         }
         with open(os.path.join(work, MANIFEST), "w") as fh:
@@ -407,8 +414,9 @@ def _local_copy(url: str, man: dict, part: int) -> Iterator[str]:
         yield path
         return
     prefix = f"part{part}/"
-    rows = f"{prefix}{FEATURE_ROWS}/"  # the raw-feature rows are read by load_feature_rows, not DGL
-    wanted = [man["dgl_config"]] + [p for p in man["files"] if p.startswith(prefix) and not p.startswith(rows)]
+    # the raw-feature rows and the field are read by load_feature_rows and load_field, not DGL
+    skip = (f"{prefix}{FEATURE_ROWS}/", f"{prefix}{FIELD}/")
+    wanted = [man["dgl_config"]] + [p for p in man["files"] if p.startswith(prefix) and not p.startswith(skip)]
     with tempfile.TemporaryDirectory(prefix="margo-shard-") as tmp:
         for rel in wanted:
             target = os.path.join(tmp, *rel.split("/"))

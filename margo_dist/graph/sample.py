@@ -109,6 +109,11 @@ class BlockSampler:
 
     def sample(self, users: Tensor, items: Tensor) -> ComputeGraph:
         """The compute graph whose outputs are ``users`` and ``items``, in that order."""
+        for name, ids in (("user", users), ("item", items)):  # DGL aborts the process on a bad id
+            n = self.graph.num_nodes(name)
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+                raise ValueError(f"BlockSampler.sample: {name} ids span [{int(ids.min())}, {int(ids.max())}], "
+                                 f"the graph has {n} {name}s")
         _, _, blocks = self.sampler.sample_blocks(self.graph, {"user": users, "item": items})
         top = blocks[-1]
         out_users = top.dstnodes["user"].data[dgl.NID]
@@ -123,18 +128,29 @@ class BlockSampler:
             input_users=first.srcnodes["user"].data[dgl.NID], input_items=first.srcnodes["item"].data[dgl.NID],
             output_users=out_users, output_items=out_items)
 
-    def batch(self, u: np.ndarray, i: np.ndarray, j: np.ndarray) -> Batch:
-        """Sample for one batch of triplets (global ids)."""
+    def batch(self, u: np.ndarray, i: np.ndarray, j: np.ndarray, items: np.ndarray | None = None) -> Batch:
+        """Sample for one batch of triplets (global ids).
+
+        ``items`` (sorted, distinct) makes those the compute graph's output items instead of
+        the triplets' own: a worker encodes the step's items it owns and their owners send
+        each triplet's item vectors (``Batch.pos_local`` is then None).
+        """
         users, pos, neg = (torch.from_numpy(np.ascontiguousarray(a)) for a in (u, i, j))
-        (out_users, out_items), local = Batch.output_nodes(users, pos, neg)
-        return Batch(self.sample(out_users, out_items), users, pos, neg, *local)
+        if items is None:
+            (out_users, out_items), local = Batch.output_nodes(users, pos, neg)
+            return Batch(self.sample(out_users, out_items), users, pos, neg, *local)
+        out_users, users_local = torch.unique(users, return_inverse=True)
+        return Batch(self.sample(out_users, torch.from_numpy(np.ascontiguousarray(items))), users, pos, neg,
+                     users_local, None, None)
+
+
+Request = tuple[np.ndarray, ...]  # (users, positives, negatives[, output items]): ``BlockSampler.batch``'s
 
 
 class _EpochBatches(IterableDataset):
     """One epoch of sampled batches; worker k produces batches k, k+W, ... (order is kept)."""
 
-    def __init__(self, block_sampler: BlockSampler, triplets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 seed: int) -> None:
+    def __init__(self, block_sampler: BlockSampler, triplets: list[Request], seed: int) -> None:
         self.block_sampler = block_sampler
         self.triplets = triplets
         self.seed = seed
@@ -151,9 +167,10 @@ def _as_is(batch: Batch) -> Batch:
     return batch
 
 
-def sampled_batches(block_sampler: BlockSampler, triplets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                    seed: int, num_workers: int) -> Iterator[Batch]:
-    """Batches sampled in ``num_workers`` DataLoader processes (0: in this process)."""
+def sampled_batches(block_sampler: BlockSampler, triplets: list[Request], seed: int,
+                    num_workers: int) -> Iterator[Batch]:
+    """Batches sampled in ``num_workers`` DataLoader processes (0: in this process), one per
+    request (``BlockSampler.batch``'s arguments)."""
     dataset = _EpochBatches(block_sampler, triplets, seed)
     if num_workers <= 0:
         return iter(dataset)

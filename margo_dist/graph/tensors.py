@@ -193,15 +193,19 @@ def bipartite_edges(user: np.ndarray, item: np.ndarray, user_degree: np.ndarray,
     return src, dst, np.concatenate([w, w]).astype(np.float32)
 
 
-def knn_edges(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def knn_edges(idx: np.ndarray, rows: np.ndarray | None = None,
+              row_length: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Item i aggregates its kNN list; weight 1/sqrt(deg_i deg_j) with deg = list length.
 
     Follows DRAGON's normalisation of the (unsymmetrised) top-k indicator matrix,
     where both sides use row degrees; self-loops are excluded (the residual adds
-    the item itself).
+    the item itself). ``rows`` (item id of each row of ``idx``) and ``row_length``
+    (every item's list length) serve a table of some items' rows only (a shard's field).
     """
     src, dst, valid = padded_edges(idx)
-    deg = valid.sum(axis=1).astype(np.float64)
+    if rows is not None:
+        dst = rows[dst]
+    deg = (valid.sum(axis=1) if row_length is None else row_length).astype(np.float64)
     w = 1.0 / np.sqrt(deg[dst] * np.maximum(deg[src], 1.0))
     return src, dst, w.astype(np.float32)
 
@@ -217,24 +221,32 @@ def user_edges(nbr: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return src, dst, a[valid].astype(np.float32)
 
 
+def relation_graph(n_users: int, n_items: int, train: tuple[np.ndarray, np.ndarray],
+                   degrees: tuple[np.ndarray, np.ndarray], knn: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                   mix: dict[str, float], users: tuple[np.ndarray, np.ndarray, np.ndarray]) -> FullGraph:
+    """The three edge lists from their parts: training pairs (user, item) with both sides'
+    degrees, each modality's kNN edges (src, dst, w) mixed by the weights ``mix`` names
+    (``knn_mix_weights``), and the co-user edges."""
+    s, d, w = bipartite_edges(train[0], train[1], degrees[0], degrees[1], n_users)
+    n_nodes = n_users + n_items
+    bip = EdgeList(torch.from_numpy(s), torch.from_numpy(d), torch.from_numpy(w), n_nodes, n_nodes)
+    weights = knn_mix_weights(list(knn), mix)
+    ii = EdgeList(torch.from_numpy(np.concatenate([e[0] for e in knn.values()])),
+                  torch.from_numpy(np.concatenate([e[1] for e in knn.values()])),
+                  torch.from_numpy(np.concatenate([e[2] * weights[m] for m, e in knn.items()]).astype(np.float32)),
+                  n_items, n_items)
+    uu = EdgeList(*(torch.from_numpy(a) for a in users), n_users, n_users)
+    return FullGraph(n_users, n_items, bip, ii, uu)
+
+
 def full_graph(art: GraphArtifacts, modalities: list[str], mix: dict[str, float]) -> FullGraph:
     """Edge lists of every relation from the cached artefacts."""
-    s, d, w = bipartite_edges(art.train_user, art.train_item, art.user_degree, art.item_degree, art.n_users)
-    n_nodes = art.n_users + art.n_items
-    bip = EdgeList(torch.from_numpy(s), torch.from_numpy(d), torch.from_numpy(w), n_nodes, n_nodes)
-    weights = knn_mix_weights(modalities, mix)
-    parts = []
-    for m in modalities:
-        if m not in art.item_knn:
-            raise ConfigError(f"graph artefacts {art.key} have no kNN graph for modality {m!r}")
-        ks, kd, kw = knn_edges(art.item_knn[m][0])
-        parts.append((ks, kd, kw * weights[m]))
-    ii = EdgeList(torch.from_numpy(np.concatenate([p[0] for p in parts])),
-                  torch.from_numpy(np.concatenate([p[1] for p in parts])),
-                  torch.from_numpy(np.concatenate([p[2] for p in parts]).astype(np.float32)), art.n_items, art.n_items)
-    us, ud, uw = user_edges(art.user_nbr, art.user_cnt)
-    uu = EdgeList(torch.from_numpy(us), torch.from_numpy(ud), torch.from_numpy(uw), art.n_users, art.n_users)
-    return FullGraph(art.n_users, art.n_items, bip, ii, uu)
+    missing = [m for m in modalities if m not in art.item_knn]
+    if missing:
+        raise ConfigError(f"graph artefacts {art.key} have no kNN graph for modality {missing[0]!r}")
+    return relation_graph(art.n_users, art.n_items, (art.train_user, art.train_item),
+                          (art.user_degree, art.item_degree), {m: knn_edges(art.item_knn[m][0]) for m in modalities},
+                          mix, user_edges(art.user_nbr, art.user_cnt))
 
 
 @dataclass
@@ -246,8 +258,10 @@ class Batch:
     pos: Tensor
     neg: Tensor
     users_local: Tensor  # rows of the graph's output users / items [B]
-    pos_local: Tensor
-    neg_local: Tensor
+    # None: the output items are the step's items this worker owns, and each triplet's item
+    # vectors come from the item's owner (sampled mode, ``Trainer.item_vectors``)
+    pos_local: Tensor | None
+    neg_local: Tensor | None
     # triplets in the whole step when this batch is one worker's part of it; 0: the whole step
     step_size: int = 0
     # the rows this worker regularises when the batch is its part of a step: the whole step's
@@ -259,9 +273,8 @@ class Batch:
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)
 
-        return Batch(self.graph.to(device), *(t.to(device) for t in (self.users, self.pos, self.neg,
-                                                                         self.users_local, self.pos_local,
-                                                                         self.neg_local)), self.step_size,
+        return Batch(self.graph.to(device), self.users.to(device), self.pos.to(device), self.neg.to(device),
+                     self.users_local.to(device), move(self.pos_local), move(self.neg_local), self.step_size,
                      move(self.reg_users), move(self.reg_items))
 
     def regularised(self) -> tuple[Tensor, Tensor]:

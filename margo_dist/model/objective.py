@@ -45,14 +45,14 @@ def triplet_loss(model: Recommender, stage: str, cfg: ModelConfig, users_emb: Te
     items = torch.cat([pos, neg])
     w = model.item_weights(items) if stage == CALIBRATE else None
     cu, ci = model.fusion_coefficients(stage, users, items, w)
-    ci_pos, ci_neg = (None, None) if ci is None else ci.split(b)
+    ci_pos, ci_neg = (None, None) if ci is None else ci.split([b, b])
     y_pos = fuse(r_pos, cu, ci_pos)
     y_neg = fuse(r_neg, cu, ci_neg)
     bpr = losses.bpr_loss(y_pos, y_neg, g)
     total = bpr
     cal_value, calibrated = 0.0, 0.0
     if w is not None and model.spec.calibration and cfg.alpha > 0:  # w: the calibration stage
-        w_pos, w_neg = w.split(b)
+        w_pos, w_neg = w.split([b, b])
         cal, calibrated = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, w_pos, w_neg, g)
         total = total + cfg.alpha * cal
         cal_value = float(cal.detach())

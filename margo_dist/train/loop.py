@@ -50,6 +50,8 @@ class TrainingData:
     train_csr: tuple[np.ndarray, np.ndarray]
     heldout: dict[int, tuple[np.ndarray, np.ndarray]]
     truth: np.ndarray | None  # planted unreliable pairs of a synthetic dataset
+    # False: ``graph`` is a shard's receptive field (graph/field.py), exact at its own nodes only
+    graph_complete: bool = True
 
     def eval_users(self, split: int) -> np.ndarray:
         indptr = self.heldout[split][0]
@@ -61,8 +63,9 @@ def load_training_data(cfg: Config, build_graphs: bool = True, shard: tuple[str,
     """Read and validate the dataset, load (or build once) its graph artefacts.
 
     ``shard`` (shard set URL, part) is a distributed worker's view: the interactions,
-    the graph the shard set was made from, and only the part's own feature rows, read
-    from the shard set; the dataset's feature files are never opened.
+    the graph the shard set was made from (in sampled mode only the part's receptive
+    field), and only the part's own feature rows, read from the shard set; the
+    dataset's feature files are never opened, nor in sampled mode its graph artefacts.
     """
     from margo_dist.data.formats import read_dataset_cfg, read_interactions
     from margo_dist.graph.source import load_graph_by_key, load_graph_source
@@ -73,25 +76,33 @@ def load_training_data(cfg: Config, build_graphs: bool = True, shard: tuple[str,
     modalities = list(cfg.data.modalities)
     dtype = torch.float16 if cfg.data.feature_dtype == "float16" else torch.float32
     feature_ids = None
+    complete = True
     if shard is None:
         ds = read_dataset_cfg(data_cfg)
         art = load_graph_source(ds, url, cfg.graph, modalities, build=build_graphs)
         rows = ds.features
+        graph = full_graph(art, modalities, cfg.graph.knn_mix)
     else:
+        from margo_dist.graph.field import field_graph, load_field
         from margo_dist.graph.partition import load_feature_rows, read_shard_manifest
 
         man = read_shard_manifest(shard[0])
         ds = read_interactions(data_cfg, int(man["n_users"]), int(man["n_items"]))
-        art = load_graph_by_key(url, cfg.graph, str(man["graph_key"]), modalities)
+        if cfg.train.mode == "sampled":
+            graph = field_graph(load_field(shard[0], shard[1], modalities, cfg.model.n_layers), modalities,
+                                cfg.graph.knn_mix)
+            complete = False
+        else:
+            graph = full_graph(load_graph_by_key(url, cfg.graph, str(man["graph_key"]), modalities), modalities,
+                               cfg.graph.knn_mix)
         ids, rows = load_feature_rows(shard[0], shard[1], modalities)
         feature_ids = torch.from_numpy(ids)
-    graph = full_graph(art, modalities, cfg.graph.knn_mix)
     features = [torch.from_numpy(np.ascontiguousarray(rows[m])).to(dtype) for m in modalities]
     tu, ti = ds.split(TRAIN)
     heldout = {s: csr_from_pairs(*ds.split(s), ds.n_users) for s in (VALID, TEST)}
     return TrainingData(ds=ds, url=url, modalities=modalities, graph=graph, features=features,
                         feature_ids=feature_ids, train_csr=csr_from_pairs(tu, ti, ds.n_users), heldout=heldout,
-                        truth=_load_truth(url, modalities))
+                        truth=_load_truth(url, modalities), graph_complete=complete)
 
 
 def _load_truth(url: str, modalities: list[str]) -> np.ndarray | None:
@@ -129,6 +140,9 @@ class Trainer:
             raise ValueError(f"a world of {self.comm.world_size} workers needs a Placement built on its communicator "
                              "(the owner rule): without one every worker would train alone")
         self.log = log if self.comm.is_leader else (lambda _msg: None)
+        if not data.graph_complete and cfg.train.mode != "sampled":
+            raise ValueError(f"train.mode={cfg.train.mode} propagates over the whole graph; this worker holds "
+                             "only its shard's receptive field (sampled mode's)")
         self.device = torch.device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
@@ -175,6 +189,8 @@ class Trainer:
         self.model.eval()
         users_emb, items_emb = self.model.encode(self.whole_graph, self.features)
         uvec, ivec = self.model.score_vectors(stage, users_emb, items_emb)
+        if not self.data.graph_complete:  # a receptive field: exact at this worker's own items
+            ivec = self.placement.gather(ITEM, ivec.index_select(0, self.placement.owned(ITEM).to(ivec.device)))
         ivec_t = ivec.t().contiguous()
 
         def score(ids: Tensor) -> Tensor:
@@ -215,14 +231,41 @@ class Trainer:
         """
         b = batch.to(self.device)
         users_emb, items_emb = self.model.encode(b.graph, self.features)
+        pos_emb, neg_emb = self.item_vectors(items_emb, b)
         parts = triplet_loss(self.model, stage, self.cfg.model, users_emb.index_select(0, b.users_local),
-                             items_emb.index_select(0, b.pos_local), items_emb.index_select(0, b.neg_local),
-                             b.users, b.pos, b.neg, b.step_size or None, b.regularised())
+                             pos_emb, neg_emb, b.users, b.pos, b.neg, b.step_size or None, b.regularised())
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         self._sum_dense_gradients()
         optimizer.step()
         return parts
+
+    def item_vectors(self, items_emb: Tensor, b: Batch) -> tuple[Tensor, Tensor]:
+        """The final vectors of the batch's positives and negatives, [B, M, d] each.
+
+        In sampled mode the compute graph's output items are the step's items this worker
+        owns (``Batch.pos_local`` is None): it encodes them for every worker whose triplets
+        hold them, and each triplet's rows come from the item's owner (an all-to-all whose
+        gradient returns to the owner). A worker's blocks then start from its own users and
+        items, whatever items the uniform negatives name.
+        """
+        if b.pos_local is not None and b.neg_local is not None:
+            return items_emb.index_select(0, b.pos_local), items_emb.index_select(0, b.neg_local)
+        out_items = b.graph.output_items
+        assert out_items is not None
+        flat = items_emb.flatten(1)
+        own_local = self.placement.spaces[ITEM].local_index.index_select(0, out_items.cpu()).to(flat.device)
+
+        def encoded(local_rows: Tensor) -> Tensor:
+            where = torch.searchsorted(own_local, local_rows).clamp(max=max(own_local.numel() - 1, 0))
+            if own_local.numel() == 0 and local_rows.numel() or bool((own_local[where] != local_rows).any()):
+                raise RuntimeError(f"rank {self.comm.rank} was asked for the vectors of items it did not encode "
+                                   "this step (a batch whose output items are not the step's items it owns)")
+            return flat.index_select(0, where)
+
+        rows = self.placement.fetch_computed(ITEM, torch.cat([b.pos, b.neg]), encoded, tally=False)
+        n = b.pos.numel()
+        return tuple(rows.view(-1, *items_emb.shape[1:]).split([n, n]))  # type: ignore[return-value]
 
     def _sum_dense_gradients(self) -> None:
         """Replicated (dense) parameters: every worker's loss part is a share of the step's
@@ -279,16 +322,19 @@ class Trainer:
         triplets = list(self.triplets.epoch(rng))
         seed = int(rng.integers(0, 2**31 - 1))  # skip_epochs draws what this branch draws
         rank, world = self.comm.rank, self.comm.world_size
-        if world == 1:
-            yield from sampled_batches(self.neighbour_sampler, triplets, seed, self.cfg.sampler.num_workers)
-            return
-        # as in full mode: every worker draws the same steps and samples blocks for its share
-        # of each (triplets r, r + N, ...); the regulariser reads the step's rows it owns
-        shares = [(u[rank::world], i[rank::world], j[rank::world]) for u, i, j in triplets]
+        # every worker draws the same steps; worker r takes the triplets whose user it owns and
+        # encodes the step's items it owns (``item_vectors``), so its blocks start from its
+        # own nodes; the regulariser reads the step's rows it owns
+        shares = []
+        for u, i, j in triplets:
+            mine = self.user_owner[u] == rank
+            items = np.unique(np.concatenate([i, j]))
+            shares.append((u[mine], i[mine], j[mine], items[self.item_owner[items] == rank]))
         for (u, i, j), batch in zip(triplets, sampled_batches(self.neighbour_sampler, shares, seed,
                                                                self.cfg.sampler.num_workers)):
-            batch.step_size = u.size
-            self._own_regularised(batch, u, i, j)
+            if world > 1:
+                batch.step_size = u.size
+                self._own_regularised(batch, u, i, j)
             yield batch
 
     def _own_regularised(self, batch: Batch, u: np.ndarray, i: np.ndarray, j: np.ndarray) -> None:

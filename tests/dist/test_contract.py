@@ -137,30 +137,36 @@ def test_a_sampled_step_at_two_workers_and_fanout_minus_one_equals_the_local_ful
 @pytest.mark.parametrize("mode", ["full", "sampled"])
 def test_workers_that_can_read_only_their_own_feature_rows_take_the_local_step(data_dir, tmp_path, mode):
     """Each worker gets a dataset folder without feature files and a shard set holding only
-    its own shard's feature rows (a copy of the set with the other shard's rows removed):
-    it reads nothing else, and the step still equals the local one."""
+    its own shard's feature rows (a copy of the set with the other shard's rows removed);
+    in sampled mode the dataset folder has no graph artefacts either and the set has no
+    other shard's receptive field, so the worker's structure is its field. It reads nothing
+    else, and the step, and the evaluation, still equal the local ones."""
     cfg = config(data_dir, "margo")
     shard_set = ensure_owner_shards(cfg, 2, progress=False)
     bare = tmp_path / "data"
-    shutil.copytree(data_dir, bare, ignore=shutil.ignore_patterns("*_feat.npy", "shards-*"))
+    hidden = ["*_feat.npy", "shards-*"] + (["graphs-*"] if mode == "sampled" else [])
+    shutil.copytree(data_dir, bare, ignore=shutil.ignore_patterns(*hidden))
     assert not list(bare.glob("*_feat.npy")) and list(Path(data_dir).glob("*_feat.npy"))
+    cached = ".margo_cache/graphs-*"
+    assert bool(list(bare.glob(cached))) == (mode == "full") and list(Path(data_dir).glob(cached))
     own = []
     for rank in range(2):
         copy = tmp_path / f"shards-seen-by-rank{rank}"
         shutil.copytree(shard_set, copy)
         shutil.rmtree(copy / f"part{1 - rank}" / "features")
+        if mode == "sampled":
+            shutil.rmtree(copy / f"part{1 - rank}" / "field")
         own.append(str(copy))
     local = steps(LocalComm(), data_dir, "margo", 1, evaluate=True)
     extra = tuple(ALL_NEIGHBOURS) if mode == "sampled" else ()
-    dist = run_workers(worker, 2, str(bare), "margo", 1, mode == "full", 256, extra, tuple(own))
+    dist = run_workers(worker, 2, str(bare), "margo", 1, True, 256, extra, tuple(own))
     assert sum(d["features"] for d in dist) == local["features"]  # the two shards' rows, each once
     for rank in range(2):
         assert dist[rank]["losses"][0] == pytest.approx(local["losses"][0], rel=1e-5)
         for name, value in local["state"].items():
             assert max_rel_error(dist[rank]["state"][name], value) <= 1e-5, name
-        if mode == "full":
-            for metric, value in local["valid"].items():
-                assert dist[rank]["valid"][metric] == pytest.approx(value, abs=1e-12), metric
+        for metric, value in local["valid"].items():  # a field evaluates its own nodes exactly
+            assert dist[rank]["valid"][metric] == pytest.approx(value, abs=1e-12), metric
 
 
 def test_ten_steps_stay_within_1e4(data_dir):
@@ -231,14 +237,19 @@ def test_a_checkpoint_of_two_workers_resumes_in_one_process_and_back(data_dir, t
         assert max_rel_error(rest_moments[k]["exp_avg"], entry["exp_avg"]) <= 1e-4, k
 
 
-def test_a_step_that_leaves_a_worker_without_triplets(data_dir):
+@pytest.mark.parametrize("variant,extra", [("lightgcn", ()), ("margo", tuple(ALL_NEIGHBOURS))],
+                         ids=["full", "sampled"])
+def test_a_step_that_leaves_a_worker_without_triplets(data_dir, variant, extra):
     n_train = len(load_training_data(config(data_dir, "margo")).ds.split(0)[0])
-    # batches of n_train - 1 and then 1 triplet: in the second step worker 1 has none
-    local = steps(LocalComm(), data_dir, "lightgcn", 2, evaluate=False, batch_size=n_train - 1)
-    dist = run_workers(worker, 2, data_dir, "lightgcn", 2, False, n_train - 1)
-    np.testing.assert_allclose(dist[1]["losses"], local["losses"], rtol=1e-6)
-    for name, value in local["state"].items():
-        assert max_rel_error(dist[1]["state"][name], value) <= 1e-5, name
+    # batches of n_train - 1 and then 1 triplet: in the second step one worker has none (full
+    # mode: worker 1; sampled mode: the worker that does not own the triplet's user, which
+    # may still encode its items for the other)
+    local = steps(LocalComm(), data_dir, variant, 2, evaluate=False, batch_size=n_train - 1, extra=extra)
+    dist = run_workers(worker, 2, data_dir, variant, 2, False, n_train - 1, extra)
+    for rank in range(2):
+        np.testing.assert_allclose(dist[rank]["losses"], local["losses"], rtol=1e-5)
+        for name, value in local["state"].items():
+            assert max_rel_error(dist[rank]["state"][name], value) <= 1e-5, name
 
 
 def fresh_checkpoint(rank: int, world: int, data_dir: str, run: str) -> int:

@@ -108,3 +108,27 @@ def test_fanout_errors():
         check_fanouts({"xx": [5]}, 2)
     with pytest.raises(ConfigError, match="-1 \\(all\\) or > 0"):
         check_fanouts({"uu": [0]}, 2)
+
+
+def test_a_batch_with_given_output_items_encodes_those_items(small):
+    """A worker's batch: its triplets' users, and the step's items it owns as output items
+    (not the triplets' own); their vectors equal the full-graph ones."""
+    ds, full, feats = small
+    model = build_model(ds.n_users, ds.n_items, [10, 6], ModelConfig(dim=8, variant="margo"), seed=0)
+    sampler = BlockSampler(full, ALL, model.encoder.n_layers)
+    items = np.array([2, 11, 39])
+    batch = sampler.batch(np.array([3, 7, 3]), np.array([0, 5, 9]), np.array([1, 2, 9]), items)
+    assert batch.pos_local is None and batch.neg_local is None
+    assert batch.graph.output_items.tolist() == items.tolist()
+    assert batch.graph.output_users.tolist() == [3, 7]
+    users_s, items_s = model.encode(batch.graph, feats)
+    users_f, items_f = model.encode(full.compute_graph(model.encoder.n_layers), feats)
+    torch.testing.assert_close(items_s, items_f[torch.from_numpy(items)], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(users_s[batch.users_local], users_f[torch.tensor([3, 7, 3])], rtol=1e-5, atol=1e-6)
+
+
+def test_a_seed_outside_the_graph_is_an_error_not_an_abort(small):
+    _ds, full, _feats = small
+    sampler = BlockSampler(full, ALL, 2)
+    with pytest.raises(ValueError, match=r"item ids span \[2, 40\], the graph has 40 items"):
+        sampler.sample(torch.tensor([3]), torch.tensor([2, 40]))
