@@ -6,9 +6,16 @@ per full evaluation (validation split, every user ranked against every item) and
 peak RSS of the process; then the sampled/full ratio. Each mode runs in its own
 process so the peak RSS of one does not hide the other's.
 
+Sampled mode runs once per entry of ``--workers``, the DataLoader processes that sample
+step t+1 while step t computes (``sampler.num_workers``; 0 samples in the training
+process, on the critical path), so the table shows what the overlap hides. ``--repeat
+R`` measures every row in turn R times (this host's speed drifts between minutes) and
+prints each round's sampled/full ratios and their medians.
+
     python tools/bench_local.py                   # Baby shape: 19,445 users, 7,050 items
     python tools/bench_local.py --quick           # small smoke size
     python tools/bench_local.py --tiny            # test size (tests/tools): 150 users, 80 items
+    python tools/bench_local.py --workers 0,1 --threads 1 --repeat 3   # is sampling off the critical path?
     python tools/bench_local.py --fanouts "{ui: [10, 10], iu: [10, 10], ii: [10], uu: [20]}"
 
 Reference (architecture/issue): MMRec's DRAGON takes about 100 s per epoch and 5 s per
@@ -21,6 +28,7 @@ import argparse
 import multiprocessing as mp
 import os
 import resource
+import statistics
 import time
 
 from margo_dist.data.synth import margo_home
@@ -28,7 +36,6 @@ from margo_dist.data.synth import margo_home
 BABY = {"users": 19445, "items": 7050, "interactions": 160792, "image": 4096, "text": 384}
 QUICK = {"users": 2000, "items": 1000, "interactions": 20000, "image": 512, "text": 384}
 TINY = {"users": 150, "items": 80, "interactions": 1500, "image": 12, "text": 8}
-DEFAULT_FANOUTS = "{ui: [10, 10], iu: [10, 10], ii: [10], uu: [20]}"
 
 
 def dataset(shape: dict[str, int], root: str) -> str:
@@ -41,7 +48,7 @@ def dataset(shape: dict[str, int], root: str) -> str:
     return ensure_synthetic(spec, url)
 
 
-def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, queue: "mp.Queue") -> None:
+def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, threads: int, queue: "mp.Queue") -> None:
     import numpy as np
 
     from margo_dist.config import load_config
@@ -51,7 +58,7 @@ def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, queue
 
     cfg = load_config("configs/default.yaml", [
         f"data.path={url}", f"run.dir=memory://bench-{mode}", f"train.mode={mode}", "train.progress=false",
-        f"sampler.fanouts={fanouts}", f"sampler.num_workers={workers}"])
+        f"sampler.num_workers={workers}", f"train.threads={threads}"] + ([f"sampler.fanouts={fanouts}"] if fanouts else []))
     t0 = time.time()
     trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
     setup_s = time.time() - t0
@@ -67,7 +74,7 @@ def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, queue
     trainer.evaluate(CALIBRATE, VALID)
     eval_s = time.time() - t2
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"mode": mode, "setup_s": setup_s, "epoch_s": min(epoch_s), "triplets_per_s": n_triplets / min(epoch_s),
+    queue.put({"mode": mode, "workers": workers, "setup_s": setup_s, "epoch_s": min(epoch_s), "triplets_per_s": n_triplets / min(epoch_s),
                "eval_s": eval_s, "peak_rss_mb": peak, "batches": len(trainer.triplets)})
 
 
@@ -77,31 +84,52 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true",
                         help="the smoke tests' size, 150 users and 80 items: runs in seconds (overrides --quick)")
     parser.add_argument("--modes", default="full,sampled")
-    parser.add_argument("--fanouts", default=DEFAULT_FANOUTS)
+    parser.add_argument("--fanouts", default="", help="sampled mode's fan-outs (default: configs/default.yaml's)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs timed per mode (the fastest is reported)")
-    parser.add_argument("--workers", type=int, default=1, help="sampling DataLoader processes")
+    parser.add_argument("--workers", default="1", help="comma-separated sampling DataLoader process counts")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of the training process (0: default)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every row in turn (median ratios)")
     parser.add_argument("--root", default=os.path.join(margo_home(), "bench"))
     args = parser.parse_args(argv)
     shape = TINY if args.tiny else QUICK if args.quick else BABY
     url = dataset(shape, args.root)
     ctx = mp.get_context("spawn")
-    rows = []
-    for mode in args.modes.split(","):
-        queue: mp.Queue = ctx.Queue()
-        proc = ctx.Process(target=run_mode, args=(url, mode, args.fanouts, args.epochs, args.workers, queue))
-        proc.start()
-        rows.append(queue.get())
-        proc.join()
-    print(f"\ndataset {url}  (fan-outs for sampled: {args.fanouts})")
-    head = f"{'mode':<8} {'batches':>7} {'epoch s':>9} {'triplets/s':>11} {'eval s':>8} {'peak RSS MB':>12} {'setup s':>8}"
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(f"{r['mode']:<8} {r['batches']:>7} {r['epoch_s']:>9.2f} {r['triplets_per_s']:>11.0f} "
-              f"{r['eval_s']:>8.2f} {r['peak_rss_mb']:>12.0f} {r['setup_s']:>8.1f}")
-    by = {r["mode"]: r for r in rows}
-    if "full" in by and "sampled" in by:
-        print(f"sampled/full epoch-time ratio: {by['sampled']['epoch_s'] / by['full']['epoch_s']:.2f}")
+    runs = [(m, 0) for m in args.modes.split(",") if m != "sampled"]
+    if "sampled" in args.modes.split(","):
+        runs += [("sampled", int(w)) for w in args.workers.split(",")]
+    rounds = []
+    for _ in range(args.repeat):
+        rows = []
+        for mode, workers in runs:
+            queue: mp.Queue = ctx.Queue()
+            proc = ctx.Process(target=run_mode, args=(url, mode, args.fanouts, args.epochs, workers, args.threads,
+                                                      queue))
+            proc.start()
+            rows.append(queue.get())
+            proc.join()
+        rounds.append(rows)
+    fanouts = args.fanouts or "configs/default.yaml's"
+    ratios: dict[int, list[float]] = {}
+    for k, rows in enumerate(rounds):
+        print(f"\ndataset {url}  (fan-outs for sampled: {fanouts}; round {k + 1}/{args.repeat})")
+        head = (f"{'mode':<8} {'samplers':>8} {'batches':>7} {'epoch s':>9} {'triplets/s':>11} {'eval s':>8} "
+                f"{'peak RSS MB':>12} {'setup s':>8}")
+        print(head)
+        print("-" * len(head))
+        for r in rows:
+            samplers = str(r["workers"]) if r["mode"] == "sampled" else "-"
+            print(f"{r['mode']:<8} {samplers:>8} {r['batches']:>7} {r['epoch_s']:>9.2f} {r['triplets_per_s']:>11.0f} "
+                  f"{r['eval_s']:>8.2f} {r['peak_rss_mb']:>12.0f} {r['setup_s']:>8.1f}")
+        full = [r for r in rows if r["mode"] == "full"]
+        for r in rows:
+            if r["mode"] == "sampled" and full:
+                ratio = r["epoch_s"] / full[0]["epoch_s"]
+                ratios.setdefault(r["workers"], []).append(ratio)
+                print(f"sampled ({r['workers']} sampler processes)/full epoch-time ratio: {ratio:.2f}")
+    if args.repeat > 1:
+        for workers, values in ratios.items():
+            print(f"sampled ({workers} sampler processes)/full epoch-time ratio per round: "
+                  f"{' '.join(f'{v:.2f}' for v in values)}; median {statistics.median(values):.2f}")
 
 
 if __name__ == "__main__":

@@ -10,26 +10,34 @@ import pytest
 
 from .helpers import inline_mp, load_tool
 
-COLUMNS = ["mode", "batches", "epoch s", "triplets/s", "eval s", "peak RSS MB", "setup s"]
+COLUMNS = ["mode", "samplers", "batches", "epoch s", "triplets/s", "eval s", "peak RSS MB", "setup s"]
 
 
 def test_tiny_shape_times_full_and_sampled(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                                            tmp_path: Path) -> None:
-    """One row per mode with positive, finite numbers, and the ratio line (modes run inline, not spawned)."""
+    """One row per mode and sampler count with positive, finite numbers, each round's ratio
+    lines and their medians (modes run inline, not spawned)."""
     tool = load_tool("bench_local")
     monkeypatch.setattr(tool, "mp", inline_mp())
-    tool.main(["--tiny", "--workers", "0", "--root", str(tmp_path)])
+    tool.main(["--tiny", "--workers", "0,1", "--repeat", "2", "--root", str(tmp_path)])
     out = capsys.readouterr().out
     assert (tmp_path / "u150-i80-n1500-v12-t8" / "synth.json").exists()
     lines = out.splitlines()
-    head = next(k for k, ln in enumerate(lines) if ln.startswith("mode "))
-    assert lines[head].split() == ["mode", "batches", "epoch", "s", "triplets/s", "eval", "s", "peak", "RSS", "MB",
-                                   "setup", "s"]
-    rows = [dict(zip(COLUMNS, ln.split(), strict=True)) for ln in lines[head + 2: head + 4]]
-    assert [r["mode"] for r in rows] == ["full", "sampled"]
+    heads = [k for k, ln in enumerate(lines) if ln.startswith("mode ")]
+    assert len(heads) == 2  # one table per round
+    assert lines[heads[0]].split() == ["mode", "samplers", "batches", "epoch", "s", "triplets/s", "eval", "s", "peak",
+                                       "RSS", "MB", "setup", "s"]
+    rows = [dict(zip(COLUMNS, ln.split(), strict=True)) for ln in lines[heads[0] + 2: heads[0] + 5]]
+    assert [(r["mode"], r["samplers"]) for r in rows] == [("full", "-"), ("sampled", "0"), ("sampled", "1")]
     for r in rows:
         assert int(r["batches"]) >= 1
-        assert all(math.isfinite(float(r[c])) and float(r[c]) >= 0 for c in COLUMNS[2:])
+        assert all(math.isfinite(float(r[c])) and float(r[c]) >= 0 for c in COLUMNS[3:])
         assert float(r["triplets/s"]) > 0
-    ratio = re.search(r"sampled/full epoch-time ratio: (\S+)", out)
-    assert ratio is not None and float(ratio.group(1)) > 0
+    for workers in (0, 1):
+        per_round = re.findall(rf"sampled \({workers} sampler processes\)/full epoch-time ratio: (\S+)", out)
+        assert len(per_round) == 2 and all(float(v) > 0 for v in per_round)
+        median = re.search(rf"sampled \({workers} sampler processes\)/full epoch-time ratio per round: (\S+) (\S+); "
+                           r"median (\S+)", out)
+        assert median is not None
+        a, b, mid = (float(median.group(k)) for k in (1, 2, 3))
+        assert abs(mid - (a + b) / 2) <= 0.006  # the median of two rounds: their mean
