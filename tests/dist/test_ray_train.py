@@ -63,3 +63,32 @@ def test_two_ray_workers_train_what_one_process_trains(tmp_path):
     again = evaluate_run(str(run))  # the whole-table state written by 2 workers, read by one process
     for key, value in dist["test"].items():
         assert again["test"][key] == pytest.approx(value, abs=1e-6)
+
+
+def test_two_ray_workers_in_sampled_mode_train_on_their_shards_what_one_process_trains(tmp_path):
+    """Sampled mode at fan-out -1 through the real entry point: each worker reads its shard's
+    receptive field and feature rows (the driver makes the shard set), samples blocks for its
+    own users and items, and evaluates over its field. The metrics are those of the local
+    sampled run at fan-out -1 (whose steps are the full-graph steps, with the same draws: a
+    sampled epoch also draws its sampling seed), and ``evaluate`` of the run folder in one
+    process gives the workers' test metrics."""
+    data = str(tmp_path / "data")
+    write_synthetic(SynthSpec(n_users=120, n_items=80, n_interactions=1200, modality_dims={"image": 12, "text": 8},
+                              seed=0), data, "mmrec")
+    sampled = ["train.mode=sampled", "sampler.num_workers=0",
+               "sampler.fanouts={ui: [-1, -1], iu: [-1, -1], ii: [-1], uu: [-1]}"]
+    local = train(cfg_for(data, str(tmp_path / "local"), *sampled), log=lambda _m: None)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        dist = train(cfg_for(data, str(tmp_path / "dist"), "dist.workers=2", *sampled), log=lambda _m: None)
+    finally:
+        ray.shutdown()
+    fields = sorted(p.parent.parent.name for p in (tmp_path / "data").glob(".margo_cache/shards-*/part*/field/train_user.npy"))
+    assert fields == ["part0", "part1"]
+    for split in ("valid", "test"):
+        for key, value in local[split].items():
+            assert dist[split][key] == pytest.approx(value, abs=1e-6), (split, key)
+    assert dist["weight_auc"] == pytest.approx(local["weight_auc"], abs=1e-4)
+    again = evaluate_run(str(tmp_path / "dist"))  # one process, the whole graph, the workers' best state
+    for key, value in dist["test"].items():
+        assert again["test"][key] == pytest.approx(value, abs=1e-6)
