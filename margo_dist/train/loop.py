@@ -258,7 +258,7 @@ class Trainer:
 
         def encoded(local_rows: Tensor) -> Tensor:
             where = torch.searchsorted(own_local, local_rows).clamp(max=max(own_local.numel() - 1, 0))
-            if own_local.numel() == 0 and local_rows.numel() or bool((own_local[where] != local_rows).any()):
+            if local_rows.numel() and (own_local.numel() == 0 or bool((own_local[where] != local_rows).any())):
                 raise RuntimeError(f"rank {self.comm.rank} was asked for the vectors of items it did not encode "
                                    "this step (a batch whose output items are not the step's items it owns)")
             return flat.index_select(0, where)
