@@ -18,11 +18,12 @@ one whole epoch with ``--epoch``), the items it projects per step and their FLOP
 rows it asks of other owners and the bytes it sends per step, the bytes of every table
 it holds (raw features, user tables, θ, Adam state), the graph structure it holds, the
 fraction of the graph it holds (sampled mode: its shard's receptive field, the nodes whose
-edges it holds and its training edges, each a fraction of the whole graph), and its peak RSS; then per N the epoch-time ratio against the first N and the
-feature + table bytes of the largest worker against the first N's (the target at N = 2
-is 0.55 or less). ``--plot FILE`` draws per-worker memory against N. This machine's
-speed drifts between minutes (a shared host), so ``--repeat R`` measures the world sizes
-in turn R times and prints each round's ratio and their median.
+edges it holds and its training edges, each a fraction of the whole graph), and its peak
+RSS; then per N the epoch-time ratio against the first N and the feature + table bytes
+of the largest worker against the first N's (the target at N = 2 is 0.55 or less).
+``--plot FILE`` draws per-worker memory against N. This machine's speed drifts between
+minutes (a shared host), so ``--repeat R`` measures the world sizes in turn R times and
+prints each round's ratio and their median.
 
     python tools/bench_dist.py                                  # full mode, Baby shape
     python tools/bench_dist.py --mode sampled --sizes baby,elec --workers 1,2,4
@@ -195,14 +196,14 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config("configs/default.yaml", overrides(url, args.mode, extra))
         load_training_data(cfg)  # graph artefacts, built once
         shards = {w: ensure_owner_shards(cfg, w, progress=False) if w > 1 else "" for w in worlds}
-        halos = {w: held_fractions(shards[w], w, args.mode) for w in worlds}
+        fractions = {w: held_fractions(shards[w], w, args.mode) for w in worlds}
         rounds = []
         for _ in range(args.repeat):
             rounds.append([(w, run_workers(measure, w, url, shards[w], args.mode, args.steps, args.epoch, extra,
                                            timeout=4 * 3600.0, threads=args.threads)) for w in worlds])
         for k, rows in enumerate(rounds):
             print(f"\n{size}, {args.mode} mode, round {k + 1}/{args.repeat}")
-            _table(url, args, rows, halos)
+            _table(url, args, rows, fractions)
         if args.repeat > 1:
             for world in worlds[1:]:
                 ratios = [_epoch(rows[worlds.index(world)][1]) / _epoch(rows[0][1]) for rows in rounds]

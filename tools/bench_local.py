@@ -58,7 +58,8 @@ def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, threa
 
     cfg = load_config("configs/default.yaml", [
         f"data.path={url}", f"run.dir=memory://bench-{mode}", f"train.mode={mode}", "train.progress=false",
-        f"sampler.num_workers={workers}", f"train.threads={threads}"] + ([f"sampler.fanouts={fanouts}"] if fanouts else []))
+        f"sampler.num_workers={workers}", f"train.threads={threads}",
+        *([f"sampler.fanouts={fanouts}"] if fanouts else [])])
     t0 = time.time()
     trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
     setup_s = time.time() - t0
@@ -74,8 +75,9 @@ def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, threa
     trainer.evaluate(CALIBRATE, VALID)
     eval_s = time.time() - t2
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"mode": mode, "workers": workers, "setup_s": setup_s, "epoch_s": min(epoch_s), "triplets_per_s": n_triplets / min(epoch_s),
-               "eval_s": eval_s, "peak_rss_mb": peak, "batches": len(trainer.triplets)})
+    queue.put({"mode": mode, "workers": workers, "setup_s": setup_s, "epoch_s": min(epoch_s),
+               "triplets_per_s": n_triplets / min(epoch_s), "eval_s": eval_s, "peak_rss_mb": peak,
+               "batches": len(trainer.triplets)})
 
 
 def main(argv: list[str] | None = None) -> None:

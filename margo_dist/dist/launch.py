@@ -42,7 +42,7 @@ def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True, ds: Data
     and cached by the graph's hash."""
     from margo_dist.data.formats import read_dataset_cfg
     from margo_dist.graph.build import shards_dir
-    from margo_dist.graph.field import field_layers
+    from margo_dist.graph.field import field_layers, fields_cover
     from margo_dist.graph.partition import MANIFEST, partition_graphs, read_shard_manifest
     from margo_dist.graph.source import load_graph_source
 
@@ -57,11 +57,10 @@ def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True, ds: Data
             raise ConfigError(f"dist.shards={cfg.dist.shards} was made from other data or graph parameters "
                               f"(graph_key {man['graph_key']!r}; data.path={cfg.data.path} with this config gives "
                               f"{art.key!r}); rerun `margo-dist data partition`")
-        have = field_layers(man)
-        if cfg.train.mode == "sampled" and (have is None or have < cfg.model.n_layers):
-            raise ConfigError(f"dist.shards={cfg.dist.shards} holds receptive fields for {have or 0} propagation "
-                              f"step(s); train.mode=sampled with model.n_layers={cfg.model.n_layers} needs them: "
-                              "rerun `margo-dist data partition` with this config")
+        if cfg.train.mode == "sampled" and not fields_cover(man, cfg.model.n_layers):
+            raise ConfigError(f"dist.shards={cfg.dist.shards} holds receptive fields for {field_layers(man) or 0} "
+                              f"propagation step(s); train.mode=sampled with model.n_layers={cfg.model.n_layers} "
+                              "needs them: rerun `margo-dist data partition` with this config")
         return cfg.dist.shards
     url = shards_dir(cfg.data.path, cfg.graph, art.key, SHARD_METHOD, parts)
     # a cached set made before shards carried their feature rows and fields (or with fields
@@ -77,15 +76,14 @@ def ensure_owner_shards(cfg: Config, parts: int, progress: bool = True, ds: Data
 
 def _usable(url: str, modalities: list[str], layers: int) -> bool:
     """Whether a cached shard set holds these modalities' feature rows and fields for ``layers`` steps."""
-    from margo_dist.graph.field import field_layers
+    from margo_dist.graph.field import fields_cover
     from margo_dist.graph.partition import read_shard_manifest
 
     try:
         man = read_shard_manifest(url)
     except DataError:  # an older format: made again
         return False
-    have = field_layers(man)
-    return set(modalities) <= set(man.get("feature_rows", {})) and have is not None and have >= layers
+    return set(modalities) <= set(man.get("feature_rows", {})) and fields_cover(man, layers)
 
 
 def run_name(run_dir: str) -> str:

@@ -119,13 +119,19 @@ def field_layers(man: dict) -> int | None:
     return int(entry["layers"]) if isinstance(entry, dict) and "layers" in entry else None
 
 
+def fields_cover(man: dict, layers: int) -> bool:
+    """Whether a shard set (manifest ``man``) has fields for a model of ``layers`` steps."""
+    have = field_layers(man)
+    return have is not None and have >= layers
+
+
 def load_field(url: str, part: int, modalities: list[str], layers: int) -> Field:
     """Part ``part``'s field from the shard set at ``url``, for a model of ``layers`` steps.
 
     Reads the owner arrays, the per-node vectors and that part's field files: no other
     part's structure and nothing of the dataset's graph artefacts.
     """
-    from margo_dist.graph.partition import MANIFEST, load_owners, read_shard_manifest
+    from margo_dist.graph.partition import MANIFEST, check_part, load_owners, read_shard_manifest
 
     man = read_shard_manifest(url)
     where = mio.join(url, MANIFEST)
@@ -136,9 +142,7 @@ def load_field(url: str, part: int, modalities: list[str], layers: int) -> Field
     if have < layers:
         raise ConfigError(f"{where}: the shard set's fields cover {have} propagation step(s), model.n_layers={layers}"
                           " needs more; rerun `margo-dist data partition` with this model.n_layers")
-    parts = int(man["parts"])
-    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < parts:
-        raise DataError(f"{where}: shard {part!r} requested, the set has shards 0..{parts - 1}")
+    check_part(man, url, part)
     missing = [m for m in modalities if m not in man["modalities"]]
     if missing:
         raise DataError(f"{where}: the shard set has no modalities {missing} (it has {man['modalities']})")
@@ -170,7 +174,8 @@ def load_field(url: str, part: int, modalities: list[str], layers: int) -> Field
     tu = read(f"{own}/train_user.npy")
     return Field(part=part, layers=have, n_users=nu, n_items=ni, own_users=own_u, own_items=own_i,
                  train_user=tu, train_item=read(f"{own}/train_item.npy", tuple(tu.shape)),
-                 user_degree=read(f"{FIELD}/user_degree.npy", (nu,)), item_degree=read(f"{FIELD}/item_degree.npy", (ni,)),
+                 user_degree=read(f"{FIELD}/user_degree.npy", (nu,)),
+                 item_degree=read(f"{FIELD}/item_degree.npy", (ni,)),
                  knn=knn, knn_length=length, user_nbr=nbr, user_cnt=read(f"{own}/user_cnt.npy", tuple(nbr.shape)))
 
 

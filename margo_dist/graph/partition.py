@@ -320,6 +320,13 @@ def read_shard_manifest(url: str) -> dict:
     return man
 
 
+def check_part(man: dict, url: str, part: int) -> None:
+    """Refuse a shard number the set at ``url`` (manifest ``man``) does not have."""
+    parts = int(man["parts"])
+    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < parts:
+        raise DataError(f"{mio.join(url, MANIFEST)}: shard {part!r} requested, the set has shards 0..{parts - 1}")
+
+
 def load_owners(url: str) -> dict[str, np.ndarray]:
     """Shard id (int32) of every original user and item id of a shard set."""
     man = read_shard_manifest(url)
@@ -340,9 +347,7 @@ def load_feature_rows(url: str, part: int, modalities: list[str]) -> tuple[np.nd
     shard's rows and nothing of the dataset's feature files.
     """
     man = read_shard_manifest(url)
-    parts = int(man["parts"])
-    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < parts:
-        raise DataError(f"{mio.join(url, MANIFEST)}: shard {part!r} requested, the set has shards 0..{parts - 1}")
+    check_part(man, url, part)
     specs = man.get("feature_rows", {})
     missing = [m for m in modalities if m not in specs]
     if missing:
@@ -451,9 +456,7 @@ def _feature_rows(feat: torch.Tensor | None, ids: np.ndarray, inner: np.ndarray,
 def load_shard(url: str, part: int) -> Shard:
     """Shard ``part`` of the set at ``url``, read from that shard's files and the set's metadata."""
     man = read_shard_manifest(url)
-    parts = int(man["parts"])
-    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < parts:
-        raise DataError(f"{mio.join(url, MANIFEST)}: shard {part!r} requested, the set has shards 0..{parts - 1}")
+    check_part(man, url, part)
     mods = list(man["modalities"])
     where = f"{url} shard {part}"
     with _local_copy(url, man, part) as folder:
@@ -500,7 +503,7 @@ def load_shard(url: str, part: int) -> Shard:
         hetero.edges[canon].data["inner"] = torch.from_numpy(inner_edge[canon[1]])
         if canon[1] in edge_data:
             hetero.edges[canon].data[_edge_field(canon[1])] = torch.from_numpy(edge_data[canon[1]])
-    return Shard(part=part, parts=parts, key=str(man["graph_key"]), modalities=mods, graph=hetero,
+    return Shard(part=part, parts=int(man["parts"]), key=str(man["graph_key"]), modalities=mods, graph=hetero,
                  user_ids=ids["user"], item_ids=ids["item"], inner_user=inner["user"], inner_item=inner["item"],
                  user_degree=degree["user"], item_degree=degree["item"], inner_edge=inner_edge, edge_data=edge_data)
 

@@ -83,7 +83,8 @@ def test_two_ray_workers_in_sampled_mode_train_on_their_shards_what_one_process_
         dist = train(cfg_for(data, str(tmp_path / "dist"), "dist.workers=2", *sampled), log=lambda _m: None)
     finally:
         ray.shutdown()
-    fields = sorted(p.parent.parent.name for p in (tmp_path / "data").glob(".margo_cache/shards-*/part*/field/train_user.npy"))
+    made = (tmp_path / "data").glob(".margo_cache/shards-*/part*/field/train_user.npy")
+    fields = sorted(p.parent.parent.name for p in made)
     assert fields == ["part0", "part1"]
     for split in ("valid", "test"):
         for key, value in local[split].items():
