@@ -17,6 +17,7 @@ prints each round's sampled/full ratios and their medians.
     python tools/bench_local.py --tiny            # test size (tests/tools): 150 users, 80 items
     python tools/bench_local.py --workers 0,1 --threads 1 --repeat 3   # is sampling off the critical path?
     python tools/bench_local.py --fanouts "{ui: [10, 10], iu: [10, 10], ii: [10], uu: [20]}"
+    python tools/bench_local.py --alternate 40 --threads 1   # one step of each mode in turn
 
 Reference (architecture/issue): MMRec's DRAGON takes about 100 s per epoch and 5 s per
 evaluation on this machine and shape; the arithmetic floor is about 15 s per epoch.
@@ -80,6 +81,40 @@ def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, threa
                "batches": len(trainer.triplets)})
 
 
+def alternate(url: str, fanouts: str, steps: int, workers: int, threads: int, queue: "mp.Queue") -> None:
+    """A full-graph and a sampled trainer in one process, their steps taken in turn.
+
+    Each timed step includes making its batch (in sampled mode: receiving it from the
+    sampler processes, which sample ahead meanwhile). Taking the two modes' steps in turn
+    exposes both to the same moments of a host whose speed drifts by a quarter between
+    minutes, which one epoch after the other does not.
+    """
+    import numpy as np
+
+    from margo_dist.config import load_config
+    from margo_dist.model.margo import CALIBRATE
+    from margo_dist.train.loop import Trainer, load_training_data
+
+    runs = {}
+    for mode in ("full", "sampled"):
+        cfg = load_config("configs/default.yaml", [
+            f"data.path={url}", f"run.dir=memory://bench-{mode}", f"train.mode={mode}", "train.progress=false",
+            f"sampler.num_workers={workers}", f"train.threads={threads}",
+            *([f"sampler.fanouts={fanouts}"] if fanouts else [])])
+        trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
+        rng = np.random.default_rng(0)
+        batches = (b for _ in range(steps + 2) for b in trainer.batches(rng))  # epochs after one another
+        runs[mode] = (trainer, trainer.new_optimizer(), batches)
+    times: dict[str, list[float]] = {mode: [] for mode in runs}
+    for k in range(steps + 2):
+        for mode, (trainer, optimizer, batches) in runs.items():
+            t0 = time.perf_counter()
+            trainer.train_step(CALIBRATE, next(batches), optimizer)
+            if k >= 2:  # two warm-up steps each (the optimiser's state, the sampler processes)
+                times[mode].append(time.perf_counter() - t0)
+    queue.put(times)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small smoke size instead of the Baby shape")
@@ -91,11 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", default="1", help="comma-separated sampling DataLoader process counts")
     parser.add_argument("--threads", type=int, default=0, help="torch threads of the training process (0: default)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every row in turn (median ratios)")
+    parser.add_argument("--alternate", type=int, default=0, metavar="STEPS",
+                        help="instead of epochs: STEPS steps of each mode taken in turn in one process "
+                             "(sampler processes: the first of --workers)")
     parser.add_argument("--root", default=os.path.join(margo_home(), "bench"))
     args = parser.parse_args(argv)
     shape = TINY if args.tiny else QUICK if args.quick else BABY
     url = dataset(shape, args.root)
     ctx = mp.get_context("spawn")
+    if args.alternate > 0:
+        print_alternate(url, args, ctx)
+        return
     runs = [(m, 0) for m in args.modes.split(",") if m != "sampled"]
     if "sampled" in args.modes.split(","):
         runs += [("sampled", int(w)) for w in args.workers.split(",")]
@@ -132,6 +173,29 @@ def main(argv: list[str] | None = None) -> None:
         for workers, values in ratios.items():
             print(f"sampled ({workers} sampler processes)/full epoch-time ratio per round: "
                   f"{' '.join(f'{v:.2f}' for v in values)}; median {statistics.median(values):.2f}")
+
+
+def print_alternate(url: str, args: argparse.Namespace, ctx: "mp.context.BaseContext") -> None:
+    """Run ``alternate`` in its own process and print its table and ratios."""
+    workers = int(args.workers.split(",")[0])
+    queue: mp.Queue = ctx.Queue()
+    proc = ctx.Process(target=alternate, args=(url, args.fanouts, args.alternate, workers, args.threads, queue))
+    proc.start()
+    times = queue.get()
+    proc.join()
+    fanouts = args.fanouts or "configs/default.yaml's"
+    print(f"\ndataset {url}  (fan-outs for sampled: {fanouts}; {args.alternate} steps of each mode in turn, "
+          f"{workers} sampler processes)")
+    head = f"{'mode':<8} {'steps':>5} {'mean step s':>12} {'median step s':>14} {'min step s':>11}"
+    print(head)
+    print("-" * len(head))
+    for mode, values in times.items():
+        print(f"{mode:<8} {len(values):>5} {statistics.mean(values):>12.3f} {statistics.median(values):>14.3f} "
+              f"{min(values):>11.3f}")
+    pairs = [s / f for f, s in zip(times["full"], times["sampled"])]
+    of_means = statistics.mean(times["sampled"]) / statistics.mean(times["full"])
+    print(f"sampled/full step-time ratio: of the means {of_means:.3f}, "
+          f"median of the {len(pairs)} pairs {statistics.median(pairs):.3f}")
 
 
 if __name__ == "__main__":

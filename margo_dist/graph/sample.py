@@ -15,8 +15,10 @@ step, input side first (DGL's order); ``ii`` and ``uu`` one entry; -1 means all.
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
-from typing import Iterator
+import pickle
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -147,6 +149,54 @@ class BlockSampler:
 Request = tuple[np.ndarray, ...]  # (users, positives, negatives[, output items]): ``BlockSampler.batch``'s
 
 
+class OneBuffer:
+    """An object whose tensors travel in one buffer: what a sampler process sends.
+
+    A DataLoader hands each tensor of a batch to the training process as its own
+    shared-memory segment, and the training process fetches every segment's file
+    descriptor from the sampler in a round trip of its own: a sampled batch holds
+    about fifty tensors, and receiving it cost 12-70 ms of the training process's
+    step (tools/bench_local.py). Copied into one buffer the batch is one segment;
+    ``unpack`` gives the object back with its tensors as views of that buffer.
+    """
+
+    def __init__(self, obj: Any) -> None:
+        tensors: list[Tensor] = []
+        index: dict[int, int] = {}  # a tensor named twice (an edge list's src and its CSR's) travels once
+
+        def persistent_id(o: Any) -> int | None:
+            if not isinstance(o, Tensor):
+                return None
+            if id(o) not in index:
+                index[id(o)] = len(tensors)
+                tensors.append(o)
+            return index[id(o)]
+
+        body = io.BytesIO()
+        pickler = pickle.Pickler(body, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.persistent_id = persistent_id  # type: ignore[method-assign]
+        pickler.dump(obj)
+        self.body = body.getvalue()
+        self.layout: list[tuple[torch.dtype, tuple[int, ...], int]] = []
+        offset = 0
+        for t in tensors:
+            self.layout.append((t.dtype, tuple(t.shape), offset))
+            offset += -(-t.numel() * t.element_size() // 8) * 8  # every tensor starts 8-byte aligned
+        self.data = torch.empty(offset, dtype=torch.uint8)
+        for t, (_, _, start) in zip(tensors, self.layout):
+            flat = t.detach().reshape(-1).view(torch.uint8)
+            self.data[start: start + flat.numel()].copy_(flat)
+
+    def unpack(self) -> Any:
+        views = []
+        for dtype, shape, start in self.layout:
+            n = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+            views.append(self.data[start: start + n].view(dtype).view(shape))
+        unpickler = pickle.Unpickler(io.BytesIO(self.body))
+        unpickler.persistent_load = views.__getitem__  # type: ignore[method-assign]
+        return unpickler.load()
+
+
 class _EpochBatches(IterableDataset):
     """One epoch of sampled batches; worker k produces batches k, k+W, ... (order is kept)."""
 
@@ -160,10 +210,11 @@ class _EpochBatches(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         for index in range(wid, len(self.triplets), nw):
             dgl.seed(self.seed + index)  # the sample depends on the batch, not on the worker
-            yield self.block_sampler.batch(*self.triplets[index])
+            batch = self.block_sampler.batch(*self.triplets[index])
+            yield batch if info is None else OneBuffer(batch)
 
 
-def _as_is(batch: Batch) -> Batch:
+def _as_is(batch: OneBuffer) -> OneBuffer:
     return batch
 
 
@@ -178,4 +229,4 @@ def sampled_batches(block_sampler: BlockSampler, triplets: list[Request], seed: 
     context = "fork" if "fork" in mp.get_all_start_methods() else None
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
                         prefetch_factor=4, persistent_workers=False, multiprocessing_context=context)
-    return iter(loader)
+    return (shipped.unpack() for shipped in loader)

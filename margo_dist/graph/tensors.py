@@ -37,9 +37,11 @@ class CSR:
 
     @classmethod
     def from_coo(cls, rows: Tensor, cols: Tensor, weights: Tensor, n_rows: int, n_cols: int) -> "CSR":
-        order = torch.argsort(rows, stable=True)
         indptr = torch.zeros(n_rows + 1, dtype=torch.int64, device=rows.device)
         torch.cumsum(torch.bincount(rows, minlength=n_rows), 0, out=indptr[1:])
+        if rows.numel() < 2 or bool((rows[1:] >= rows[:-1]).all()):  # grouped already (DGL's blocks)
+            return cls(indptr, cols, weights, n_cols)
+        order = stable_order(rows, n_rows)
         return cls(indptr, cols[order], weights[order], n_cols)
 
     @property
@@ -53,6 +55,37 @@ class CSR:
         rows = torch.repeat_interleave(torch.arange(self.n_rows, device=self.indptr.device), torch.diff(self.indptr))
         out = torch.zeros(self.n_rows, self.n_cols, dtype=self.weights.dtype, device=self.weights.device)
         return out.index_put_((rows, self.indices), self.weights, accumulate=True)
+
+
+def stable_order(keys: Tensor, n_keys: int) -> Tensor:
+    """``torch.argsort(keys, stable=True)`` for keys in ``[0, n_keys)``.
+
+    On the CPU a least-significant-digit radix sort over 16-bit digits (numpy sorts
+    16-bit keys by counting): 3x faster than torch's comparison sort on a sampled
+    block's edges, which a sampler sorts twice per relation and step.
+    """
+    if keys.device.type != "cpu" or n_keys > 1 << 32:
+        return torch.argsort(keys, stable=True)
+    k = keys.numpy()
+    order = np.argsort((k & 0xFFFF).astype(np.uint16), kind="stable")
+    if n_keys > 1 << 16:
+        order = order[np.argsort((k[order] >> 16).astype(np.uint16), kind="stable")]
+    return torch.from_numpy(order)
+
+
+def contiguous_runs(positions: Tensor, most: int = 4) -> list[tuple[int, int]] | None:
+    """``positions`` as (start, length) runs of consecutive values, or None when it is empty,
+    not ascending, or has more than ``most`` runs."""
+    if positions.numel() == 0:
+        return None
+    breaks = (torch.nonzero(torch.diff(positions) != 1).flatten() + 1).tolist()
+    if len(breaks) >= most:
+        return None
+    bounds = [0, *breaks, positions.numel()]
+    runs = [(int(positions[a]), b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+    if runs[0][0] < 0 or any(s < s0 + n0 for (s0, n0), (s, _) in zip(runs[:-1], runs[1:])):
+        return None  # not ascending
+    return runs
 
 
 @dataclass
@@ -74,12 +107,17 @@ class EdgeList:
     # the row form and its transpose; built from the edges unless given (already built)
     csr: CSR = field(default=None, repr=False)  # type: ignore[assignment]
     csr_t: CSR = field(default=None, repr=False)  # type: ignore[assignment]
+    # ``dst_in_src`` as a few (start, length) runs of consecutive src positions, when it is
+    # one (a sampled block's users then items): the residual is then slices, not a gather
+    dst_runs: list[tuple[int, int]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.csr is None:
             self.csr = CSR.from_coo(self.dst, self.src, self.w, self.n_dst, self.n_src)
         if self.csr_t is None:
             self.csr_t = CSR.from_coo(self.src, self.dst, self.w, self.n_src, self.n_dst)
+        if self.dst_runs is None and self.dst_in_src is not None and self.dst_in_src.device.type == "cpu":
+            self.dst_runs = contiguous_runs(self.dst_in_src)
 
     def to(self, device: torch.device | str) -> "EdgeList":
         """This edge list on ``device``; the CSR forms are moved, not rebuilt."""
@@ -88,7 +126,7 @@ class EdgeList:
             return self
         where = None if self.dst_in_src is None else self.dst_in_src.to(device)
         return EdgeList(src, self.dst.to(device), self.w.to(device), self.n_dst, self.n_src, where,
-                        self.csr.to(device), self.csr_t.to(device))
+                        self.csr.to(device), self.csr_t.to(device), self.dst_runs)
 
     def rows(self, dst: Tensor) -> "EdgeList":
         """The edges into the dst nodes ``dst`` (ids of this list's dst side), renumbered 0..len-1.
@@ -110,6 +148,20 @@ class EdgeList:
 
     def select_dst(self, x_src: Tensor) -> Tensor:
         """The rows of ``x_src`` that belong to this edge list's dst nodes."""
+        if self.dst_runs is not None:
+            # one split and one concatenation: their backward writes the gradient once, where
+            # index_select's zero-fills it and then scatters by index
+            sizes, keep, pos = [], [], 0
+            for start, length in self.dst_runs:
+                if start > pos:
+                    sizes.append(start - pos)
+                keep.append(len(sizes))
+                sizes.append(length)
+                pos = start + length
+            if pos < x_src.shape[0]:
+                sizes.append(x_src.shape[0] - pos)
+            pieces = torch.split(x_src, sizes)
+            return pieces[keep[0]] if len(keep) == 1 else torch.cat([pieces[k] for k in keep])
         if self.dst_in_src is not None:
             return x_src.index_select(0, self.dst_in_src)
         # the whole graph: no slice, whose backward would zero-fill and copy a full-size gradient

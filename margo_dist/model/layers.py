@@ -49,6 +49,45 @@ def propagate(x_src: Tensor, edges: EdgeList) -> Tensor:
     return _SpMM.apply(x_src, edges.csr, edges.csr_t)
 
 
+def residual_add(x_src: Tensor, h: Tensor, edges: EdgeList) -> Tensor:
+    """``edges.select_dst(x_src) + h``: a propagation step's residual, [n_dst, F].
+
+    When the dst nodes are runs of src positions (a sampled block's users, then its
+    items) the sum is written in one pass, without first copying the selected rows.
+    """
+    if edges.dst_runs is None:
+        return edges.select_dst(x_src) + h
+    return _RunsAdd.apply(x_src, h, edges.dst_runs)
+
+
+class _RunsAdd(torch.autograd.Function):
+    """``cat([x_src[s:s+n] for s, n in runs]) + h``; the gradient of ``x_src`` is ``g`` at the
+    runs' rows and zero elsewhere, written once."""
+
+    @staticmethod
+    def forward(ctx: Any, x_src: Tensor, h: Tensor, runs: list[tuple[int, int]]) -> Tensor:  # type: ignore[override]
+        out = torch.empty_like(h)
+        pos = 0
+        for start, length in runs:
+            torch.add(x_src[start: start + length], h[pos: pos + length], out=out[pos: pos + length])
+            pos += length
+        if pos != h.shape[0]:
+            raise ValueError(f"residual_add: the runs cover {pos} rows, h has {h.shape[0]}")
+        ctx.runs, ctx.n_src = runs, x_src.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        grad_x = grad.new_empty((ctx.n_src, *grad.shape[1:]))
+        done, pos = 0, 0
+        for start, length in ctx.runs:
+            grad_x[done:start].zero_()
+            grad_x[start: start + length] = grad[pos: pos + length]
+            done, pos = start + length, pos + length
+        grad_x[done:].zero_()
+        return grad_x, grad, None
+
+
 class MLP(nn.Module):
     """``W2 . leaky_relu(W1 f + b1) + b2``: the per-modality item projection (Eq. 1)."""
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from margo_dist.config import ModelConfig
 from margo_dist.dist.sharding import ITEM, NODE, USER, Placement
 from margo_dist.graph.tensors import ComputeGraph, EdgeList
-from margo_dist.model.layers import MLP, propagate
+from margo_dist.model.layers import MLP, propagate, residual_add
 from margo_dist.model.tables import Table, TableSpec
 
 from margo_dist.model.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
@@ -53,6 +53,8 @@ class DragonEncoder(nn.Module):
     def user_inputs(self, users: Tensor) -> list[Tensor]:
         """Preference rows of ``users`` per modality: one lookup for every modality (distributed:
         one fetch from the owners, not one per table)."""
+        if not self.placement.distributed:  # no tables side by side first (a copy of each, and back)
+            return [t.own_rows().index_select(0, users) for t in self.preferences]
         own = torch.cat([t.own_rows() for t in self.preferences], dim=1)
         return list(self.placement.fetch(USER, own, users).split(self.dim, dim=1))
 
@@ -257,7 +259,7 @@ def propagate_bipartite(x: Tensor, edges: list[EdgeList]) -> Tensor:
     out, h = x, x
     for e in edges:
         h = propagate(h, e)
-        out = e.select_dst(out) + h
+        out = residual_add(out, h, e)
     return out
 
 

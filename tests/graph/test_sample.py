@@ -12,7 +12,7 @@ from margo_dist.config import GraphConfig, ModelConfig
 from margo_dist.data.synth import make_synthetic
 from margo_dist.errors import ConfigError
 from margo_dist.graph.build import build_graphs
-from margo_dist.graph.sample import BlockSampler, check_fanouts, sampled_batches
+from margo_dist.graph.sample import BlockSampler, OneBuffer, check_fanouts, sampled_batches
 from margo_dist.graph.tensors import full_graph
 from margo_dist.model.margo import PRETRAIN, build_model, fuse, modality_ratings
 
@@ -132,3 +132,27 @@ def test_a_seed_outside_the_graph_is_an_error_not_an_abort(small):
     sampler = BlockSampler(full, ALL, 2)
     with pytest.raises(ValueError, match=r"item ids span \[2, 40\], the graph has 40 items"):
         sampler.sample(torch.tensor([3]), torch.tensor([2, 40]))
+
+
+def test_one_buffer_sends_a_batch_as_one_tensor_and_gives_it_back(small):
+    ds, full, _ = small
+    sampler = BlockSampler(full, {"ui": [3, 3], "iu": [3, 3], "ii": [2], "uu": [2]}, 2)
+    rng = np.random.default_rng(1)
+    batch = sampler.batch(rng.integers(0, 60, 8), rng.integers(0, 40, 8), rng.integers(0, 40, 8))
+    shipped = pickle.loads(pickle.dumps(OneBuffer(batch)))
+    tensors = [v for v in vars(shipped).values() if isinstance(v, torch.Tensor)]
+    assert len(tensors) == 1 and tensors[0].dtype == torch.uint8
+    back = shipped.unpack()
+    assert torch.equal(back.users, batch.users) and torch.equal(back.neg_local, batch.neg_local)
+    for got, want in zip(back.graph.bipartite + [back.graph.item_item],
+                         batch.graph.bipartite + [batch.graph.item_item]):
+        assert torch.equal(got.csr_t.to_dense(), want.csr_t.to_dense()) and got.w.dtype == torch.float32
+        assert got.dst_runs == want.dst_runs
+    # a tensor named twice travels once and stays one tensor
+    rows = full.item_item.rows(torch.tensor([2, 0]))
+    assert rows.src is rows.csr.indices
+    again = OneBuffer(rows).unpack()
+    assert again.src.data_ptr() == again.csr.indices.data_ptr()
+    # empty and 0-d tensors, bools
+    odd = OneBuffer({"e": torch.zeros(0, 3), "s": torch.tensor(2.5), "b": torch.tensor([True, False])}).unpack()
+    assert odd["e"].shape == (0, 3) and float(odd["s"]) == 2.5 and odd["b"].tolist() == [True, False]

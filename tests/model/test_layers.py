@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from margo_dist.graph.tensors import EdgeList
-from margo_dist.model.layers import csr_product, propagate
+from margo_dist.model.layers import csr_product, propagate, residual_add
 
 
 def _edges() -> EdgeList:
@@ -51,3 +51,23 @@ def test_rows_keeps_the_chosen_rows_in_the_given_order():
     assert torch.equal(sub.select_dst(x), x[[3, 1, 0]])
     with pytest.raises(ValueError, match="dst nodes are its first src nodes"):
         sub.rows(torch.tensor([0]))
+
+
+@pytest.mark.parametrize("where", [[0, 1, 4, 5, 6], [2, 3, 4], [0, 1, 2, 3, 4, 5, 6], [5, 2, 0]])
+def test_residual_add_equals_selected_rows_plus_h_with_both_gradients(where):
+    where = torch.tensor(where)
+    e = EdgeList(torch.tensor([0]), torch.tensor([0]), torch.ones(1), where.numel(), 7, where)
+    assert (e.dst_runs is None) == (where.tolist() == [5, 2, 0])  # the other path: a gather
+    x = torch.randn(7, 3, requires_grad=True)
+    h = torch.randn(where.numel(), 3, requires_grad=True)
+    g = torch.randn(where.numel(), 3)
+    out = residual_add(x, h, e)
+    out.backward(g)
+    assert torch.equal(out, x.detach()[where] + h.detach())
+    assert torch.equal(x.grad, torch.zeros(7, 3).index_add_(0, where, g)) and torch.equal(h.grad, g)
+
+
+def test_residual_add_refuses_runs_that_do_not_cover_h():
+    e = EdgeList(torch.tensor([0]), torch.tensor([0]), torch.ones(1), 2, 5, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="the runs cover 2 rows, h has 3"):
+        residual_add(torch.zeros(5, 2), torch.zeros(3, 2), e)

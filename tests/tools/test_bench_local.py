@@ -41,3 +41,24 @@ def test_tiny_shape_times_full_and_sampled(monkeypatch: pytest.MonkeyPatch, caps
         assert median is not None
         a, b, mid = (float(median.group(k)) for k in (1, 2, 3))
         assert abs(mid - (a + b) / 2) <= 0.006  # the median of two rounds: their mean
+
+
+def test_alternate_times_both_modes_in_turn(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                            tmp_path: Path) -> None:
+    """--alternate: one table with the two modes' step counts and times, and the two ratios,
+    which agree with the table's means."""
+    tool = load_tool("bench_local")
+    monkeypatch.setattr(tool, "mp", inline_mp())
+    tool.main(["--tiny", "--alternate", "3", "--workers", "0", "--root", str(tmp_path)])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    head = next(k for k, ln in enumerate(lines) if ln.startswith("mode "))
+    rows = {ln.split()[0]: [float(v) for v in ln.split()[1:]] for ln in lines[head + 2: head + 4]}
+    assert sorted(rows) == ["full", "sampled"]
+    for steps, mean, median, least in rows.values():
+        assert steps == 3 and 0 < least <= median and least <= mean
+    ratio = re.search(r"sampled/full step-time ratio: of the means (\S+), median of the 3 pairs (\S+)", out)
+    assert ratio is not None
+    # the table's means are rounded to 3 decimals: the ratio of the means lies within what they allow
+    (full, sampled), half = (rows["full"][1], rows["sampled"][1]), 0.0005
+    assert (sampled - half) / (full + half) - 0.001 <= float(ratio.group(1)) <= (sampled + half) / (full - half) + 0.001
