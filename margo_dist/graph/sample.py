@@ -101,8 +101,10 @@ class BlockSampler:
         s2, d2, w2 = self._relation(block, "iu", self.fanouts["iu"][step])
         src = torch.cat([s1, s2 + n_us])
         dst = torch.cat([d1 + n_ud, d2])
+        # DGL puts a block's dst nodes first among its src nodes of their type
         where = torch.cat([torch.arange(n_ud), n_us + torch.arange(n_id)])
-        return EdgeList(src, dst, torch.cat([w1, w2]), n_ud + n_id, n_us + n_is, where)
+        return EdgeList(src, dst, torch.cat([w1, w2]), n_ud + n_id, n_us + n_is, where,
+                        dst_runs=[(0, n_ud), (n_us, n_id)])
 
     def _homogeneous(self, block: object, rel: str) -> EdgeList:
         ntype = CANONICAL[rel][0]
@@ -177,21 +179,18 @@ class OneBuffer:
         pickler.persistent_id = persistent_id  # type: ignore[method-assign]
         pickler.dump(obj)
         self.body = body.getvalue()
-        self.layout: list[tuple[torch.dtype, tuple[int, ...], int]] = []
+        self.layout: list[tuple[torch.dtype, tuple[int, ...], int, int]] = []  # dtype, shape, start, bytes
         offset = 0
         for t in tensors:
-            self.layout.append((t.dtype, tuple(t.shape), offset))
-            offset += -(-t.numel() * t.element_size() // 8) * 8  # every tensor starts 8-byte aligned
+            n = t.numel() * t.element_size()
+            self.layout.append((t.dtype, tuple(t.shape), offset, n))
+            offset += -(-n // 8) * 8  # every tensor starts 8-byte aligned
         self.data = torch.empty(offset, dtype=torch.uint8)
-        for t, (_, _, start) in zip(tensors, self.layout):
-            flat = t.detach().reshape(-1).view(torch.uint8)
-            self.data[start: start + flat.numel()].copy_(flat)
+        for t, (_, _, start, n) in zip(tensors, self.layout):
+            self.data[start: start + n].copy_(t.detach().reshape(-1).view(torch.uint8))
 
     def unpack(self) -> Any:
-        views = []
-        for dtype, shape, start in self.layout:
-            n = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
-            views.append(self.data[start: start + n].view(dtype).view(shape))
+        views = [self.data[start: start + n].view(dtype).view(shape) for dtype, shape, start, n in self.layout]
         unpickler = pickle.Unpickler(io.BytesIO(self.body))
         unpickler.persistent_load = views.__getitem__  # type: ignore[method-assign]
         return unpickler.load()

@@ -73,21 +73,6 @@ def stable_order(keys: Tensor, n_keys: int) -> Tensor:
     return torch.from_numpy(order)
 
 
-def contiguous_runs(positions: Tensor, most: int = 4) -> list[tuple[int, int]] | None:
-    """``positions`` as (start, length) runs of consecutive values, or None when it is empty,
-    not ascending, or has more than ``most`` runs."""
-    if positions.numel() == 0:
-        return None
-    breaks = (torch.nonzero(torch.diff(positions) != 1).flatten() + 1).tolist()
-    if len(breaks) >= most:
-        return None
-    bounds = [0, *breaks, positions.numel()]
-    runs = [(int(positions[a]), b - a) for a, b in zip(bounds[:-1], bounds[1:])]
-    if runs[0][0] < 0 or any(s < s0 + n0 for (s0, n0), (s, _) in zip(runs[:-1], runs[1:])):
-        return None  # not ascending
-    return runs
-
-
 @dataclass
 class EdgeList:
     """Messages ``src -> dst`` with weight ``w``: an ``n_dst x n_src`` sparse matrix.
@@ -107,8 +92,8 @@ class EdgeList:
     # the row form and its transpose; built from the edges unless given (already built)
     csr: CSR = field(default=None, repr=False)  # type: ignore[assignment]
     csr_t: CSR = field(default=None, repr=False)  # type: ignore[assignment]
-    # ``dst_in_src`` as a few (start, length) runs of consecutive src positions, when it is
-    # one (a sampled block's users then items): the residual is then slices, not a gather
+    # ``dst_in_src`` as (start, length) runs of consecutive src positions, when its maker knows
+    # it is (a sampled block: its users, then its items): the residual is then slices, not a gather
     dst_runs: list[tuple[int, int]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -116,8 +101,9 @@ class EdgeList:
             self.csr = CSR.from_coo(self.dst, self.src, self.w, self.n_dst, self.n_src)
         if self.csr_t is None:
             self.csr_t = CSR.from_coo(self.src, self.dst, self.w, self.n_src, self.n_dst)
-        if self.dst_runs is None and self.dst_in_src is not None and self.dst_in_src.device.type == "cpu":
-            self.dst_runs = contiguous_runs(self.dst_in_src)
+        if self.dst_runs is not None and (self.dst_in_src is None
+                                          or sum(n for _, n in self.dst_runs) != self.dst_in_src.numel()):
+            raise ValueError(f"EdgeList: dst_runs {self.dst_runs} do not describe dst_in_src")
 
     def to(self, device: torch.device | str) -> "EdgeList":
         """This edge list on ``device``; the CSR forms are moved, not rebuilt."""
@@ -148,20 +134,6 @@ class EdgeList:
 
     def select_dst(self, x_src: Tensor) -> Tensor:
         """The rows of ``x_src`` that belong to this edge list's dst nodes."""
-        if self.dst_runs is not None:
-            # one split and one concatenation: their backward writes the gradient once, where
-            # index_select's zero-fills it and then scatters by index
-            sizes, keep, pos = [], [], 0
-            for start, length in self.dst_runs:
-                if start > pos:
-                    sizes.append(start - pos)
-                keep.append(len(sizes))
-                sizes.append(length)
-                pos = start + length
-            if pos < x_src.shape[0]:
-                sizes.append(x_src.shape[0] - pos)
-            pieces = torch.split(x_src, sizes)
-            return pieces[keep[0]] if len(keep) == 1 else torch.cat([pieces[k] for k in keep])
         if self.dst_in_src is not None:
             return x_src.index_select(0, self.dst_in_src)
         # the whole graph: no slice, whose backward would zero-fill and copy a full-size gradient

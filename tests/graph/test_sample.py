@@ -79,6 +79,8 @@ def sampler_mid_users(g):
     n_users_in = g.input_users.numel()
     for e in g.bipartite:
         where = e.dst_in_src
+        # the block's runs are its dst positions (the residual reads them, layers.residual_add)
+        assert torch.equal(torch.cat([torch.arange(s, s + n) for s, n in e.dst_runs]), where)
         n_ud = int((where < n_users_in).sum())
         ids = ids[where[:n_ud]]
         n_users_in = n_ud

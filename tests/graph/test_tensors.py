@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from margo_dist.graph.tensors import CSR, EdgeList, contiguous_runs, stable_order
+from margo_dist.graph.tensors import CSR, EdgeList, stable_order
 
 
 @pytest.mark.parametrize("n_keys", [1, 7, 65536, 65537, 300_000, 1 << 33])
@@ -29,25 +29,13 @@ def test_from_coo_keeps_grouped_edges_and_sorts_others():
     assert shuffled.indices.tolist() == [2, 4, 0, 3, 1]  # ties keep their order in the input
 
 
-def test_contiguous_runs():
-    assert contiguous_runs(torch.tensor([0, 1, 2, 5, 6])) == [(0, 3), (5, 2)]
-    assert contiguous_runs(torch.tensor([4, 5])) == [(4, 2)]
-    assert contiguous_runs(torch.tensor([3, 1, 0])) is None  # not ascending
-    assert contiguous_runs(torch.tensor([4, 5, 0, 1])) is None
-    assert contiguous_runs(torch.tensor([0, 2, 4, 6, 8])) is None  # too many runs
-    assert contiguous_runs(torch.tensor([], dtype=torch.int64)) is None
-
-
-@pytest.mark.parametrize("where", [[0, 1, 2, 5, 6], [2, 3], [0, 1, 2, 3, 4, 5, 6], [1, 4, 6], [3, 1, 0]])
-def test_select_dst_by_runs_equals_the_gather_with_its_gradient(where):
-    where = torch.tensor(where)
-    e = EdgeList(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.ones(2), where.numel(), 7, where)
-    assert (e.dst_runs is None) == (where.tolist() == [3, 1, 0])
-    x = torch.randn(7, 3, requires_grad=True)
-    grad = torch.randn(where.numel(), 3)
-    out = e.select_dst(x)
-    out.backward(grad)
-    expected = torch.zeros(7, 3).index_add_(0, where, grad)
-    assert torch.equal(out, x.detach()[where]) and torch.equal(x.grad, expected)
-    moved = e.to("meta")
-    assert moved.dst_runs == e.dst_runs
+def test_dst_runs_must_describe_dst_in_src_and_travel_with_the_edge_list():
+    where = torch.tensor([0, 1, 2, 5, 6])
+    e = EdgeList(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.ones(2), 5, 7, where, dst_runs=[(0, 3), (5, 2)])
+    assert e.to("meta").dst_runs == [(0, 3), (5, 2)]
+    x = torch.randn(7, 3)
+    assert torch.equal(e.select_dst(x), x[where])
+    with pytest.raises(ValueError, match="do not describe dst_in_src"):
+        EdgeList(torch.tensor([0]), torch.tensor([0]), torch.ones(1), 5, 7, where, dst_runs=[(0, 3)])
+    with pytest.raises(ValueError, match="do not describe dst_in_src"):
+        EdgeList(torch.tensor([0]), torch.tensor([0]), torch.ones(1), 2, 7, dst_runs=[(0, 2)])

@@ -53,11 +53,12 @@ def test_rows_keeps_the_chosen_rows_in_the_given_order():
         sub.rows(torch.tensor([0]))
 
 
-@pytest.mark.parametrize("where", [[0, 1, 4, 5, 6], [2, 3, 4], [0, 1, 2, 3, 4, 5, 6], [5, 2, 0]])
-def test_residual_add_equals_selected_rows_plus_h_with_both_gradients(where):
+@pytest.mark.parametrize(("where", "runs"), [([0, 1, 4, 5, 6], [(0, 2), (4, 3)]), ([2, 3, 4], [(2, 3)]),
+                                             ([0, 1, 2, 3, 4, 5, 6], [(0, 7)]), ([0, 1, 6], [(0, 2), (6, 1)]),
+                                             ([3, 4], [(0, 0), (3, 2)]), ([5, 2, 0], None)])
+def test_residual_add_equals_selected_rows_plus_h_with_both_gradients(where, runs):
     where = torch.tensor(where)
-    e = EdgeList(torch.tensor([0]), torch.tensor([0]), torch.ones(1), where.numel(), 7, where)
-    assert (e.dst_runs is None) == (where.tolist() == [5, 2, 0])  # the other path: a gather
+    e = EdgeList(torch.tensor([0]), torch.tensor([0]), torch.ones(1), where.numel(), 7, where, dst_runs=runs)
     x = torch.randn(7, 3, requires_grad=True)
     h = torch.randn(where.numel(), 3, requires_grad=True)
     g = torch.randn(where.numel(), 3)
@@ -68,6 +69,6 @@ def test_residual_add_equals_selected_rows_plus_h_with_both_gradients(where):
 
 
 def test_residual_add_refuses_runs_that_do_not_cover_h():
-    e = EdgeList(torch.tensor([0]), torch.tensor([0]), torch.ones(1), 2, 5, torch.tensor([1, 2]))
+    e = EdgeList(torch.tensor([0]), torch.tensor([0]), torch.ones(1), 2, 5, torch.tensor([1, 2]), dst_runs=[(1, 2)])
     with pytest.raises(ValueError, match="the runs cover 2 rows, h has 3"):
         residual_add(torch.zeros(5, 2), torch.zeros(3, 2), e)
