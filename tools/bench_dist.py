@@ -5,8 +5,8 @@ the real trainer step (``Trainer.train_step``) on MARGO's calibration stage, and
 what a ``dist.workers=N`` worker reads: the interactions, the graph, and its own rows of
 the raw features from its shard (N = 1 reads the dataset, as local mode does).
 
-- ``--mode full`` (default): owner-computed projections of every item, gathered rows,
-  summed dense gradients.
+- ``--mode full`` (default): owner-computed projections of every item, each worker's
+  block of the columns of every row (it propagates those columns), summed dense gradients.
 - ``--mode sampled``: DGL blocks for the worker's share of each step (sampled ahead in
   ``sampler.num_workers`` DataLoader processes, as training does); the rows the blocks
   reach come from their owners (users' rows fetched, items projected by their owners

@@ -10,6 +10,13 @@ nccl on GPU; gloo with GPU tensors goes through host copies). The autograd colle
   computation. Its gradient goes back to the owner of each row, summed over the ranks
   that used it (the adjoint of an all-gather, sent as an all-to-all: each rank
   receives only the gradient of its own rows).
+- ``start_gather_columns(local, width, bounds)``: every rank's rows as in
+  ``start_gather``, but only this rank's block of columns (``bounds``: where each rank's
+  columns start, and the end): a transpose from rows held by their owners to columns held
+  by their ranks, by all-to-all. Each column of each row lives on one rank, so the
+  gradient goes back the same way with no sum.
+- ``summed(t)``: ``t`` summed over the ranks, on every rank; its gradient is the
+  gradients summed over the ranks (each rank's loss reads the sum).
 - ``fetch_rows(local, ...)``: the rows other ranks asked for, by all-to-all; the
   gradient of each fetched row returns to its owner and is summed there.
 """
@@ -42,6 +49,16 @@ class Communicator(ABC):
     def start_gather(self, local: Tensor, width: int) -> "PendingRows":
         """Begin gathering every rank's rows [n_rank <= width, F]; ``wait()`` returns
         [world_size * width, F] with rank r's rows at r * width (differentiable)."""
+
+    @abstractmethod
+    def start_gather_columns(self, local: Tensor, width: int, bounds: list[int]) -> "PendingRows":
+        """Begin gathering every rank's rows [n_rank <= width, F], keeping this rank's columns
+        ``bounds[rank]:bounds[rank + 1]`` (``bounds``: world_size + 1 ascending offsets from 0
+        to F); ``wait()`` returns [world_size * width, those columns] (differentiable)."""
+
+    @abstractmethod
+    def summed(self, t: Tensor) -> Tensor:
+        """``t`` summed over the ranks (differentiable: the gradient is summed over the ranks too)."""
 
     @abstractmethod
     def all_to_all(self, send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
@@ -78,6 +95,13 @@ class LocalComm(Communicator):
 
     def start_gather(self, local: Tensor, width: int) -> "PendingRows":
         return PendingRows(None, local if local.shape[0] == width else _pad(local, width))
+
+    def start_gather_columns(self, local: Tensor, width: int, bounds: list[int]) -> "PendingRows":
+        _check_bounds(bounds, 1, local.shape[1])
+        return self.start_gather(local, width)
+
+    def summed(self, t: Tensor) -> Tensor:
+        return t
 
     def all_to_all(self, send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
         return send
@@ -127,6 +151,20 @@ class TorchComm(Communicator):
             # backward waits for it: it overlaps whatever autograd computes in between
             rows.register_hook(lambda grad: flight.update(back=self._start_all_to_all(grad, width)))
         return PendingRows(flight.pop("work"), rows)
+
+    def start_gather_columns(self, local: Tensor, width: int, bounds: list[int]) -> "PendingRows":
+        if local.shape[0] > width:
+            raise ValueError(f"start_gather_columns: rank {self.rank} has {local.shape[0]} rows, more than "
+                             f"width {width}")
+        _check_bounds(bounds, self.world_size, local.shape[1])
+        flight: dict[str, Any] = {}
+        rows = _GatherColumns.apply(local, self, width, list(bounds), flight)
+        if rows.requires_grad:  # as in start_gather: the gradient travels while autograd goes on
+            rows.register_hook(lambda grad: flight.update(back=_ColumnBlocks.send_back(self, grad, width, bounds)))
+        return PendingRows(flight.pop("work"), rows)
+
+    def summed(self, t: Tensor) -> Tensor:
+        return _Summed.apply(t, self)
 
     def _start_all_to_all(self, grad: Tensor, width: int) -> tuple[Any, Tensor]:
         """Begin sending every rank its block of ``width`` rows of ``grad``; returns (work, received)."""
@@ -238,6 +276,78 @@ class _GatherRows(torch.autograd.Function):
         work, blocks = ctx.flight.pop("back", None) or comm._start_all_to_all(grad, width)
         work.wait()
         return blocks.view(comm.world_size, width, *grad.shape[1:]).sum(0)[: ctx.n], None, None, None
+
+
+def _check_bounds(bounds: list[int], world_size: int, columns: int) -> None:
+    if len(bounds) != world_size + 1 or bounds[0] != 0 or bounds[-1] != columns \
+            or any(a > b for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"column bounds {bounds} do not split {columns} columns over {world_size} ranks")
+
+
+class _ColumnBlocks:
+    """The all-to-alls of ``start_gather_columns``, on flat buffers (the blocks differ in size
+    when the columns do not split evenly)."""
+
+    @staticmethod
+    def start(comm: TorchComm, send: Tensor, send_sizes: list[int], recv_sizes: list[int]) -> tuple[Any, Tensor]:
+        """Begin one all-to-all of a flat buffer; returns (work, received flat buffer)."""
+        received = send.new_empty(sum(recv_sizes))
+        comm.bytes_sent += (sum(send_sizes) - send_sizes[comm.rank]) * send.element_size()
+        if send.device == comm.device:
+            return comm._dist.all_to_all_single(received, send, recv_sizes, send_sizes, async_op=True), received
+        host = send.to(comm.device)
+        host_received = host.new_empty(sum(recv_sizes))
+        work = comm._dist.all_to_all_single(host_received, host, recv_sizes, send_sizes, async_op=True)
+        return _Staged(work, host_received, received), received
+
+    @staticmethod
+    def send_back(comm: TorchComm, grad: Tensor, width: int, bounds: list[int]) -> tuple[Any, Tensor]:
+        """The gradient of this rank's columns [world * width, c]: rank r's rows go back to r."""
+        mine = bounds[comm.rank + 1] - bounds[comm.rank]
+        sizes_out = [width * mine] * comm.world_size
+        sizes_in = [width * (b - a) for a, b in zip(bounds, bounds[1:])]
+        return _ColumnBlocks.start(comm, grad.contiguous().view(-1), sizes_out, sizes_in)
+
+
+class _GatherColumns(torch.autograd.Function):
+    """Rows held by their owners -> this rank's columns of every row, by one all-to-all (started
+    asynchronously, ``flight["work"]``); backward: each block of the gradient back to the rows'
+    owner, which reassembles its rows' columns (``flight["back"]``, started by a hook)."""
+
+    @staticmethod
+    def forward(ctx: Any, local: Tensor, comm: TorchComm, width: int, bounds: list[int],  # type: ignore[override]
+                flight: dict[str, Any]) -> Tensor:
+        padded = _pad(local, width)
+        send = torch.cat([padded[:, a:b].reshape(-1) for a, b in zip(bounds, bounds[1:])])
+        mine = bounds[comm.rank + 1] - bounds[comm.rank]
+        work, received = _ColumnBlocks.start(comm, send, [width * (b - a) for a, b in zip(bounds, bounds[1:])],
+                                             [width * mine] * comm.world_size)
+        flight["work"] = work
+        ctx.comm, ctx.width, ctx.bounds, ctx.n, ctx.flight = comm, width, bounds, local.shape[0], flight
+        return received.view(comm.world_size * width, mine)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
+        comm, width, bounds = ctx.comm, ctx.width, ctx.bounds
+        work, blocks = ctx.flight.pop("back", None) or _ColumnBlocks.send_back(comm, grad, width, bounds)
+        work.wait()
+        pieces = blocks.split([width * (b - a) for a, b in zip(bounds, bounds[1:])])
+        whole = torch.cat([p.view(width, b - a) for p, a, b in zip(pieces, bounds, bounds[1:])], dim=1)
+        return whole[: ctx.n], None, None, None, None
+
+
+class _Summed(torch.autograd.Function):
+    """All-reduce (sum) forward and backward: every rank's loss reads the sum, so the gradient of
+    each rank's addend is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, comm: TorchComm) -> Tensor:  # type: ignore[override]
+        ctx.comm = comm
+        return comm.all_reduce_(t.detach().clone())
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return ctx.comm.all_reduce_(grad.contiguous().clone()), None
 
 
 class _FetchRows(torch.autograd.Function):

@@ -6,8 +6,12 @@ computes its own users' and items' input rows (normalised preferences, d-wide
 projections of its raw features) and they are gathered (``Placement.gather``:
 all-gather, then reorder to global ids); rows of a few ids (the batch's θ rows, the
 regularised preferences) are fetched from their owners (``Placement.fetch``:
-all-to-all). Either way the gradient of each row returns to its owner. With one rank the placement is the identity and the
-tables are ordinary :class:`LocalTable` s, so local mode runs the same code.
+all-to-all). Either way the gradient of each row returns to its owner. The whole-graph
+training step gathers the input rows by columns instead (``Placement.start_gather_columns``):
+propagation is linear in each column, so each rank propagates every node over its block
+of columns (``Placement.columns``) and the ranks' partial ratings are summed. With one rank
+the placement is the identity and the tables are ordinary :class:`LocalTable` s, so local
+mode runs the same code.
 """
 
 from __future__ import annotations
@@ -91,6 +95,21 @@ class Placement:
             return Gathering(None, local, None)
         ownership = self.spaces[space]
         return Gathering(self.comm.start_gather(local, ownership.width), None, ownership.in_gather)
+
+    def columns(self, width: int) -> list[int]:
+        """Where each rank's block of ``width`` columns starts, and the end: ``world_size + 1``
+        offsets, the blocks as even as whole columns allow (rank r: ``[b[r], b[r + 1])``)."""
+        n = self.comm.world_size
+        return [r * width // n for r in range(n + 1)]
+
+    def start_gather_columns(self, space: str, local: Tensor) -> "Gathering":
+        """Every rank's owned rows [n_own, F] -> all rows in global id order, this rank's block of
+        columns (``columns(F)``) only: [n, c], differentiable. Begun now, finished by ``wait()``."""
+        ownership = self.spaces[space]
+        pending = self.comm.start_gather_columns(local, ownership.width, self.columns(local.shape[1]))
+        if not self.distributed:
+            return Gathering(None, pending.wait(), None)
+        return Gathering(pending, None, ownership.in_gather)
 
     def fetch(self, space: str, local: Tensor, ids: Tensor) -> Tensor:
         """Rows ``ids`` (global, any order, repeats allowed) of a per-row tensor whose rows this

@@ -25,7 +25,8 @@ from margo_dist.model.tables import Table, TableSpec
 
 from margo_dist.model.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
 
-__all__ = ["CALIBRATE", "DRAGON", "PRETRAIN", "Recommender", "build_model", "fuse", "modality_ratings"]
+__all__ = ["CALIBRATE", "DRAGON", "PRETRAIN", "Recommender", "block_ratings", "build_model", "fuse",
+           "modality_ratings"]
 
 
 class DragonEncoder(nn.Module):
@@ -96,18 +97,46 @@ class DragonEncoder(nn.Module):
 
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Output users' and items' final vectors, [n_out_users, M, d] and [n_out_items, M, d]."""
-        if len(graph.bipartite) != self.n_layers:
-            raise ValueError(f"compute graph has {len(graph.bipartite)} propagation steps, model.n_layers="
-                             f"{self.n_layers}")
+        self._check_layers(graph)
         if graph.input_users is None:
             x = self.whole_inputs(features)
         else:
             x = self.input_rows(self.user_inputs(graph.input_users), self.item_inputs(features, graph.input_items))
+        users, items = self._propagate(x, graph)
+        return users.view(-1, self.n_slices, self.dim), items.view(-1, self.n_slices, self.dim)
+
+    def encode_columns(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The whole graph's output users and items, this rank's columns of their flat M*d vectors
+        (``placement.columns``): [n_out_users, c] and [n_out_items, c].
+
+        Every step after the input rows is linear in each column and the modality slices
+        never mix, so a rank that holds some columns of every input row propagates them
+        exactly as the whole rows would be; at N ranks each propagates 1/N of the columns.
+        """
+        self._check_layers(graph)
+        if graph.input_users is not None:
+            raise ValueError("encode_columns needs the whole-graph compute graph (a sampled one has no "
+                             "input rows for every node)")
+        users = self.placement.start_gather_columns(
+            USER, _normalised([t.own_rows() for t in self.preferences]))
+        items = self.placement.start_gather_columns(
+            ITEM, _normalised([mlp(f) for mlp, f in zip(self.projections, features)]))
+        return self._propagate(torch.cat([users.wait(), items.wait()]), graph)
+
+    def _check_layers(self, graph: ComputeGraph) -> None:
+        if len(graph.bipartite) != self.n_layers:
+            raise ValueError(f"compute graph has {len(graph.bipartite)} propagation steps, model.n_layers="
+                             f"{self.n_layers}")
+
+    @staticmethod
+    def _propagate(x: Tensor, graph: ComputeGraph) -> tuple[Tensor, Tensor]:
+        """Input rows [n_src, F] -> output users' and items' rows [., F]: ``n_layers`` bipartite steps
+        summed with the input, then the item-item and user-user layers with residual."""
         r = propagate_bipartite(x, graph.bipartite)
         r_users, r_items = graph.split_mid(r)
         items = graph.item_item.select_dst(r_items) + propagate(r_items, graph.item_item)
         users = graph.user_user.select_dst(r_users) + propagate(r_users, graph.user_user)
-        return users.view(-1, self.n_slices, self.dim), items.view(-1, self.n_slices, self.dim)
+        return users, items
 
     def regularised_rows(self, users: Tensor) -> list[tuple[Tensor, int]]:
         """The batch users' preference rows that DRAGON's regulariser penalises, one per triplet
@@ -121,22 +150,35 @@ class IdEncoder(nn.Module):
     def __init__(self, n_users: int, n_items: int, cfg: ModelConfig, n_layers: int, table_seed: int,
                  placement: Placement) -> None:
         super().__init__()
+        self.placement = placement
         self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, cfg.dim, n_layers
         self.n_slices = 1
         self.embedding = placement.table(TableSpec.xavier("embedding", n_users + n_items, cfg.dim, table_seed), NODE)
 
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """LightGCN: the mean of layers 0..K; no homogeneous layer (its edges are unused)."""
-        if len(graph.bipartite) != self.n_layers:
-            raise ValueError(f"compute graph has {len(graph.bipartite)} propagation steps, expected {self.n_layers}")
+        self._check_layers(graph)
         if graph.input_users is None:
             x = self.embedding.all_rows()
         else:
             x = torch.cat([self.embedding.lookup(graph.input_users), self.embedding.lookup(graph.input_items + self.n_users)])
-        out_users, out_items = graph.split_mid(propagate_bipartite(x, graph.bipartite) / (self.n_layers + 1))
-        users = graph.user_user.select_dst(out_users)
-        items = graph.item_item.select_dst(out_items)
+        users, items = self._propagate(x, graph)
         return users.view(-1, 1, self.dim), items.view(-1, 1, self.dim)
+
+    def encode_columns(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """As ``DragonEncoder.encode_columns``: this rank's columns of the output rows, [., c] each."""
+        self._check_layers(graph)
+        if graph.input_users is not None:
+            raise ValueError("encode_columns needs the whole-graph compute graph")
+        return self._propagate(self.placement.start_gather_columns(NODE, self.embedding.own_rows()).wait(), graph)
+
+    def _check_layers(self, graph: ComputeGraph) -> None:
+        if len(graph.bipartite) != self.n_layers:
+            raise ValueError(f"compute graph has {len(graph.bipartite)} propagation steps, expected {self.n_layers}")
+
+    def _propagate(self, x: Tensor, graph: ComputeGraph) -> tuple[Tensor, Tensor]:
+        out_users, out_items = graph.split_mid(propagate_bipartite(x, graph.bipartite) / (self.n_layers + 1))
+        return graph.user_user.select_dst(out_users), graph.item_item.select_dst(out_items)
 
     def regularised_rows(self, users: Tensor, items: Tensor) -> list[tuple[Tensor, int]]:
         """The batch's user rows (one per triplet) and item rows (positive and negative: two);
@@ -194,6 +236,16 @@ class Recommender(nn.Module):
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Final vectors of the compute graph's output users and items, [., M, d] each."""
         return self.encoder.encode(graph, features)
+
+    def encode_columns(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """This rank's columns of the whole graph's output vectors, flat: [., c] each (``columns``)."""
+        return self.encoder.encode_columns(graph, features)
+
+    def columns(self) -> tuple[int, int]:
+        """[start, stop) of this rank's block of the flat M*d vector's columns."""
+        bounds = self.encoder.placement.columns(self.n_slices * self.encoder.dim)
+        rank = self.encoder.placement.comm.rank
+        return bounds[rank], bounds[rank + 1]
 
     def item_weights(self, items: Tensor | None = None) -> Tensor:
         """``w_i = softmax(θ_i)`` (Eq. 3), [len(items) or n_items, M]."""
@@ -266,6 +318,26 @@ def propagate_bipartite(x: Tensor, edges: list[EdgeList]) -> Tensor:
 def modality_ratings(eu: Tensor, ei: Tensor) -> Tensor:
     """``r_ui^m = <e_u^m, e_i^m>`` (Eq. 2): [B, M, d] x [B, M, d] -> [B, M]."""
     return (eu * ei).sum(dim=2)
+
+
+def block_ratings(eu: Tensor, ei: Tensor, start: int, dim: int, n_slices: int) -> Tensor:
+    """This block of columns' share of ``r_ui^m``: [B, c] x [B, c] -> [B, M].
+
+    The block holds columns ``start .. start + c`` of the flat [M*d] vectors; the shares
+    of all blocks sum to ``modality_ratings`` (zero for a modality outside the block). A
+    block of whole slices sums them as ``modality_ratings`` does, in the same order.
+    """
+    prod = eu * ei
+    b, c = prod.shape
+    stop = start + c
+    if start % dim == 0 and stop % dim == 0:
+        inside = prod.view(b, c // dim, dim).sum(dim=2)
+        return torch.cat([prod.new_zeros(b, start // dim), inside, prod.new_zeros(b, n_slices - stop // dim)], dim=1)
+    pieces = []
+    for m in range(n_slices):
+        lo, hi = max(start, m * dim), min(stop, (m + 1) * dim)
+        pieces.append(prod[:, lo - start: hi - start].sum(dim=1) if lo < hi else prod.new_zeros(b))
+    return torch.stack(pieces, dim=1)
 
 
 def fuse(r: Tensor, user_coef: Tensor | None, item_coef: Tensor | None) -> Tensor:

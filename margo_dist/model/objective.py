@@ -37,10 +37,17 @@ def triplet_loss(model: Recommender, stage: str, cfg: ModelConfig, users_emb: Te
     default these triplets'; a worker passes the whole step's rows that it owns, which
     add up over the workers to the step's and need no rows from another worker.
     """
+    return ratings_loss(model, stage, cfg, modality_ratings(users_emb, pos_emb), modality_ratings(users_emb, neg_emb),
+                        users, pos, neg, global_batch, regularised)
+
+
+def ratings_loss(model: Recommender, stage: str, cfg: ModelConfig, r_pos: Tensor, r_neg: Tensor, users: Tensor,
+                 pos: Tensor, neg: Tensor, global_batch: int | None = None,
+                 regularised: tuple[Tensor, Tensor] | None = None) -> LossParts:
+    """``triplet_loss`` from the batch's modality ratings ``r_pos``/``r_neg`` [B, M] (Eq. 2), as the
+    whole-graph step has them (summed over the ranks' blocks of columns)."""
     b = users.numel()
     g = b if global_batch is None else global_batch
-    r_pos = modality_ratings(users_emb, pos_emb)
-    r_neg = modality_ratings(users_emb, neg_emb)
     # one lookup of θ's rows for positives and negatives, shared by fusion and L_cal
     items = torch.cat([pos, neg])
     w = model.item_weights(items) if stage == CALIBRATE else None

@@ -23,8 +23,8 @@ from margo_dist.dist.comm import Communicator, LocalComm
 from margo_dist.dist.sharding import ITEM, USER, Placement, ShardedTable
 from margo_dist.errors import MargoError
 from margo_dist.graph.tensors import Batch, FullGraph, full_graph
-from margo_dist.model.margo import Recommender, build_model
-from margo_dist.model.objective import LossParts, triplet_loss
+from margo_dist.model.margo import Recommender, block_ratings, build_model
+from margo_dist.model.objective import LossParts, ratings_loss, triplet_loss
 from margo_dist.model.variants import CALIBRATE, PRETRAIN, get_variant
 from margo_dist.progress import progress_bar
 from margo_dist.train import checkpoint
@@ -230,15 +230,36 @@ class Trainer:
         from process to process on a multi-threaded CPU, so runs would not repeat bit for bit.
         """
         b = batch.to(self.device)
-        users_emb, items_emb = self.model.encode(b.graph, self.features)
-        pos_emb, neg_emb = self.item_vectors(items_emb, b)
-        parts = triplet_loss(self.model, stage, self.cfg.model, users_emb.index_select(0, b.users_local),
-                             pos_emb, neg_emb, b.users, b.pos, b.neg, b.step_size or None, b.regularised())
+        if b.graph.input_users is None:
+            parts = self._whole_graph_loss(stage, b)
+        else:
+            users_emb, items_emb = self.model.encode(b.graph, self.features)
+            pos_emb, neg_emb = self.item_vectors(items_emb, b)
+            parts = triplet_loss(self.model, stage, self.cfg.model, users_emb.index_select(0, b.users_local),
+                                 pos_emb, neg_emb, b.users, b.pos, b.neg, b.step_size or None, b.regularised())
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         self._sum_dense_gradients()
         optimizer.step()
         return parts
+
+    def _whole_graph_loss(self, stage: str, b: Batch) -> LossParts:
+        """This worker's part of a whole-graph step's loss (``b``: the whole step's triplets).
+
+        Each worker propagates every node over its block of columns (``encode_columns``) and
+        rates every triplet of the step with them; the blocks' ratings are summed over the
+        workers, and worker r's loss takes triplets r, r + N, ... (local mode: one block of
+        every column, and every triplet).
+        """
+        users_c, items_c = self.model.encode_columns(b.graph, self.features)
+        start, dim, m = self.model.columns()[0], self.model.encoder.dim, self.model.n_slices
+        eu = users_c.index_select(0, b.users_local)
+        assert b.pos_local is not None and b.neg_local is not None
+        ratings = self.comm.summed(torch.stack([block_ratings(eu, items_c.index_select(0, b.pos_local), start, dim, m),
+                                                block_ratings(eu, items_c.index_select(0, b.neg_local), start, dim, m)]))
+        mine = slice(self.comm.rank, None, self.comm.world_size)
+        return ratings_loss(self.model, stage, self.cfg.model, ratings[0, mine], ratings[1, mine], b.users[mine],
+                            b.pos[mine], b.neg[mine], b.users.numel(), b.regularised())
 
     def item_vectors(self, items_emb: Tensor, b: Batch) -> tuple[Tensor, Tensor]:
         """The final vectors of the batch's positives and negatives, [B, M, d] each.
@@ -310,9 +331,9 @@ class Trainer:
         if self.neighbour_sampler is None:
             rank, world = self.comm.rank, self.comm.world_size
             for u, i, j in self.triplets.epoch(rng):
-                # every worker draws the same step; worker r takes triplets r, r + N, ...
-                batch = Batch.full(self.whole_graph, *(torch.from_numpy(a[rank::world]) for a in (u, i, j)),
-                                   u.size if world > 1 else 0)
+                # every worker draws the same step and encodes all of its nodes (over its block of
+                # columns, ``_whole_graph_loss``) ...
+                batch = Batch.full(self.whole_graph, *(torch.from_numpy(a) for a in (u, i, j)))
                 if world > 1:  # ... and regularises the step's rows it owns, with no rows to fetch
                     self._own_regularised(batch, u, i, j)
                 yield batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from margo_dist.dist.comm import TorchComm
@@ -67,6 +68,61 @@ def own_and_small_lookups(rank: int, world: int) -> dict:
 
 def test_own_rows_need_no_peer_and_a_row_held_elsewhere_is_refused():
     assert run_workers(own_and_small_lookups, 3) == [{"own": True, "small": True, "refused": True}] * 3
+
+
+WIDE = torch.arange(7 * 5, dtype=torch.float64).view(7, 5)  # 5 columns: blocks of 1, 2 and 2 over 3 ranks
+
+
+def gather_columns(rank: int, world: int) -> dict:
+    """Each rank holds its own rows of WIDE and gets every row's block of its columns; the loss
+    weighs entry (i, c) by (rank + 1) * (i + 1) * (c + 1)."""
+    placement = Placement(TorchComm(), np.zeros(1, np.int64), OWNER)
+    own = placement.owned(ITEM)
+    local = WIDE.index_select(0, own).requires_grad_()
+    bounds = placement.columns(5)
+    start, stop = bounds[rank], bounds[rank + 1]
+    block = placement.start_gather_columns(ITEM, local).wait()
+    weights = (rank + 1) * torch.arange(1.0, 8.0, dtype=torch.float64).unsqueeze(1) \
+        * torch.arange(start + 1.0, stop + 1.0, dtype=torch.float64)
+    (block * weights).sum().backward()
+    return {"bounds": bounds, "block": block.tolist(), "own": own.tolist(), "grad": local.grad.tolist()}
+
+
+def test_a_column_gather_gives_each_rank_its_columns_of_every_row_and_each_owner_its_rows_gradient():
+    results = run_workers(gather_columns, 3)
+    for rank, got in enumerate(results):
+        assert got["bounds"] == [0, 1, 3, 5]
+        start, stop = got["bounds"][rank], got["bounds"][rank + 1]
+        assert got["block"] == WIDE[:, start:stop].tolist()
+    # entry (i, c) was read by the rank holding column c only: its gradient is that rank's weight
+    expected = torch.zeros(7, 5, dtype=torch.float64)
+    for rank in range(3):
+        start, stop = results[0]["bounds"][rank], results[0]["bounds"][rank + 1]
+        for c in range(start, stop):
+            expected[:, c] = (rank + 1) * torch.arange(1.0, 8.0, dtype=torch.float64) * (c + 1)
+    for got in results:
+        assert got["grad"] == expected[got["own"]].tolist()
+
+
+def summed_and_its_gradient(rank: int, world: int) -> dict:
+    comm = TorchComm()
+    part = torch.tensor([1.0, 2.0], dtype=torch.float64) * (rank + 1)
+    part.requires_grad_()
+    total = comm.summed(part)
+    (total * torch.tensor([3.0, 5.0], dtype=torch.float64) * (rank + 1)).sum().backward()
+    return {"total": total.tolist(), "grad": part.grad.tolist()}
+
+
+def test_summed_parts_and_the_gradient_of_each_part_is_every_ranks_gradient_of_the_sum():
+    # ranks' parts (1, 2) and (2, 4); rank r's loss weighs the sum by (r + 1) * (3, 5)
+    assert run_workers(summed_and_its_gradient, 2) == [{"total": [3.0, 6.0], "grad": [9.0, 15.0]}] * 2
+
+
+def test_column_bounds_that_do_not_split_the_columns_are_refused():
+    from margo_dist.dist.comm import LocalComm
+
+    with pytest.raises(ValueError, match="do not split 4 columns"):
+        LocalComm().start_gather_columns(torch.zeros(3, 4), 3, [0, 3])
 
 
 FEATURES = torch.arange(7 * 3, dtype=torch.float64).view(7, 3) / 10  # raw rows of the 7 items

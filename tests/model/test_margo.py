@@ -10,7 +10,7 @@ from margo_dist.config import ModelConfig
 from margo_dist.errors import ConfigError
 from margo_dist.graph.build import GraphArtifacts
 from margo_dist.graph.tensors import Batch, full_graph
-from margo_dist.model.margo import CALIBRATE, DRAGON, PRETRAIN, build_model, fuse, modality_ratings
+from margo_dist.model.margo import CALIBRATE, DRAGON, PRETRAIN, block_ratings, build_model, fuse, modality_ratings
 from margo_dist.model.variants import get_variant
 from margo_dist.model.objective import calibration_term, triplet_loss
 
@@ -249,3 +249,29 @@ def test_stage_two_start_with_uniform_weights_is_stage_one_scores_times_a_consta
     u2, i2 = model.score_vectors(CALIBRATE, users_emb, items_emb)
     # M = 2: the factor is a power of two, so "equal" and "a rescaling" hold bit for bit
     assert torch.equal(u2 @ i2.t(), factor * (u1 @ i1.t()))
+
+
+@pytest.mark.parametrize("variant", ["margo", "lightgcn"])
+def test_one_block_of_every_column_is_the_whole_graph_encoding(setup, variant):
+    """Local mode: ``encode_columns`` holds all M*d columns, the flat form of ``encode``."""
+    _, g, feats, cfg, _ = setup
+    model = build_model(N_USERS, N_ITEMS, [6, 3], ModelConfig(dim=4, hidden_mult=2, variant=variant), seed=3)
+    users, items = model.encode(g, feats)
+    users_c, items_c = model.encode_columns(g, feats)
+    assert model.columns() == (0, model.n_slices * 4)
+    assert torch.equal(users_c, users.flatten(1)) and torch.equal(items_c, items.flatten(1))
+
+
+@pytest.mark.parametrize("bounds", [[0, 8], [0, 4, 8], [0, 2, 5, 8], [0, 3, 3, 8]])
+def test_the_blocks_ratings_sum_to_the_modality_ratings(bounds):
+    """Blocks of whole slices, inside one slice, across a slice border, and an empty block."""
+    gen = torch.Generator().manual_seed(5)
+    eu, ei = torch.randn(6, 2, 4, generator=gen), torch.randn(6, 2, 4, generator=gen)
+    flat_u, flat_i = eu.flatten(1), ei.flatten(1)
+    parts = [block_ratings(flat_u[:, a:b], flat_i[:, a:b], a, 4, 2) for a, b in zip(bounds, bounds[1:])]
+    assert all(p.shape == (6, 2) for p in parts)
+    torch.testing.assert_close(sum(parts), modality_ratings(eu, ei))
+    if bounds == [0, 8]:  # one block of everything: the same sums in the same order
+        assert torch.equal(parts[0], modality_ratings(eu, ei))
+    if bounds == [0, 4, 8]:  # a block of one slice rates that slice alone
+        assert torch.equal(parts[0][:, 1], torch.zeros(6)) and torch.equal(parts[1][:, 0], torch.zeros(6))
