@@ -317,8 +317,12 @@ class _GatherColumns(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, local: Tensor, comm: TorchComm, width: int, bounds: list[int],  # type: ignore[override]
                 flight: dict[str, Any]) -> Tensor:
-        padded = _pad(local, width)
-        send = torch.cat([padded[:, a:b].reshape(-1) for a, b in zip(bounds, bounds[1:])])
+        n = local.shape[0]
+        send = local.new_empty(width * local.shape[1])
+        for a, b in zip(bounds, bounds[1:]):  # rank k's block: [width, its columns], one copy of each row
+            block = send[width * a: width * b].view(width, b - a)
+            block[:n] = local[:, a:b]
+            block[n:] = 0
         mine = bounds[comm.rank + 1] - bounds[comm.rank]
         work, received = _ColumnBlocks.start(comm, send, [width * (b - a) for a, b in zip(bounds, bounds[1:])],
                                              [width * mine] * comm.world_size)

@@ -42,7 +42,7 @@ class CSR:
         if rows.numel() < 2 or bool((rows[1:] >= rows[:-1]).all()):  # grouped already (DGL's blocks)
             return cls(indptr, cols, weights, n_cols)
         order = stable_order(rows, n_rows)
-        return cls(indptr, cols[order], weights[order], n_cols)
+        return cls(indptr, cols.index_select(0, order), weights.index_select(0, order), n_cols)
 
     @property
     def n_rows(self) -> int:
@@ -122,14 +122,15 @@ class EdgeList:
         """
         if self.dst_in_src is not None:
             raise ValueError("EdgeList.rows needs an edge list whose dst nodes are its first src nodes")
-        start = self.csr.indptr[dst]
-        count = self.csr.indptr[dst + 1] - start
+        # index_select throughout: on the CPU it is several times faster than advanced indexing
+        start = self.csr.indptr.index_select(0, dst)
+        count = self.csr.indptr.index_select(0, dst + 1) - start
         local = torch.repeat_interleave(torch.arange(dst.numel(), device=dst.device), count)
         indptr = torch.zeros(dst.numel() + 1, dtype=torch.int64, device=dst.device)
         torch.cumsum(count, 0, out=indptr[1:])
-        pos = torch.arange(local.numel(), device=dst.device) - indptr[local] + start[local]
+        pos = torch.arange(local.numel(), device=dst.device) + (start - indptr[:-1]).index_select(0, local)
         # the selected edges are already grouped by (new) row: the row form needs no sort
-        rows = CSR(indptr, self.csr.indices[pos], self.csr.weights[pos], self.n_src)
+        rows = CSR(indptr, self.csr.indices.index_select(0, pos), self.csr.weights.index_select(0, pos), self.n_src)
         return EdgeList(rows.indices, local, rows.weights, dst.numel(), self.n_src, dst, csr=rows)
 
     def select_dst(self, x_src: Tensor) -> Tensor:
