@@ -327,7 +327,7 @@ class _GatherColumns(torch.autograd.Function):
         work, received = _ColumnBlocks.start(comm, send, [width * (b - a) for a, b in zip(bounds, bounds[1:])],
                                              [width * mine] * comm.world_size)
         flight["work"] = work
-        ctx.comm, ctx.width, ctx.bounds, ctx.n, ctx.flight = comm, width, bounds, local.shape[0], flight
+        ctx.comm, ctx.width, ctx.bounds, ctx.n, ctx.flight = comm, width, bounds, n, flight
         return received.view(comm.world_size * width, mine)
 
     @staticmethod
