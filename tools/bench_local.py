@@ -32,6 +32,7 @@ import resource
 import statistics
 import time
 
+from margo_dist.config import Config, load_config
 from margo_dist.data.synth import margo_home
 
 BABY = {"users": 19445, "items": 7050, "interactions": 160792, "image": 4096, "text": 384}
@@ -49,18 +50,22 @@ def dataset(shape: dict[str, int], root: str) -> str:
     return ensure_synthetic(spec, url)
 
 
+def bench_config(url: str, mode: str, fanouts: str, workers: int, threads: int) -> Config:
+    """The training config of one mode's run: the default config on the bench dataset."""
+    return load_config("configs/default.yaml", [
+        f"data.path={url}", f"run.dir=memory://bench-{mode}", f"train.mode={mode}", "train.progress=false",
+        f"sampler.num_workers={workers}", f"train.threads={threads}",
+        *([f"sampler.fanouts={fanouts}"] if fanouts else [])])
+
+
 def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, threads: int, queue: "mp.Queue") -> None:
     import numpy as np
 
-    from margo_dist.config import load_config
     from margo_dist.data.dataset import VALID
     from margo_dist.model.margo import CALIBRATE
     from margo_dist.train.loop import Trainer, load_training_data
 
-    cfg = load_config("configs/default.yaml", [
-        f"data.path={url}", f"run.dir=memory://bench-{mode}", f"train.mode={mode}", "train.progress=false",
-        f"sampler.num_workers={workers}", f"train.threads={threads}",
-        *([f"sampler.fanouts={fanouts}"] if fanouts else [])])
+    cfg = bench_config(url, mode, fanouts, workers, threads)
     t0 = time.time()
     trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
     setup_s = time.time() - t0
@@ -91,16 +96,12 @@ def alternate(url: str, fanouts: str, steps: int, workers: int, threads: int, qu
     """
     import numpy as np
 
-    from margo_dist.config import load_config
     from margo_dist.model.margo import CALIBRATE
     from margo_dist.train.loop import Trainer, load_training_data
 
     runs = {}
     for mode in ("full", "sampled"):
-        cfg = load_config("configs/default.yaml", [
-            f"data.path={url}", f"run.dir=memory://bench-{mode}", f"train.mode={mode}", "train.progress=false",
-            f"sampler.num_workers={workers}", f"train.threads={threads}",
-            *([f"sampler.fanouts={fanouts}"] if fanouts else [])])
+        cfg = bench_config(url, mode, fanouts, workers, threads)
         trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
         rng = np.random.default_rng(0)
         batches = (b for _ in range(steps + 2) for b in trainer.batches(rng))  # epochs after one another

@@ -301,12 +301,16 @@ class _ColumnBlocks:
         return _Staged(work, host_received, received), received
 
     @staticmethod
+    def sizes(width: int, bounds: list[int]) -> list[int]:
+        """Elements of each rank's block of ``width`` rows: [width * its columns] per rank."""
+        return [width * (b - a) for a, b in zip(bounds, bounds[1:])]
+
+    @staticmethod
     def send_back(comm: TorchComm, grad: Tensor, width: int, bounds: list[int]) -> tuple[Any, Tensor]:
         """The gradient of this rank's columns [world * width, c]: rank r's rows go back to r."""
-        mine = bounds[comm.rank + 1] - bounds[comm.rank]
-        sizes_out = [width * mine] * comm.world_size
-        sizes_in = [width * (b - a) for a, b in zip(bounds, bounds[1:])]
-        return _ColumnBlocks.start(comm, grad.contiguous().view(-1), sizes_out, sizes_in)
+        mine = _ColumnBlocks.sizes(width, bounds)[comm.rank]
+        return _ColumnBlocks.start(comm, grad.contiguous().view(-1), [mine] * comm.world_size,
+                                   _ColumnBlocks.sizes(width, bounds))
 
 
 class _GatherColumns(torch.autograd.Function):
@@ -323,19 +327,18 @@ class _GatherColumns(torch.autograd.Function):
             block = send[width * a: width * b].view(width, b - a)
             block[:n] = local[:, a:b]
             block[n:] = 0
-        mine = bounds[comm.rank + 1] - bounds[comm.rank]
-        work, received = _ColumnBlocks.start(comm, send, [width * (b - a) for a, b in zip(bounds, bounds[1:])],
-                                             [width * mine] * comm.world_size)
+        sizes = _ColumnBlocks.sizes(width, bounds)
+        work, received = _ColumnBlocks.start(comm, send, sizes, [sizes[comm.rank]] * comm.world_size)
         flight["work"] = work
         ctx.comm, ctx.width, ctx.bounds, ctx.n, ctx.flight = comm, width, bounds, n, flight
-        return received.view(comm.world_size * width, mine)
+        return received.view(comm.world_size * width, bounds[comm.rank + 1] - bounds[comm.rank])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
         comm, width, bounds = ctx.comm, ctx.width, ctx.bounds
         work, blocks = ctx.flight.pop("back", None) or _ColumnBlocks.send_back(comm, grad, width, bounds)
         work.wait()
-        pieces = blocks.split([width * (b - a) for a, b in zip(bounds, bounds[1:])])
+        pieces = blocks.split(_ColumnBlocks.sizes(width, bounds))
         whole = torch.cat([p.view(width, b - a) for p, a, b in zip(pieces, bounds, bounds[1:])], dim=1)
         return whole[: ctx.n], None, None, None, None
 
@@ -351,7 +354,7 @@ class _Summed(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return ctx.comm.all_reduce_(grad.contiguous().clone()), None
+        return ctx.comm.all_reduce_(grad.clone(memory_format=torch.contiguous_format)), None
 
 
 class _FetchRows(torch.autograd.Function):

@@ -105,11 +105,11 @@ class Placement:
     def start_gather_columns(self, space: str, local: Tensor) -> "Gathering":
         """Every rank's owned rows [n_own, F] -> all rows in global id order, this rank's block of
         columns (``columns(F)``) only: [n, c], differentiable. Begun now, finished by ``wait()``."""
-        ownership = self.spaces[space]
-        pending = self.comm.start_gather_columns(local, ownership.width, self.columns(local.shape[1]))
         if not self.distributed:
-            return Gathering(None, pending.wait(), None)
-        return Gathering(pending, None, ownership.in_gather)
+            return Gathering(None, local, None)
+        ownership = self.spaces[space]
+        return Gathering(self.comm.start_gather_columns(local, ownership.width, self.columns(local.shape[1])),
+                         None, ownership.in_gather)
 
     def fetch(self, space: str, local: Tensor, ids: Tensor) -> Tensor:
         """Rows ``ids`` (global, any order, repeats allowed) of a per-row tensor whose rows this

@@ -83,21 +83,23 @@ class DragonEncoder(nn.Module):
         """``X``: users then items, each modality slice L2-normalised; [n_users + n_items, M*d]."""
         return torch.cat([_normalised(user_rows), _normalised(item_rows)])
 
-    def whole_inputs(self, features: list[Tensor]) -> Tensor:
+    def whole_inputs(self, features: list[Tensor], by_columns: bool = False) -> Tensor:
         """``X`` of every node: each owner makes its own users' and items' rows, then they are gathered.
 
         ``features`` holds the raw rows this rank owns (all items in local mode): the
         dominant GEMM, the projection, and the normalisation are split over the ranks,
-        and all-gathers move the M*d-wide rows (owner-computed projections). The users'
-        rows travel while this rank projects its items.
+        and all-gathers move the M*d-wide rows (owner-computed projections), or with
+        ``by_columns`` only this rank's block of their columns (``Placement.columns``). The
+        users' rows travel while this rank projects its items.
         """
-        users = self.placement.start_gather(USER, _normalised([t.own_rows() for t in self.preferences]))
-        items = self.placement.gather(ITEM, _normalised([mlp(f) for mlp, f in zip(self.projections, features)]))
-        return torch.cat([users.wait(), items])
+        gather = self.placement.start_gather_columns if by_columns else self.placement.start_gather
+        users = gather(USER, _normalised([t.own_rows() for t in self.preferences]))
+        items = gather(ITEM, _normalised([mlp(f) for mlp, f in zip(self.projections, features)]))
+        return torch.cat([users.wait(), items.wait()])
 
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Output users' and items' final vectors, [n_out_users, M, d] and [n_out_items, M, d]."""
-        self._check_layers(graph)
+        _check_steps(graph, self.n_layers)
         if graph.input_users is None:
             x = self.whole_inputs(features)
         else:
@@ -113,20 +115,8 @@ class DragonEncoder(nn.Module):
         never mix, so a rank that holds some columns of every input row propagates them
         exactly as the whole rows would be; at N ranks each propagates 1/N of the columns.
         """
-        self._check_layers(graph)
-        if graph.input_users is not None:
-            raise ValueError("encode_columns needs the whole-graph compute graph (a sampled one has no "
-                             "input rows for every node)")
-        users = self.placement.start_gather_columns(
-            USER, _normalised([t.own_rows() for t in self.preferences]))
-        items = self.placement.start_gather_columns(
-            ITEM, _normalised([mlp(f) for mlp, f in zip(self.projections, features)]))
-        return self._propagate(torch.cat([users.wait(), items.wait()]), graph)
-
-    def _check_layers(self, graph: ComputeGraph) -> None:
-        if len(graph.bipartite) != self.n_layers:
-            raise ValueError(f"compute graph has {len(graph.bipartite)} propagation steps, model.n_layers="
-                             f"{self.n_layers}")
+        _check_steps(graph, self.n_layers)
+        return self._propagate(self.whole_inputs(features, by_columns=True), graph)
 
     @staticmethod
     def _propagate(x: Tensor, graph: ComputeGraph) -> tuple[Tensor, Tensor]:
@@ -157,7 +147,7 @@ class IdEncoder(nn.Module):
 
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """LightGCN: the mean of layers 0..K; no homogeneous layer (its edges are unused)."""
-        self._check_layers(graph)
+        _check_steps(graph, self.n_layers)
         if graph.input_users is None:
             x = self.embedding.all_rows()
         else:
@@ -167,14 +157,8 @@ class IdEncoder(nn.Module):
 
     def encode_columns(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """As ``DragonEncoder.encode_columns``: this rank's columns of the output rows, [., c] each."""
-        self._check_layers(graph)
-        if graph.input_users is not None:
-            raise ValueError("encode_columns needs the whole-graph compute graph")
+        _check_steps(graph, self.n_layers)
         return self._propagate(self.placement.start_gather_columns(NODE, self.embedding.own_rows()).wait(), graph)
-
-    def _check_layers(self, graph: ComputeGraph) -> None:
-        if len(graph.bipartite) != self.n_layers:
-            raise ValueError(f"compute graph has {len(graph.bipartite)} propagation steps, expected {self.n_layers}")
 
     def _propagate(self, x: Tensor, graph: ComputeGraph) -> tuple[Tensor, Tensor]:
         out_users, out_items = graph.split_mid(propagate_bipartite(x, graph.bipartite) / (self.n_layers + 1))
@@ -239,6 +223,9 @@ class Recommender(nn.Module):
 
     def encode_columns(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """This rank's columns of the whole graph's output vectors, flat: [., c] each (``columns``)."""
+        if graph.input_users is not None:
+            raise ValueError("encode_columns needs the whole-graph compute graph (a sampled one has no "
+                             "input rows for every node)")
         return self.encoder.encode_columns(graph, features)
 
     def columns(self) -> tuple[int, int]:
@@ -296,6 +283,11 @@ class Recommender(nn.Module):
         if isinstance(self.encoder, IdEncoder):
             return self.encoder.regularised_rows(users, items)
         return self.encoder.regularised_rows(users)
+
+
+def _check_steps(graph: ComputeGraph, n_layers: int) -> None:
+    if len(graph.bipartite) != n_layers:
+        raise ValueError(f"compute graph has {len(graph.bipartite)} propagation steps, the model {n_layers}")
 
 
 def _normalised(slices: list[Tensor]) -> Tensor:
