@@ -2,7 +2,8 @@
 
 ``LocalComm`` is the one-process implementation (every collective is the identity);
 ``TorchComm`` wraps the default ``torch.distributed`` process group (gloo on CPU,
-nccl on GPU; gloo with GPU tensors goes through host copies). The autograd collectives live here and nowhere else:
+nccl on GPU; gloo with GPU tensors goes through host copies). The collectives live here, the autograd ones
+nowhere else:
 
 - ``start_gather(local, width)``: every rank's rows, padded to ``width`` rows each, on
   every rank ([n_r, F] per rank -> [world * width, F], rank r's rows at r * width);
@@ -15,6 +16,8 @@ nccl on GPU; gloo with GPU tensors goes through host copies). The autograd colle
   columns start, and the end): a transpose from rows held by their owners to columns held
   by their ranks, by all-to-all. Each column of each row lives on one rank, so the
   gradient goes back the same way with no sum.
+- ``start_all_reduce_(t)``: ``t`` summed over the ranks in place, asynchronously (the dense
+  gradients, ``dist/gradients.py``).
 - ``summed(t)``: ``t`` summed over the ranks, on every rank; its gradient is the
   gradients summed over the ranks (each rank's loss reads the sum).
 - ``fetch_rows(local, ...)``: the rows other ranks asked for, by all-to-all; the
@@ -24,7 +27,7 @@ nccl on GPU; gloo with GPU tensors goes through host copies). The autograd colle
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -44,6 +47,11 @@ class Communicator(ABC):
     @abstractmethod
     def all_reduce_(self, t: Tensor) -> Tensor:
         """Sum ``t`` over the ranks, in place (no autograd); returns ``t``."""
+
+    @abstractmethod
+    def start_all_reduce_(self, t: Tensor) -> "Pending":
+        """Begin summing ``t`` over the ranks, in place (no autograd); ``t`` holds the sum once
+        the returned handle's ``wait()`` has returned, and must not be touched before."""
 
     @abstractmethod
     def start_gather(self, local: Tensor, width: int) -> "PendingRows":
@@ -93,6 +101,9 @@ class LocalComm(Communicator):
     def all_reduce_(self, t: Tensor) -> Tensor:
         return t
 
+    def start_all_reduce_(self, t: Tensor) -> "Pending":
+        return _Done()
+
     def start_gather(self, local: Tensor, width: int) -> "PendingRows":
         return PendingRows(None, local if local.shape[0] == width else _pad(local, width))
 
@@ -141,16 +152,20 @@ class TorchComm(Communicator):
         self._dist.all_reduce(moved)
         return t.copy_(moved)
 
+    def start_all_reduce_(self, t: Tensor) -> "Pending":
+        self.bytes_sent += t.numel() * t.element_size()
+        if t.device == self.device:
+            return self._dist.all_reduce(t, async_op=True)
+        host = t.to(self.device)
+        return _Staged(self._dist.all_reduce(host, async_op=True), host, t)
+
     def start_gather(self, local: Tensor, width: int) -> "PendingRows":
         if local.shape[0] > width:
             raise ValueError(f"start_gather: rank {self.rank} has {local.shape[0]} rows, more than width {width}")
         flight: dict[str, Any] = {}
         rows = _GatherRows.apply(local, self, width, flight)
-        if rows.requires_grad:
-            # the gradient's all-to-all starts as soon as the gradient exists, and the
-            # backward waits for it: it overlaps whatever autograd computes in between
-            rows.register_hook(lambda grad: flight.update(back=self._start_all_to_all(grad, width)))
-        return PendingRows(flight.pop("work"), rows)
+        return PendingRows(flight.pop("work"), rows,
+                           lambda grad: flight.update(back=self._start_all_to_all(grad, width)))
 
     def start_gather_columns(self, local: Tensor, width: int, bounds: list[int]) -> "PendingRows":
         if local.shape[0] > width:
@@ -159,9 +174,8 @@ class TorchComm(Communicator):
         _check_bounds(bounds, self.world_size, local.shape[1])
         flight: dict[str, Any] = {}
         rows = _GatherColumns.apply(local, self, width, list(bounds), flight)
-        if rows.requires_grad:  # as in start_gather: the gradient travels while autograd goes on
-            rows.register_hook(lambda grad: flight.update(back=_ColumnBlocks.send_back(self, grad, width, bounds)))
-        return PendingRows(flight.pop("work"), rows)
+        return PendingRows(flight.pop("work"), rows,
+                           lambda grad: flight.update(back=_ColumnBlocks.send_back(self, grad, width, bounds)))
 
     def summed(self, t: Tensor) -> Tensor:
         return _Summed.apply(t, self)
@@ -202,6 +216,20 @@ class TorchComm(Communicator):
         self._dist.barrier()
 
 
+class Pending(Protocol):
+    """A collective in flight."""
+
+    def wait(self) -> Any:
+        """Block until it has finished."""
+
+
+class _Done:
+    """A collective with nothing to wait for (one process)."""
+
+    def wait(self) -> None:
+        return None
+
+
 class _Staged:
     """A collective on host copies of device tensors (gloo with GPU tensors, as when two
     workers share a GPU): ``wait()`` waits for it, then copies the host result into the
@@ -217,17 +245,47 @@ class _Staged:
 
 
 class PendingRows:
-    """A gather in flight: ``wait()`` returns its rows once they have arrived."""
+    """A gather in flight: ``wait()`` returns its rows once they have arrived.
 
-    def __init__(self, work: Any, rows: Tensor) -> None:
+    ``send_back(grad)`` begins the transfer of the rows' gradient to their owners. ``wait``
+    puts it in the autograd graph at the point where the rows are first used, so it runs
+    as soon as their gradient is complete: autograd runs the ready node created last
+    first, and a hook on the rows themselves would start the transfer only when the
+    gather's own backward is about to wait for it, after everything computed between the
+    gather and its use (the item projections, for the users' rows) has been
+    back-propagated. So the transfer overlaps that backward.
+    """
+
+    def __init__(self, work: Any, rows: Tensor,
+                 send_back: Callable[[Tensor], None] | None = None) -> None:
         self._work = work
         self._rows = rows
+        self._send_back = send_back
 
     def wait(self) -> Tensor:
         if self._work is not None:
             self._work.wait()
             self._work = None
+        if self._send_back is not None:
+            if self._rows.requires_grad:
+                self._rows = _SendBack.apply(self._rows, self._send_back)
+            self._send_back = None
         return self._rows
+
+
+class _SendBack(torch.autograd.Function):
+    """The identity; its backward hands the gradient to ``send_back`` (which begins sending it
+    to the rows' owners) and passes it on unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: Tensor, send_back: Callable[[Tensor], None]) -> Tensor:  # type: ignore[override]
+        ctx.send_back = send_back
+        return rows.view_as(rows)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        ctx.send_back(grad)
+        return grad, None
 
 
 def _pad(local: Tensor, width: int) -> Tensor:
@@ -247,7 +305,7 @@ class _GatherRows(torch.autograd.Function):
     Rows are padded to ``width`` (gloo and nccl all-gather equal sizes) and land in one
     buffer, rank r's at r * width; the work handle goes to ``flight["work"]`` and the
     buffer must not be read before it is waited on (``PendingRows``). The backward
-    uses the all-to-all that a gradient hook started (``flight["back"]``). It is a reduce-scatter
+    uses the all-to-all that ``PendingRows``' send-back started (``flight["back"]``). It is a reduce-scatter
     written as an all-to-all (each rank sends every owner the gradient block of the
     owner's rows, then sums the N blocks it receives in rank order): on gloo over loopback
     that is faster than ``reduce_scatter_tensor``, and it sends 1/N of an all-reduce.
@@ -316,7 +374,7 @@ class _ColumnBlocks:
 class _GatherColumns(torch.autograd.Function):
     """Rows held by their owners -> this rank's columns of every row, by one all-to-all (started
     asynchronously, ``flight["work"]``); backward: each block of the gradient back to the rows'
-    owner, which reassembles its rows' columns (``flight["back"]``, started by a hook)."""
+    owner, which reassembles its rows' columns (``flight["back"]``, started by ``PendingRows``' send-back)."""
 
     @staticmethod
     def forward(ctx: Any, local: Tensor, comm: TorchComm, width: int, bounds: list[int],  # type: ignore[override]

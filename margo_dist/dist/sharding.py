@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from margo_dist.dist.comm import Communicator, LocalComm, PendingRows
-from margo_dist.model.tables import LocalTable, Table, TableSpec
+from margo_dist.model.tables import LocalTable, Lookup, Table, TableSpec
 
 USER, ITEM, NODE = "user", "item", "node"  # NODE: users then items, as the ID baselines number them
 # a sharded table this small (all ranks' rows together) is gathered whole for a lookup
@@ -239,10 +239,14 @@ class ShardedTable(Table):
         return whole.index_select(0, self.owned_ids)
 
     def lookup(self, ids: Tensor) -> Tensor:
+        return self.start_lookup(ids).wait()
+
+    def start_lookup(self, ids: Tensor) -> Lookup:
         if self.weight.numel() * self.weight.element_size() * self.placement.comm.world_size <= GATHER_WHOLE_BYTES:
             # a small table (θ: M floats a row) moves whole in one collective; a fetch takes three
-            return self.all_rows().index_select(0, ids)
-        return self.placement.fetch(self.space, self.weight, ids)
+            gathering = self.placement.start_gather(self.space, self.weight)
+            return Lookup(finish=lambda: gathering.wait().index_select(0, ids))
+        return Lookup(self.placement.fetch(self.space, self.weight, ids))
 
     def lookup_own(self, ids: Tensor) -> Tensor:
         ownership, host_ids = self.placement.spaces[self.space], ids.cpu()

@@ -21,7 +21,7 @@ from margo_dist.config import ModelConfig
 from margo_dist.dist.sharding import ITEM, NODE, USER, Placement
 from margo_dist.graph.tensors import ComputeGraph, EdgeList
 from margo_dist.model.layers import MLP, propagate, residual_add
-from margo_dist.model.tables import Table, TableSpec
+from margo_dist.model.tables import Lookup, Table, TableSpec
 
 from margo_dist.model.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
 
@@ -50,6 +50,11 @@ class DragonEncoder(nn.Module):
         self.preferences = nn.ModuleList(
             [placement.table(TableSpec.xavier(f"preferences.{k}", n_users, cfg.dim, table_seed), USER)
              for k in range(len(feature_dims))])
+        # the whole graph's items are projected narrowest modality first: autograd runs the
+        # projection made last first, so the widest one's weight gradient (most of the dense
+        # bytes) is complete while the others are still back-propagated, and its sum over the
+        # workers travels meanwhile (``gradient_order``, dist/gradients.py)
+        self.projection_order = sorted(range(len(feature_dims)), key=lambda k: feature_dims[k])
 
     def user_inputs(self, users: Tensor) -> list[Tensor]:
         """Preference rows of ``users`` per modality: one lookup for every modality (distributed:
@@ -72,7 +77,8 @@ class DragonEncoder(nn.Module):
         if self.placement.distributed:
             def project(local_rows: Tensor) -> Tensor:
                 rows = local_rows.to(features[0].device)
-                return torch.cat([mlp(f.index_select(0, rows)) for mlp, f in zip(self.projections, features)], dim=1)
+                projected = {k: self.projections[k](features[k].index_select(0, rows)) for k in self.projection_order}
+                return torch.cat([projected[k] for k in range(self.n_slices)], dim=1)
 
             return list(self.placement.fetch_computed(ITEM, items, project).split(self.dim, dim=1))
         if 2 * items.numel() > self.n_items:
@@ -94,8 +100,16 @@ class DragonEncoder(nn.Module):
         """
         gather = self.placement.start_gather_columns if by_columns else self.placement.start_gather
         users = gather(USER, _normalised([t.own_rows() for t in self.preferences]))
-        items = gather(ITEM, _normalised([mlp(f) for mlp, f in zip(self.projections, features)]))
+        projected: dict[int, Tensor] = {k: self.projections[k](features[k]) for k in self.projection_order}
+        items = gather(ITEM, _normalised([projected[k] for k in range(self.n_slices)]))
         return torch.cat([users.wait(), items.wait()])
+
+    def gradient_order(self) -> list[nn.Parameter]:
+        """The projections' parameters in the order a whole-graph backward completes their
+        gradients: the projection made last first (``projection_order``), each one's output
+        layer before its input layer."""
+        return [p for k in reversed(self.projection_order)
+                for p in (self.projections[k].b2, self.projections[k].w2, self.projections[k].b1, self.projections[k].w1)]
 
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Output users' and items' final vectors, [n_out_users, M, d] and [n_out_items, M, d]."""
@@ -217,6 +231,11 @@ class Recommender(nn.Module):
         dense = [p for p in self.parameters() if id(p) not in taken]
         return {"dense": dense, "tables": tables, "weights": weights}
 
+    def dense_gradient_order(self) -> list[nn.Parameter]:
+        """The dense parameters (``parameter_groups()["dense"]``) in the order a whole-graph
+        backward completes their gradients (the order their sums over the workers start in)."""
+        return self.encoder.gradient_order() if isinstance(self.encoder, DragonEncoder) else []
+
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Final vectors of the compute graph's output users and items, [., M, d] each."""
         return self.encoder.encode(graph, features)
@@ -240,6 +259,14 @@ class Recommender(nn.Module):
             raise RuntimeError(f"variant {self.variant} has no item weight table")
         rows = self.theta.all_rows() if items is None else self.theta.lookup(items)
         return torch.softmax(rows, dim=1)
+
+    def start_item_weights(self, items: Tensor) -> Lookup:
+        """``item_weights(items)`` begun now: θ's rows travel while the caller encodes (and their
+        gradient while the backward runs on); ``wait()`` returns the weights."""
+        if self.theta is None:
+            raise RuntimeError(f"variant {self.variant} has no item weight table")
+        rows = self.theta.start_lookup(items)
+        return Lookup(finish=lambda: torch.softmax(rows.wait(), dim=1))
 
     def user_weights(self, users: Tensor | None = None) -> Tensor:
         """DRAGON's user-level modality weights, softmax over modalities."""

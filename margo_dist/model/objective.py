@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,9 @@ class LossParts:
     cal: float
     reg: float
     calibrated: float  # fraction of triplets with a calibration term
+    # the whole step's loss: ``total`` summed over the workers, the same on every worker (set by
+    # the trainer's step, which reduces it with the dense gradients; nan until then)
+    step_loss: float = math.nan
 
 
 def triplet_loss(model: Recommender, stage: str, cfg: ModelConfig, users_emb: Tensor, pos_emb: Tensor,
@@ -43,14 +47,17 @@ def triplet_loss(model: Recommender, stage: str, cfg: ModelConfig, users_emb: Te
 
 def ratings_loss(model: Recommender, stage: str, cfg: ModelConfig, r_pos: Tensor, r_neg: Tensor, users: Tensor,
                  pos: Tensor, neg: Tensor, global_batch: int | None = None,
-                 regularised: tuple[Tensor, Tensor] | None = None) -> LossParts:
+                 regularised: tuple[Tensor, Tensor] | None = None, item_weights: Tensor | None = None) -> LossParts:
     """``triplet_loss`` from the batch's modality ratings ``r_pos``/``r_neg`` [B, M] (Eq. 2), as the
-    whole-graph step has them (summed over the ranks' blocks of columns)."""
+    whole-graph step has them (summed over the ranks' blocks of columns). ``item_weights``: the
+    calibration stage's ``model.item_weights(cat([pos, neg]))`` [2B, M] when the caller has them."""
     b = users.numel()
     g = b if global_batch is None else global_batch
     # one lookup of θ's rows for positives and negatives, shared by fusion and L_cal
     items = torch.cat([pos, neg])
-    w = model.item_weights(items) if stage == CALIBRATE else None
+    w = None
+    if stage == CALIBRATE:
+        w = model.item_weights(items) if item_weights is None else item_weights
     cu, ci = model.fusion_coefficients(stage, users, items, w)
     ci_pos, ci_neg = (None, None) if ci is None else ci.split([b, b])
     y_pos = fuse(r_pos, cu, ci_pos)

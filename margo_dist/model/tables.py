@@ -12,6 +12,7 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -83,6 +84,11 @@ class Table(nn.Module, ABC):
     def lookup(self, ids: Tensor) -> Tensor:
         """Rows ``ids`` (differentiable), shape [len(ids), dim]."""
 
+    def start_lookup(self, ids: Tensor) -> "Lookup":
+        """``lookup(ids)`` begun now; ``wait()`` returns the rows. A sharded table's rows travel
+        while the caller computes (and their gradient while the backward runs on)."""
+        return Lookup(self.lookup(ids))
+
     @abstractmethod
     def all_rows(self) -> Tensor:
         """Every row (differentiable), shape [num_rows, dim]."""
@@ -99,6 +105,19 @@ class Table(nn.Module, ABC):
     @abstractmethod
     def reset(self, std: float, seed: int) -> None:
         """Re-draw every row from N(0, std^2), seeded by ``seed`` (per chunk, see TableSpec)."""
+
+
+class Lookup:
+    """Rows of a table lookup, ready (``rows``) or still to come (``finish`` makes them)."""
+
+    def __init__(self, rows: Tensor | None = None, finish: Callable[[], Tensor] | None = None) -> None:
+        self._rows, self._finish = rows, finish
+
+    def wait(self) -> Tensor:
+        if self._rows is None:
+            assert self._finish is not None
+            self._rows, self._finish = self._finish(), None
+        return self._rows
 
 
 class LocalTable(Table):

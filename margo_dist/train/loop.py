@@ -20,6 +20,7 @@ from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
 from margo_dist.data.synth import dataset_url
 from margo_dist.dist.comm import Communicator, LocalComm
+from margo_dist.dist.gradients import GradientSum
 from margo_dist.dist.sharding import ITEM, USER, Placement, ShardedTable
 from margo_dist.errors import MargoError
 from margo_dist.graph.tensors import Batch, FullGraph, full_graph
@@ -157,6 +158,13 @@ class Trainer:
         self.whole_graph = data.graph.to(self.device).compute_graph(self.model.encoder.n_layers)
         self.features = [f.to(self.device) for f in self._own_feature_rows(data)]
         self.dense_params = self.model.parameter_groups()["dense"]
+        self.dense_sum: GradientSum | None = None
+        if self.placement.distributed:
+            order = self.model.dense_gradient_order()
+            if {id(p) for p in order} != {id(p) for p in self.dense_params} or len(order) != len(self.dense_params):
+                raise RuntimeError(f"model {cfg.model.variant}: dense_gradient_order lists {len(order)} parameters, "
+                                   f"not its {len(self.dense_params)} dense ones")
+            self.dense_sum = GradientSum(self.comm, order)
         self.user_owner = self.placement.spaces[USER].owner
         self.item_owner = self.placement.spaces[ITEM].owner
         tu, ti = data.ds.split(TRAIN)
@@ -239,7 +247,7 @@ class Trainer:
                                  pos_emb, neg_emb, b.users, b.pos, b.neg, b.step_size or None, b.regularised())
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
-        self._sum_dense_gradients()
+        parts.step_loss = self._sum_dense_gradients(parts.total.detach())
         optimizer.step()
         return parts
 
@@ -251,15 +259,19 @@ class Trainer:
         workers, and worker r's loss takes triplets r, r + N, ... (local mode: one block of
         every column, and every triplet).
         """
+        mine = slice(self.comm.rank, None, self.comm.world_size)
+        weights = None  # θ's rows of this worker's triplets travel while the step encodes
+        if stage == CALIBRATE and self.model.theta is not None:
+            weights = self.model.start_item_weights(torch.cat([b.pos[mine], b.neg[mine]]))
         users_c, items_c = self.model.encode_columns(b.graph, self.features)
         start, dim, m = self.model.columns()[0], self.model.encoder.dim, self.model.n_slices
         eu = users_c.index_select(0, b.users_local)
         assert b.pos_local is not None and b.neg_local is not None
         ratings = self.comm.summed(torch.stack([block_ratings(eu, items_c.index_select(0, b.pos_local), start, dim, m),
                                                 block_ratings(eu, items_c.index_select(0, b.neg_local), start, dim, m)]))
-        mine = slice(self.comm.rank, None, self.comm.world_size)
         return ratings_loss(self.model, stage, self.cfg.model, ratings[0, mine], ratings[1, mine], b.users[mine],
-                            b.pos[mine], b.neg[mine], b.users.numel(), b.regularised())
+                            b.pos[mine], b.neg[mine], b.users.numel(), b.regularised(),
+                            None if weights is None else weights.wait())
 
     def item_vectors(self, items_emb: Tensor, b: Batch) -> tuple[Tensor, Tensor]:
         """The final vectors of the batch's positives and negatives, [B, M, d] each.
@@ -288,20 +300,18 @@ class Trainer:
         n = b.pos.numel()
         return tuple(rows.view(-1, *items_emb.shape[1:]).split([n, n]))  # type: ignore[return-value]
 
-    def _sum_dense_gradients(self) -> None:
+    def _sum_dense_gradients(self, loss: Tensor) -> float:
         """Replicated (dense) parameters: every worker's loss part is a share of the step's
-        loss, so the step's gradient is the sum over workers (one flat all-reduce). Table
-        rows need nothing: their gradients reached their owners through the gather."""
-        if not self.placement.distributed:
-            return
-        grads = [p.grad for p in self.dense_params if p.grad is not None]
-        if not grads:  # the ID baselines have no dense parameters
-            return
-        flat = self.comm.all_reduce_(torch.cat([g.flatten() for g in grads]))
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
-            offset += g.numel()
+        loss, so the step's gradient is the sum over workers; the sums started during the
+        backward (``GradientSum``) and are finished here. Table rows need nothing: their
+        gradients reached their owners through the gather.
+
+        ``loss`` (this worker's part) rides in the last all-reduce, so the step's loss, which
+        every worker checks, costs no collective (and no wait for the slowest worker) of its
+        own; returns it."""
+        if self.dense_sum is None:
+            return float(loss)
+        return self.dense_sum.finish(loss)
 
     def train_epoch(self, stage: str, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
                     desc: str) -> dict[str, float]:
@@ -312,7 +322,7 @@ class Trainer:
             parts = self.train_step(stage, batch, optimizer)
             # the step's loss, summed over the workers' parts: every worker sees the same value,
             # so a non-finite one stops all of them (not one, leaving the rest in a collective)
-            loss = float(self.comm.all_reduce_(parts.total.detach().double().reshape(1)))
+            loss = parts.step_loss
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} in stage {stage} ({desc}); "
                                          f"bpr={parts.bpr} cal={parts.cal} reg={parts.reg}")

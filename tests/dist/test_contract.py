@@ -88,7 +88,7 @@ def steps(comm: Communicator, data_dir: str, variant: str, n_steps: int, evaluat
     losses = []
     for _ in range(n_steps):
         parts = trainer.train_step(stage, next(batches), optimizer)
-        losses.append(float(comm.all_reduce_(parts.total.detach().double().clone())))
+        losses.append(parts.step_loss)  # the step's loss as the trainer reduces (and logs) it
     out["losses"] = losses
     out["state"] = {k: v.detach().cpu().clone() for k, v in trainer.model_state().items()}
     out["held"] = {n: int(p.numel()) for n, p in trainer.model.named_parameters()}

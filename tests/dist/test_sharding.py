@@ -183,3 +183,42 @@ def test_in_one_process_computed_rows_are_the_function_of_the_asked_ids():
     assert out.shape == (2, 2, 3) and torch.equal(out, FEATURES[ids] * 2)
     assert seen == [[0, 3, 6]]  # each distinct row once
     assert (placement.rows_asked, placement.rows_computed) == (0, 3)
+
+
+def gradient_sent_before_the_work_in_between(rank: int, world: int) -> list[str]:
+    """Rows gathered while something else is computed (as the users' rows travel while the items
+    are projected): the order in which the backward sends their gradient and runs that work."""
+    from margo_dist.dist import comm as comm_module
+
+    events: list[str] = []
+    send_back = comm_module._ColumnBlocks.send_back
+
+    def recorded(comm: TorchComm, grad: torch.Tensor, width: int, bounds: list[int]):
+        events.append("gradient sent")
+        return send_back(comm, grad, width, bounds)
+
+    comm_module._ColumnBlocks.send_back = staticmethod(recorded)  # this worker process only
+
+    class InBetween(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            events.append("work in between")
+            return grad * 2
+
+    placement = Placement(TorchComm(), np.zeros(1, np.int64), OWNER)
+    local = WIDE.index_select(0, placement.owned(ITEM)).requires_grad_()
+    pending = placement.start_gather_columns(ITEM, local)
+    other = InBetween.apply(torch.ones(3, dtype=torch.float64, requires_grad=True))
+    block = pending.wait()
+    (block.sum() + other.sum()).backward()
+    return events
+
+
+def test_a_gathered_rows_gradient_travels_while_the_backward_of_the_work_in_between_runs():
+    # a hook on the gathered rows would send only once the gather's own backward is due, after
+    # the work in between: the transfer would not overlap it
+    assert run_workers(gradient_sent_before_the_work_in_between, 3) == [["gradient sent", "work in between"]] * 3

@@ -275,3 +275,20 @@ def test_the_blocks_ratings_sum_to_the_modality_ratings(bounds):
         assert torch.equal(parts[0], modality_ratings(eu, ei))
     if bounds == [0, 4, 8]:  # a block of one slice rates that slice alone
         assert torch.equal(parts[0][:, 1], torch.zeros(6)) and torch.equal(parts[1][:, 0], torch.zeros(6))
+
+
+def test_a_whole_graph_backward_completes_the_dense_gradients_in_the_declared_order(setup):
+    """The widest modality (6-d here) is projected last, so its gradients come first; the order
+    the dense gradients' sums over the workers start in (dist/gradients.py) is this one."""
+    _, g, feats, _, model = setup
+    assert model.encoder.projection_order == [1, 0]
+    done: list[int] = []
+    for p in model.parameter_groups()["dense"]:
+        p.register_post_accumulate_grad_hook(lambda q: done.append(id(q)))
+    users_c, items_c = model.encode_columns(g, feats)
+    (users_c.sum() + (items_c * torch.arange(1.0, 9.0)).sum()).backward()
+    order = model.dense_gradient_order()
+    assert done == [id(p) for p in order]
+    assert {id(p) for p in order} == {id(p) for p in model.parameter_groups()["dense"]}
+    assert order[-1] is model.encoder.projections[1].w1 and order[0] is model.encoder.projections[0].b2
+    assert build_model(N_USERS, N_ITEMS, [], ModelConfig(variant="lightgcn"), seed=0).dense_gradient_order() == []
