@@ -43,7 +43,8 @@ class GradientSum:
         self._ready = [False] * len(self.params)
         self._next = 0  # the first parameter whose all-reduce has not started
         self._started: list[Any] = []
-        self._hooks = [p.register_post_accumulate_grad_hook(self._accumulated) for p in self.params]
+        for p in self.params:
+            p.register_post_accumulate_grad_hook(self._accumulated)
 
     def _accumulated(self, param: Tensor) -> None:
         """Autograd has accumulated ``param``'s gradient: start every all-reduce now due in order."""
@@ -69,9 +70,3 @@ class GradientSum:
         self._started, self._next = [], 0
         self._ready = [False] * len(self.params)
         return float(tail[-1])
-
-    def close(self) -> None:
-        """Remove the gradient hooks."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
