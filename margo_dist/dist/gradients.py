@@ -57,10 +57,10 @@ class GradientSum:
 
     def finish(self, loss: Tensor) -> float:
         """After the backward: every gradient summed in place; returns ``loss`` (this worker's
-        part of the step's loss, a 0-d tensor) summed over the workers."""
+        part of the step's loss, a detached 0-d tensor) summed over the workers."""
         rest = [p.grad for p in self.params[self._next:] if p.grad is not None]
         dtype = rest[0].dtype if rest else torch.float64
-        tail = self.comm.all_reduce_(torch.cat([g.flatten() for g in rest] + [loss.detach().reshape(1).to(dtype)]))
+        tail = self.comm.all_reduce_(torch.cat([g.flatten() for g in rest] + [loss.reshape(1).to(dtype)]))
         offset = 0
         for g in rest:
             g.copy_(tail[offset: offset + g.numel()].view_as(g))
