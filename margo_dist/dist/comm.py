@@ -347,9 +347,11 @@ class _ColumnBlocks:
     when the columns do not split evenly)."""
 
     @staticmethod
-    def start(comm: TorchComm, send: Tensor, send_sizes: list[int], recv_sizes: list[int]) -> tuple[Any, Tensor]:
-        """Begin one all-to-all of a flat buffer; returns (work, received flat buffer)."""
-        received = send.new_empty(sum(recv_sizes))
+    def start(comm: TorchComm, send: Tensor, send_sizes: list[int], recv_sizes: list[int],
+              received: Tensor | None = None) -> tuple[Any, Tensor]:
+        """Begin one all-to-all of a flat buffer into ``received`` (a new flat buffer by default);
+        returns (work, received)."""
+        received = send.new_empty(sum(recv_sizes)) if received is None else received
         comm.bytes_sent += (sum(send_sizes) - send_sizes[comm.rank]) * send.element_size()
         if send.device == comm.device:
             return comm._dist.all_to_all_single(received, send, recv_sizes, send_sizes, async_op=True), received
@@ -386,10 +388,13 @@ class _GatherColumns(torch.autograd.Function):
             block[:n] = local[:, a:b]
             block[n:] = 0
         sizes = _ColumnBlocks.sizes(width, bounds)
-        work, received = _ColumnBlocks.start(comm, send, sizes, [sizes[comm.rank]] * comm.world_size)
-        flight["work"] = work
+        # the output is the buffer itself, not a view of a flat one: where the collective is
+        # staged through host memory (gloo, GPU tensors) the result is copied into it after
+        # this forward, and autograd refuses an in-place change to a custom Function's view
+        out = local.new_empty((comm.world_size * width, bounds[comm.rank + 1] - bounds[comm.rank]))
+        flight["work"], _ = _ColumnBlocks.start(comm, send, sizes, [sizes[comm.rank]] * comm.world_size, out.view(-1))
         ctx.comm, ctx.width, ctx.bounds, ctx.n, ctx.flight = comm, width, bounds, n, flight
-        return received.view(comm.world_size * width, bounds[comm.rank + 1] - bounds[comm.rank])
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]

@@ -290,6 +290,7 @@ class Trainer:
         own_local = self.placement.spaces[ITEM].local_index.index_select(0, out_items.cpu()).to(flat.device)
 
         def encoded(local_rows: Tensor) -> Tensor:
+            local_rows = local_rows.to(own_local.device)  # the owners' requests arrive on the host
             where = torch.searchsorted(own_local, local_rows).clamp(max=max(own_local.numel() - 1, 0))
             if local_rows.numel() and (own_local.numel() == 0 or bool((own_local[where] != local_rows).any())):
                 raise RuntimeError(f"rank {self.comm.rank} was asked for the vectors of items it did not encode "

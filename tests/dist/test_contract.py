@@ -103,6 +103,16 @@ def worker(rank: int, world: int, data_dir: str, variant: str, n_steps: int, eva
     return steps(TorchComm(), data_dir, variant, n_steps, evaluate, batch_size, extra, shards)
 
 
+def staged_worker(rank: int, world: int, data_dir: str, variant: str, n_steps: int, evaluate: bool,
+                  batch_size: int = 256, extra: tuple[str, ...] = ()) -> dict:
+    """A worker whose communicator stages every collective through a host copy, as gloo does for
+    workers whose tensors are on a GPU (``dist.gpus_per_worker=0.5``): on a CPU-only machine
+    ``cpu:0`` is a device other than the tensors' ``cpu``, so each collective takes that path."""
+    comm = TorchComm()
+    comm.device = torch.device("cpu", 0)
+    return steps(comm, data_dir, variant, n_steps, evaluate, batch_size, extra)
+
+
 def max_rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
 
@@ -132,6 +142,21 @@ def test_a_sampled_step_at_two_workers_and_fanout_minus_one_equals_the_local_ful
         assert dist[rank]["losses"][0] == pytest.approx(local["losses"][0], rel=1e-5)
         for name, value in local["state"].items():
             assert max_rel_error(dist[rank]["state"][name], value) <= 1e-5, name
+
+
+@pytest.mark.parametrize("variant,extra", [("margo", ()), ("dragon", ()), ("margo", tuple(ALL_NEIGHBOURS))],
+                         ids=["margo-full", "dragon-full", "margo-sampled"])
+def test_collectives_staged_through_host_memory_take_the_local_step(data_dir, variant, extra):
+    """Two workers sharing one GPU run gloo on host copies of their tensors (``_Staged``): the
+    same step, including the column gather whose result is copied in after its forward."""
+    local = steps(LocalComm(), data_dir, variant, 2, evaluate=True, extra=extra)
+    dist = run_workers(staged_worker, 2, data_dir, variant, 2, True, 256, extra)
+    for rank in range(2):
+        assert dist[rank]["losses"] == pytest.approx(local["losses"], rel=1e-5)
+        for name, value in local["state"].items():
+            assert max_rel_error(dist[rank]["state"][name], value) <= 1e-5, name
+        for metric, value in local["valid"].items():
+            assert dist[rank]["valid"][metric] == pytest.approx(value, abs=1e-12), metric
 
 
 @pytest.mark.parametrize("mode", ["full", "sampled"])
