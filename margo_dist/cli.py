@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from typing import Callable
 
 from margo_dist.errors import MargoError
@@ -142,9 +143,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from margo_dist.train.report import evaluate_run, format_table
 
     result = evaluate_run(args.run)
-    print(format_table([("valid", result["valid"]), ("test", result["test"])]))
-    if args.json:
+    if args.json:  # stdout is then the JSON alone, for a program to read
         print(json.dumps(result))
+    else:
+        print(format_table([("valid", result["valid"]), ("test", result["test"])]))
     return 0
 
 
@@ -153,7 +155,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from margo_dist.train.report import recommend
 
     out = args.out or mio.join(args.run, f"recommendations_top{args.k}.parquet")
-    n = recommend(args.run, args.k, out)
+    with warnings.catch_warnings(record=True) as caught:  # one line each, without warnings' source line
+        warnings.simplefilter("always")
+        n = recommend(args.run, args.k, out)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     print(f"wrote {n} rows to {out}")
     return 0
 
@@ -254,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="Ray cluster steps").add_subparsers(dest="cluster_command",
                                                                                  required=True)
     p = cluster.add_parser("check", help="nodes, CPUs/GPUs, token auth and storage reachability of a cluster")
-    p.add_argument("--address", default=None, help="HOST:PORT of the head (default: RAY_ADDRESS)")
+    p.add_argument("--address", default=None,
+                   help="HOST:PORT or ray://HOST:PORT of the head, auto (the running one) or local (a private "
+                        "instance here) (default: RAY_ADDRESS)")
     p.add_argument("--storage", default=None, help="a run-folder URL to test from every node")
     p.set_defaults(func=cmd_cluster_check)
 

@@ -8,6 +8,7 @@ plain dict: convert it with :func:`from_dict` on the worker function's first lin
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ import yaml
 
 from margo_dist.errors import ConfigError
 from margo_dist.model.variants import VARIANTS
+
+
+MERGE = "merge"  # field metadata: a mapping given for this field updates its value instead of replacing it
+FANOUT_RELATIONS = ("ui", "iu", "ii", "uu")  # graph/sample.py's relations
 
 
 @dataclass
@@ -102,8 +107,11 @@ class SamplerConfig:
     # sampled against full lost 4.7% test Recall@20 at 10, 3.3% at 20, 1.9% at 40. A step
     # reaches ~90% of the items even at 5 (tools/bench_sampling_curve.py), so train.mode
     # stays full; lower fan-outs trade accuracy for speed.
+    # a partial mapping (e.g. sampler.fanouts={ui: [10, 10]}) updates these relations and
+    # keeps the others' defaults: a relation left out would otherwise silently take all neighbours
     fanouts: dict[str, list[int]] = field(
-        default_factory=lambda: {"ui": [40, 40], "iu": [40, 40], "ii": [10], "uu": [20]}
+        default_factory=lambda: {"ui": [40, 40], "iu": [40, 40], "ii": [10], "uu": [20]},
+        metadata={MERGE: True},
     )
     num_workers: int = 1  # DataLoader processes that sample while the main process computes
 
@@ -133,12 +141,18 @@ class DistConfig:
     # tensors through host memory (workers that share a GPU: nccl refuses two ranks on one)
     backend: str = ""
     cpus_per_worker: int = 1
-    max_failures: int = 0  # worker-group restarts Ray Train may make (FailureConfig)
+    # worker-group restarts Ray Train may make (FailureConfig): one lost worker restarts the
+    # group from the latest checkpoint instead of failing the run
+    max_failures: int = 2
     timeout_s: int = 300  # a collective that hangs fails after this long (TorchConfig)
     ray_log_level: str = "WARNING"  # Ray Train's own log lines (LoggingConfig); INFO shows every report
     # shard set whose owner arrays place the rows (`margo-dist data partition --parts N`);
     # empty: a METIS shard set made on first use, cached by the graph's hash
     shards: str = ""
+    # the Ray cluster a run joins (dist/ray_session.py): "local" starts a private instance on
+    # 127.0.0.1 that ignores any other on the machine, "auto" joins the running one, HOST:PORT
+    # or ray://HOST:PORT that one; empty: RAY_ADDRESS when set, else "local"
+    address: str = ""
 
 
 @dataclass
@@ -216,11 +230,41 @@ class Config:
         levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
         if self.dist.ray_log_level not in levels:
             raise ConfigError(f"dist.ray_log_level={self.dist.ray_log_level!r} must be one of {', '.join(levels)}")
+        from margo_dist.dist.ray_session import address_problem
+
+        problem = address_problem(self.dist.address)
+        if problem:
+            raise ConfigError(f"dist.address={self.dist.address!r}: {problem}")
         unknown = set(self.graph.knn_mix) - set(self.data.modalities)
         if unknown:
             raise ConfigError(f"graph.knn_mix names {sorted(unknown)}, not in data.modalities={self.data.modalities}")
         if self.train.select_metric.split("@")[0] not in ("recall", "ndcg"):
             raise ConfigError(f"train.select_metric={self.train.select_metric!r} must be recall@K or ndcg@K")
+        self._check_fanouts()
+
+    def _check_fanouts(self) -> None:
+        """Relations and entries of ``sampler.fanouts`` always; list lengths only where
+        train.mode=sampled reads them (a full-mode run with model.n_layers=3 keeps the defaults)."""
+        fanouts = self.sampler.fanouts
+        unknown = sorted(set(fanouts) - set(FANOUT_RELATIONS))
+        if unknown:
+            raise ConfigError(f"sampler.fanouts names unknown relation(s) {unknown}; "
+                              f"the relations are {list(FANOUT_RELATIONS)}")
+        for rel, values in fanouts.items():
+            if any(v == 0 or v < -1 for v in values):
+                raise ConfigError(f"sampler.fanouts.{rel}={values}: each entry is -1 (all neighbours) or > 0")
+        if self.train.mode != "sampled":
+            return
+        steps = 0 if VARIANTS[self.model.variant].encoder == "bpr_mf" else self.model.n_layers
+        for rel, values in fanouts.items():
+            per_step = rel in ("ui", "iu")
+            if per_step and steps == 0:  # BPR-MF propagates nothing: its ui/iu fan-outs are not read
+                continue
+            want = steps if per_step else 1
+            if len(values) != want:
+                why = f"one per propagation step, model.n_layers={steps}" if per_step else "one layer"
+                raise ConfigError(f"sampler.fanouts.{rel}={values} has {len(values)} entries; "
+                                  f"train.mode=sampled needs {want} ({why})")
 
 
 def _type_name(tp: Any) -> str:
@@ -228,11 +272,14 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    """Check ``value`` against the annotation ``tp``; ints, and strings ``float()`` reads, are
+    accepted for floats (PyYAML 1.1 reads ``1e-3`` as a string), but NaN and infinity are not."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}) in {source}")
     if origin in (typing.Union, types.UnionType):
+        if isinstance(value, str) and str in args:  # a string stays one: no number parsing for str
+            return value
         for arg in args:
             try:
                 return _coerce(value, arg, key, source)
@@ -267,9 +314,15 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         raise bad
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):
+            raise bad from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}={value!r} in {source}: NaN and infinity are not allowed; give a finite number")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -279,7 +332,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 
 def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
     hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
+    fields = dataclasses.fields(obj)
+    names = {f.name for f in fields}
+    merges = {f.name: f.metadata.get(MERGE, False) for f in fields}
     for name, value in values.items():
         key = f"{prefix}{name}"
         if name not in names:
@@ -290,18 +345,48 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
                 raise ConfigError(f"{key}: expected a mapping, got {value!r} in {source}")
             _apply(current, value, f"{key}.", source)
         else:
-            setattr(obj, name, _coerce(value, hints[name], key, source))
+            value = _coerce(value, hints[name], key, source)
+            if merges.get(name):
+                value = {**current, **value}
+            setattr(obj, name, value)
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+def _annotation(obj: Any, parts: list[str]) -> Any:
+    """The annotation of the field ``parts`` names under the dataclass ``obj``; None where none does."""
+    tp: Any = type(obj)
+    for part in parts:
+        if not (dataclasses.is_dataclass(tp) and isinstance(tp, type)):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp
+
+
+def _hash_count(value: Any) -> int:
+    """How many '#' the strings of a parsed YAML value hold (fewer than its text: YAML cut a comment)."""
+    if isinstance(value, str):
+        return value.count("#")
+    if isinstance(value, dict):
+        return sum(_hash_count(k) + _hash_count(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_hash_count(v) for v in value)
+    return 0
+
+
+def _parse_override(text: str, obj: Any) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} on the command line is not of the form key=value")
     key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r} on the command line: value is not valid YAML ({exc})") from exc
-    return key.strip().split("."), value
+    if _hash_count(value) < raw.count("#"):
+        if _annotation(obj, parts) is str:
+            return parts, raw
+        raise ConfigError(f"override {text!r} on the command line: YAML would read '#' as a comment and drop "
+                          "the text after it, and an override has no comments; remove it, or quote a string")
+    return parts, value
 
 
 def from_dict(values: dict[str, Any], source: str = "a dict") -> Config:
@@ -324,7 +409,14 @@ T = typing.TypeVar("T")
 
 def load_into(obj: T, path: str | None = None, overrides: list[str] | None = None) -> T:
     """Fill the dataclass tree ``obj`` from YAML ``path``, then ``key=value`` overrides:
-    unknown keys and wrong types are errors naming the key and where it came from."""
+    unknown keys and wrong types are errors naming the key and where it came from.
+
+    An override splits at its first ``=``; the text after it is read as YAML (lists,
+    mappings, numbers, booleans: ``train.topk=[10,20]``, ``sampler.fanouts={ui: [40, 40]}``),
+    but an override has no comment syntax. Where YAML would take a ``#`` for the start of
+    a comment (``run.dir=runs/a #1``), a str key gets the text as it is and any other key
+    is refused, never silently cut. A ``#`` inside a word or a quoted string is kept.
+    """
     if path:
         from margo_dist.data.io import open_url
 
@@ -339,7 +431,7 @@ def load_into(obj: T, path: str | None = None, overrides: list[str] | None = Non
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         _apply(obj, values, "", path)
     for text in overrides or []:
-        parts, value = _parse_override(text)
+        parts, value = _parse_override(text, obj)
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}

@@ -200,6 +200,9 @@ def _read_inter(url: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise DataError(f"{url}: file not found")
     with dio.open_url(url, "rb") as fh:
         raw = fh.read()
+    if not raw.strip():
+        raise DataError(f"{url}: the file is empty; expected a header line with columns "
+                        f"{', '.join(MMREC_COLUMNS)}, then one interaction per line")
     end = raw.find(b"\n")
     header_line = raw[: end if end >= 0 else len(raw)].rstrip(b"\r").decode("utf-8", errors="replace").lstrip("\ufeff")
     if not header_line.strip():
@@ -212,6 +215,8 @@ def _read_inter(url: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     raw = raw.rstrip(b"\r\n")
+    if b"\n" not in raw:  # pyarrow's own words for this are about skipping rows and block sizes
+        raise DataError(f"{url} has a header but no interactions: one line per (user, item) pair must follow it")
     blank = min((p for p in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if p >= 0), default=-1)
     if blank >= 0:  # refused so that "row N" is always "line N + 1"
         lineno = raw[:blank].count(b"\n") + 2

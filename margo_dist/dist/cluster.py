@@ -1,6 +1,6 @@
 """What the cluster can see: ``margo-dist cluster check``, and the storage check before a run.
 
-``check`` connects to the cluster (``--address`` or ``RAY_ADDRESS``) and reports its
+``check`` joins the cluster (``--address`` or ``RAY_ADDRESS``, as ``dist.address``) and reports its
 live nodes, CPUs and GPUs, whether the job API asks for a token (a request without one
 is refused), and whether a storage URL is writable and readable from every node (one
 task per node writes, reads back and removes a small file there).
@@ -54,19 +54,26 @@ def _token_auth(dashboard: str) -> bool | None:
 
 
 def check(address: str | None, storage: str | None) -> dict[str, Any]:
-    """The facts ``cluster check`` prints, as a dict."""
+    """The facts ``cluster check`` prints, as a dict.
+
+    ``address`` (or ``RAY_ADDRESS``) is joined as ``dist.address`` would be
+    (:func:`margo_dist.dist.ray_session.ray_session`): a refused, unreachable or token-protected
+    head fails in seconds with one line; ``local`` checks a private instance on this machine.
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        raise ConfigError("cluster check: no cluster to check; pass --address HOST:PORT or set RAY_ADDRESS")
-    context = ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    try:
+    from margo_dist.dist.ray_session import ray_session
+
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        raise ConfigError("cluster check: no cluster to check; pass --address HOST:PORT (or auto, or local) or "
+                          "set RAY_ADDRESS")
+    lines: list[str] = []
+    with ray_session(address or "", lines.append, log_to_driver=False, logging_level="ERROR",
+                     key="--address") as joined:
         nodes = [n for n in ray.nodes() if n["Alive"]]
-        resources = ray.cluster_resources()
-        out: dict[str, Any] = {"address": address, "nodes": len(nodes), "cpus": resources.get("CPU", 0.0),
-                               "gpus": resources.get("GPU", 0.0), "token_auth": _token_auth(context.dashboard_url),
+        out: dict[str, Any] = {"address": joined.address, "joined": lines[0], "nodes": joined.nodes,
+                               "cpus": joined.cpus, "gpus": joined.gpus, "token_auth": _token_auth(joined.dashboard),
                                "storage": storage, "storage_errors": {}}
         if storage:
             probe = ray.remote(num_cpus=0)(_probe)
@@ -74,16 +81,13 @@ def check(address: str | None, storage: str | None) -> dict[str, Any]:
                 n["NodeID"], soft=False)).remote(storage) for n in nodes}
             out["storage_errors"] = {node: err for node, err in zip(refs, ray.get(list(refs.values()))) if err}
         return out
-    finally:
-        ray.shutdown()
 
 
 def report(facts: dict[str, Any]) -> str:
     """The check as lines a person reads."""
     auth = {True: "on (the job API refuses a request without the token)",
             False: "OFF (anyone who reaches the dashboard port can submit jobs)", None: "unknown (no dashboard)"}
-    lines = [f"cluster {facts['address']}: {facts['nodes']} live node(s), {facts['cpus']:g} CPU(s), "
-             f"{facts['gpus']:g} GPU(s)", f"token auth: {auth[facts['token_auth']]}"]
+    lines = [facts["joined"], f"token auth: {auth[facts['token_auth']]}"]
     if facts["storage"]:
         bad = facts["storage_errors"]
         if bad:

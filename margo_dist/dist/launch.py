@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from margo_dist.config import Config, from_dict, to_dict
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import Dataset
-from margo_dist.errors import ConfigError, DataError
+from margo_dist.errors import ConfigError, DataError, MargoError
 
 if TYPE_CHECKING:
     from margo_dist.graph.build import GraphArtifacts
@@ -174,21 +174,60 @@ def worker_main(config: dict[str, Any]) -> None:
     trainer.fit()
 
 
+def restart_line(run: str, failures: int, max_failures: int, worker_exceptions: dict[int, BaseException]) -> str:
+    """The driver log's line for the ``failures``-th failure of a run's worker group: which
+    ranks failed and why, and whether Ray Train restarts the group."""
+    causes = "; ".join(f"rank {rank}: {failure_cause(exc)}" for rank, exc in sorted(worker_exceptions.items()))
+    then = (f"Ray Train restarts the worker group from the latest checkpoint (restart {failures} of "
+            f"dist.max_failures={max_failures})" if failures <= max_failures else
+            f"no restart left (dist.max_failures={max_failures}): the run fails")
+    return f"{run}: worker group failed ({causes}); {then}"
+
+
+def failure_cause(exc: BaseException) -> str:
+    """A worker's error as one short line: its type and the first line of its message."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
+def restart_callback(cfg: Config) -> Any:
+    """A Ray Train callback that logs :func:`restart_line` once per worker-group failure.
+
+    It runs in Ray Train's controller, whose output Ray forwards to the driver's log. Ray
+    Train V2 calls ``after_exception`` once per failed poll of the group, before its failure
+    policy restarts the group (up to ``max_failures`` times) or ends the run.
+    """
+    from ray.train import UserCallback
+
+    run, max_failures = run_name(cfg.run.dir), cfg.dist.max_failures
+
+    class RestartLines(UserCallback):
+        def __init__(self) -> None:
+            self.failures = 0
+
+        def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+            self.failures += 1
+            _worker_log(restart_line(run, self.failures, max_failures, worker_exceptions))
+
+    return RestartLines()
+
+
 def train_distributed(cfg: Config, log: Callable[[str], None] = print, callbacks: list[Any] | None = None
                       ) -> dict[str, Any]:
     """Run ``cfg`` on ``dist.workers`` Ray Train workers; returns the run's summary.
 
-    Joins the Ray cluster at ``RAY_ADDRESS`` (or a running local head) and starts a
-    local one otherwise. ``callbacks`` go to Ray Train's ``RunConfig`` (a Tune trial
-    passes ``TuneReportCallback``, which forwards rank 0's reports to Tune).
+    Ray is joined by ``dist.address`` (``dist.ray_session``: a private local instance by
+    default); a request the cluster cannot hold is refused before any worker starts.
+    ``callbacks`` go to Ray Train's ``RunConfig`` (a Tune trial passes
+    ``TuneReportCallback``, which forwards rank 0's reports to Tune). Ctrl-C or SIGTERM
+    stops the workers and ends with a :class:`MargoError`; the same command resumes.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from margo_dist.data.synth import dataset_url
     from margo_dist.dist.cluster import require_shared_storage
-    from margo_dist.dist.coordination import coordinator_name, start_coordinator
+    from margo_dist.dist.coordination import start_coordinator
+    from margo_dist.dist.ray_session import check_resources, interrupts, ray_session, run_needs
     from margo_dist.data.formats import read_dataset_cfg
     from margo_dist.graph.source import load_graph_source
     from margo_dist.graph.tensors import knn_mix_weights
@@ -210,37 +249,62 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print, callbacks
         # failure must resume from this run's own checkpoints, not start over again
         RunDir(cfg.run.dir).remove(CHECKPOINT)
         cfg.run.resume = True
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
-    coordinator = None
+    received: list[str] = []
     try:
-        require_shared_storage({"run.dir": cfg.run.dir, "data.path": cfg.data.path})
-        coordinator = start_coordinator(cfg)
-        storage = None if "://" in cfg.run.dir else os.path.join(cfg.run.dir, "ray")
-        backend = cfg.dist.backend or ("nccl" if cfg.dist.use_gpu else "gloo")
-        resources: dict[str, float] = {"CPU": cfg.dist.cpus_per_worker}
-        if cfg.dist.use_gpu:
-            resources["GPU"] = cfg.dist.gpus_per_worker
-        trainer = TorchTrainer(
-            worker_main, train_loop_config=to_dict(cfg),
-            scaling_config=ScalingConfig(num_workers=n, use_gpu=cfg.dist.use_gpu, resources_per_worker=resources),
-            torch_config=TorchConfig(backend=backend, timeout_s=cfg.dist.timeout_s),
-            run_config=RunConfig(name=run_name(cfg.run.dir), storage_path=storage,
-                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
-                                 # Ray Train's per-report INFO lines would bury the epoch lines in the job log
-                                 logging_config=LoggingConfig(log_level=cfg.dist.ray_log_level)))
-        log(f"training on {n} Ray Train workers ({backend}{', GPU' if cfg.dist.use_gpu else ''}); "
-            f"owners from {cfg.dist.shards}")
-        result = trainer.fit()
-        if result.checkpoint is not None:
-            log(f"last checkpoint reported to Ray Train: {result.checkpoint.path}")
-        state = ray.get(coordinator.state_dict.remote())
-        log(f"coordinator {coordinator_name(cfg.run.dir)}: stages {list(state['results'])} done={state['done']}")
-    finally:
-        if coordinator is not None:
-            ray.kill(coordinator)
-        if started:
-            ray.shutdown()
+        with ray_session(cfg.dist.address, log) as joined, interrupts() as received:
+            check_resources(run_needs(cfg.dist), joined)
+            require_shared_storage({"run.dir": cfg.run.dir, "data.path": cfg.data.path})
+            coordinator = start_coordinator(cfg)
+            try:
+                _fit_run(cfg, coordinator, callbacks, log)
+            finally:
+                ray.kill(coordinator)
+    except KeyboardInterrupt:  # the private instance is shut down by now
+        raise MargoError(f"interrupted ({', '.join(received) or 'SIGINT'}): the workers of {cfg.run.dir} were "
+                         "stopped; the same command resumes the run from its latest checkpoint") from None
     return RunDir(cfg.run.dir).read_json(SUMMARY)
+
+
+def _fit_run(cfg: Config, coordinator: Any, callbacks: list[Any] | None, log: Callable[[str], None]) -> None:
+    """Build the ``TorchTrainer`` for ``cfg`` and fit it; Ctrl-C or SIGTERM kills its controller
+    (the workers with it) and goes on up as ``KeyboardInterrupt``.
+
+    Ray Train's own SIGINT handler is kept out: it asks the controller to abort (which waits on
+    a controller that is itself waiting, e.g. for resources), needs three Ctrl-C and then exits 0.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from margo_dist.dist.coordination import coordinator_name
+
+    n = cfg.dist.workers
+    storage = None if "://" in cfg.run.dir else os.path.join(cfg.run.dir, "ray")
+    backend = cfg.dist.backend or ("nccl" if cfg.dist.use_gpu else "gloo")
+    resources: dict[str, float] = {"CPU": cfg.dist.cpus_per_worker}
+    if cfg.dist.use_gpu:
+        resources["GPU"] = cfg.dist.gpus_per_worker
+    trainer = TorchTrainer(
+        worker_main, train_loop_config=to_dict(cfg),
+        scaling_config=ScalingConfig(num_workers=n, use_gpu=cfg.dist.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend=backend, timeout_s=cfg.dist.timeout_s),
+        run_config=RunConfig(name=run_name(cfg.run.dir), storage_path=storage,
+                             failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=[restart_callback(cfg), *(callbacks or [])],
+                             # Ray Train's per-report INFO lines would bury the epoch lines in the job log
+                             logging_config=LoggingConfig(log_level=cfg.dist.ray_log_level)))
+    log(f"training on {n} Ray Train workers ({backend}{', GPU' if cfg.dist.use_gpu else ''}); "
+        f"owners from {cfg.dist.shards}")
+    controllers: list[Any] = []
+    trainer._register_sigint_handler = controllers.append  # TorchTrainer.fit hands it its controller actor
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        for controller in controllers:
+            ray.kill(controller)
+        raise
+    if result.checkpoint is not None:
+        log(f"last checkpoint reported to Ray Train: {result.checkpoint.path}")
+    state = ray.get(coordinator.state_dict.remote())
+    log(f"coordinator {coordinator_name(cfg.run.dir)}: stages {list(state['results'])} done={state['done']}")

@@ -32,7 +32,7 @@ from margo_dist.train import checkpoint
 from margo_dist.train.batches import TripletSampler
 from margo_dist.train.coordinator import Coordinator, stages_of
 from margo_dist.train.metrics import csr_from_pairs, full_ranking_sums, weight_detection_auc
-from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
+from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir, claim, identity_diff
 
 if TYPE_CHECKING:
     from margo_dist.dist.coordination import RemoteCoordinator
@@ -589,9 +589,9 @@ class Trainer:
             if getattr(mine, key) != getattr(theirs, key):
                 raise MargoError(f"run.pretrained={self.cfg.run.pretrained} has model.{key}={getattr(theirs, key)}, "
                                  f"this run has {getattr(mine, key)}")
-        if other_cfg.data.modalities != self.cfg.data.modalities:
-            raise MargoError(f"run.pretrained={self.cfg.run.pretrained} has data.modalities="
-                             f"{other_cfg.data.modalities}, this run has {self.cfg.data.modalities}")
+        data_diff = identity_diff(other_cfg, self.cfg, "there", ("data.", "graph."))
+        if data_diff:  # stage 1 learnt other data or another graph
+            raise MargoError(f"run.pretrained={self.cfg.run.pretrained} was trained on other data ({data_diff})")
         if get_variant(theirs.variant).encoder != self.variant.encoder:
             raise MargoError(f"run.pretrained={self.cfg.run.pretrained} trained model.variant={theirs.variant} "
                              f"({get_variant(theirs.variant).encoder} encoder); this run's {self.variant.name} "
@@ -616,12 +616,15 @@ def epochs_trained(records: list[dict[str, Any]]) -> int:
 def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Load the data for ``cfg`` and run every stage; returns the summary.
 
-    ``dist.workers`` > 0 runs the same trainer on that many Ray Train workers.
+    ``dist.workers`` > 0 runs the same trainer on that many Ray Train workers. The run
+    folder is held for the run's life and must hold this experiment or nothing
+    (:func:`margo_dist.train.rundir.claim`).
     """
-    if cfg.dist.workers > 0:
-        from margo_dist.dist.launch import train_distributed
+    with claim(cfg, log):
+        if cfg.dist.workers > 0:
+            from margo_dist.dist.launch import train_distributed
 
-        return train_distributed(cfg, log)
-    torch.manual_seed(cfg.train.seed)
-    data = load_training_data(cfg)
-    return Trainer(cfg, data, log).fit()
+            return train_distributed(cfg, log)
+        torch.manual_seed(cfg.train.seed)
+        data = load_training_data(cfg)
+        return Trainer(cfg, data, log).fit()

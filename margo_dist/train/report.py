@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, VALID
+from margo_dist.data.prepare import ITEM_MAP, USER_MAP
 from margo_dist.data.synth import dataset_url
 from margo_dist.errors import MargoError
 from margo_dist.train.loop import Trainer, load_training_data
@@ -45,7 +47,9 @@ def evaluate_run(run_url: str, overrides: list[str] | None = None) -> dict[str, 
 def recommend(run_url: str, k: int, out_url: str, user_chunk: int = 4096) -> int:
     """Top-``k`` items per user (training items excluded) to Parquet; returns the row count.
 
-    Columns: user_id, rank (1-based), item_id, score.
+    Columns: user_id, user (the dataset's raw id; the internal id as text where the dataset
+    has no id map), rank (1-based), item_id, item, score. A user who saw all but ``n < k``
+    items in training gets ``n`` rows (a warning says so): the rest would be training items.
     """
     if k <= 0:
         raise MargoError(f"--k {k} must be > 0")
@@ -55,25 +59,45 @@ def recommend(run_url: str, k: int, out_url: str, user_chunk: int = 4096) -> int
     users_emb, items_emb = model.encode(trainer.whole_graph, trainer.features)
     uvec, ivec = model.score_vectors(stage, users_emb, items_emb)
     n_users, n_items = data.ds.n_users, data.ds.n_items
+    unseen = n_items - np.diff(data.train_csr[0])  # validated: no (user, item) pair twice
+    short = unseen < k
+    if short.any():
+        warnings.warn(f"--k {k} cut to the items a user did not see in training for {int(short.sum())} of "
+                      f"{n_users} users (down to {int(unseen.min())} items)", stacklevel=2)
+    dataset = dataset_url(trainer.cfg.data.path, progress=False)
+    raw_users = _raw_id_array(dataset, USER_MAP, n_users)
+    raw_items = _raw_id_array(dataset, ITEM_MAP, n_items)
     k = min(k, n_items)
+    rank = np.arange(1, k + 1, dtype=np.int32)
     parts: list[pa.RecordBatch] = []
     for start in range(0, n_users, user_chunk):
         stop = min(start + user_chunk, n_users)
         scores = uvec[start:stop] @ ivec.t()
         top_i = rank_topk(scores, train_mask(data.train_csr, np.arange(start, stop)), k, inplace=True)
         top_s = scores.gather(1, top_i)
-        users = np.repeat(np.arange(start, stop, dtype=np.int64), k)
+        keep = (rank[None, :] <= unseen[start:stop, None]).flatten()
+        users = np.repeat(np.arange(start, stop, dtype=np.int64), k)[keep]
+        items = top_i.flatten().cpu().numpy().astype(np.int64)[keep]
         parts.append(pa.record_batch({
-            "user_id": pa.array(users), "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), stop - start)),
-            "item_id": pa.array(top_i.flatten().cpu().numpy().astype(np.int64)),
-            "score": pa.array(top_s.flatten().float().cpu().numpy())}))
+            "user_id": pa.array(users), "user": pa.array(raw_users[users], pa.string()),
+            "rank": pa.array(np.tile(rank, stop - start)[keep]),
+            "item_id": pa.array(items), "item": pa.array(raw_items[items], pa.string()),
+            "score": pa.array(top_s.flatten().float().cpu().numpy()[keep])}))
     table = pa.Table.from_batches(parts)
     write_parquet(out_url, table)
     return table.num_rows
 
 
-def _raw_item_ids(url: str) -> dict[int, str]:
-    path = mio.join(url, "item_map.tsv")
+def _raw_id_array(url: str, name: str, n: int) -> np.ndarray:
+    """Raw id (str) of each internal id 0..n-1 from the dataset's map ``name``; the id as text
+    where there is no map or no entry."""
+    raw = _raw_ids(url, name)
+    return np.array([raw.get(i, str(i)) for i in range(n)], dtype=object)
+
+
+def _raw_ids(url: str, name: str = ITEM_MAP) -> dict[int, str]:
+    """Internal id -> raw id from a ``raw_id<TAB>id`` map of the dataset (data/prepare.py)."""
+    path = mio.join(url, name)
     if not mio.exists(path):
         return {}
     out: dict[int, str] = {}
@@ -117,7 +141,7 @@ def report(run_url: str, top: int = 10) -> str:
     if run.exists(WEIGHTS):
         table = run.read_table(WEIGHTS)
         cfg = run.load_config()
-        raw = _raw_item_ids(dataset_url(cfg.data.path, progress=False))
+        raw = _raw_ids(dataset_url(cfg.data.path, progress=False))
         item_ids = table.column("item_id").to_numpy()
         for name in [c for c in table.column_names if c != "item_id"]:
             w = table.column(name).to_numpy()

@@ -31,6 +31,7 @@ from typing import Any, Callable
 from margo_dist.config import Config, dump_yaml, from_dict, load_config, to_dict
 from margo_dist.data import io as mio
 from margo_dist.dist.launch import epoch_metrics
+from margo_dist.dist.ray_session import Needs, check_resources, ray_session, run_needs
 from margo_dist.errors import MargoError
 from margo_dist.model.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
 from margo_dist.train.loop import epochs_trained
@@ -116,6 +117,44 @@ def _phase_overrides(cfg: Config, phase: str, pretrained: str) -> Config:
     return cfg
 
 
+TRIAL_CPU = 0.01  # what a trial of Ray Train workers reserves itself (Tune refuses a trial with none)
+
+
+def trial_cpus(search: SearchConfig) -> float:
+    """CPUs a trial's own process reserves: a local trial its ``cpus_per_trial``; a trial of N
+    workers only waits on its TorchTrainer, whose workers reserve the CPUs."""
+    return search.cpus_per_trial if search.trial_workers == 0 else TRIAL_CPU
+
+
+def trial_needs(search: SearchConfig, base: Config) -> Needs:
+    """What one trial reserves on the cluster: its own process and its Ray Train workers."""
+    if search.trial_workers == 0:
+        return Needs(what=f"cpus_per_trial={search.cpus_per_trial}", bundles=1, cpus=search.cpus_per_trial)
+    cfg = copy.deepcopy(base.dist)
+    cfg.workers = search.trial_workers
+    needs = run_needs(cfg)
+    needs.what = needs.what.replace("dist.workers=", "trial_workers=", 1) + f" (+{TRIAL_CPU:g} for the trial)"
+    needs.extra_cpus = TRIAL_CPU
+    return needs
+
+
+def asha_clock(grace_period: int, max_epochs: int, n_stages: int) -> tuple[int, int, str]:
+    """ASHA's ``(max_t, grace_period)`` for trials of ``n_stages`` stages of ``max_epochs`` each,
+    and a note when the grace period had to be cut ('' otherwise).
+
+    max_t is one past the last epoch: ASHA stops a trial at max_t, which would cut it off
+    before it restores its best state and writes its summary. A grace period longer than a
+    trial (ASHA refuses one past max_t) is clamped to the trial's length: no trial is then
+    stopped early, which is what that grace period asked for.
+    """
+    epochs = max_epochs * n_stages
+    if grace_period <= epochs:
+        return epochs + 1, grace_period, ""
+    return epochs + 1, epochs, (f"asha.grace_period={grace_period} is longer than a trial's {epochs} training "
+                                f"epoch(s) (train.max_epochs={max_epochs} x {n_stages} stage(s)): clamped to "
+                                f"{epochs}, so ASHA stops no trial early")
+
+
 def run_phase(search: SearchConfig, base: Config, phase: str, space: dict[str, Dimension], pretrained: str = "",
               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """One Tune experiment in ``<dir>/<phase>`` (restored when it exists); one row per trial."""
@@ -130,9 +169,7 @@ def run_phase(search: SearchConfig, base: Config, phase: str, space: dict[str, D
     stages = [PRETRAIN] if phase == "stage1" else (get_variant(cfg.model.variant).stages[1:] if phase == "stage2"
                                                    else get_variant(cfg.model.variant).stages)
     metric = f"valid_{search.metric}"
-    # a trial of N workers only waits on its TorchTrainer, whose workers reserve the CPUs
-    # (Tune refuses a trial with no resources at all)
-    trainable = tune.with_resources(run_trial, {"cpu": search.cpus_per_trial if search.trial_workers == 0 else 0.01})
+    trainable = tune.with_resources(run_trial, {"cpu": trial_cpus(search)})
     path = os.path.join(root, phase)
     # Tune saves its experiment state after every step, not every few seconds: a driver
     # killed just after a trial ended must not find that trial unfinished on restore
@@ -142,12 +179,13 @@ def run_phase(search: SearchConfig, base: Config, phase: str, space: dict[str, D
         log(f"search phase {phase}: restoring {path} (finished trials are kept)")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        # max_t one past the last epoch: ASHA stops a trial at max_t, which would cut it off
-        # before it restores its best state and writes its summary
-        scheduler = (ASHAScheduler(time_attr="epochs_trained", max_t=cfg.train.max_epochs * len(stages) + 1,
-                                   grace_period=search.asha.grace_period,
-                                   reduction_factor=search.asha.reduction_factor)
-                     if search.asha.enabled else FIFOScheduler())
+        scheduler: Any = FIFOScheduler()
+        if search.asha.enabled:
+            max_t, grace, note = asha_clock(search.asha.grace_period, cfg.train.max_epochs, len(stages))
+            if note:
+                log(f"search phase {phase}: {note}")
+            scheduler = ASHAScheduler(time_attr="epochs_trained", max_t=max_t, grace_period=grace,
+                                      reduction_factor=search.asha.reduction_factor)
         param_space = {"_train": to_dict(cfg), "_root": root, "_phase": phase, **ray_space(space)}
         tuner = tune.Tuner(
             trainable, param_space=param_space,
@@ -337,9 +375,11 @@ _STAGE_ORDER = [PRETRAIN, CALIBRATE, DRAGON]
 # -- the whole search ------------------------------------------------------------------
 
 def run_search(search: SearchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the search; write best.yaml, trials.csv, search.json and search.png."""
-    import ray
+    """Run (or resume) the search; write best.yaml, trials.csv, search.json and search.png.
 
+    Ray is joined by the train config's ``dist.address`` (``dist.ray_session``); a trial
+    that the cluster cannot hold is refused before the search starts.
+    """
     from margo_dist.data.synth import dataset_url
     from margo_dist.train.loop import load_training_data
 
@@ -350,11 +390,9 @@ def run_search(search: SearchConfig, log: Callable[[str], None] = print) -> dict
     variant = get_variant(base.model.variant)
     one, two = search.stage_keys()
     staged = search.staged and bool(two) and variant.stages[:2] == (PRETRAIN, CALIBRATE)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     t0 = time.time()
-    try:
+    with ray_session(base.dist.address, log) as joined:
+        check_resources(trial_needs(search, base), joined, per=" per trial")
         if staged:
             rows1 = run_phase(search, base, "stage1", one, log=log)
             best1 = _best(rows1, "stage1", search.metric)
@@ -364,9 +402,6 @@ def run_search(search: SearchConfig, log: Callable[[str], None] = print) -> dict
             rows, final = rows1 + rows2, rows2
         else:
             rows = final = run_phase(search, base, "all", search.space, log=log)
-    finally:
-        if started:
-            ray.shutdown()
     best = _best(final, final[0]["phase"] if final else "all", search.metric)
     return _write_results(search, base, rows, best, staged, time.time() - t0, log)
 

@@ -188,7 +188,7 @@ def test_cluster_check_names_the_nodes_token_auth_and_storage(head, tmp_path):
     good = subprocess.run([*cmd, "--storage", str(tmp_path / "store")], env=env, capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert good.returncode == 0, good.stdout + good.stderr[-3000:]
-    assert "1 live node(s), 2 CPU(s), 0 GPU(s)" in good.stdout
+    assert "1 node(s), 2 CPU(s), 0 GPU(s)" in good.stdout and f"at {gcs}" in good.stdout
     assert "token auth: on" in good.stdout
     assert "writable and readable from all 1 node(s)" in good.stdout
     blocked = tmp_path / "file"

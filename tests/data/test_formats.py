@@ -251,3 +251,21 @@ def test_parquet_feature_matrix_fixed_and_variable_lists():
     with pytest.raises(DataError, match=r"f row 2, field feature, column 1: missing value"):
         formats.parquet_feature_matrix(pa.chunked_array([pa.array([[1.0, 2.0], [None, 3.0]])]), "f", name,
                                        fixed_size=False)
+
+
+@pytest.mark.parametrize("tail", ["", "\n", "\n\n"])
+def test_an_inter_file_with_a_header_only_is_named(tmp_path, tail):
+    folder = write_mmrec(tmp_path / "d", rows=[])
+    inter = os.path.join(folder, "toy.inter")
+    with open(inter, "w") as fh:
+        fh.write("userID\titemID\tx_label" + tail)
+    with pytest.raises(DataError, match=rf"^{inter} has a header but no interactions"):
+        read_dataset(folder)
+
+
+def test_an_empty_inter_file_is_named(tmp_path):
+    folder = write_mmrec(tmp_path / "d", rows=[])
+    inter = os.path.join(folder, "toy.inter")
+    open(inter, "w").close()
+    with pytest.raises(DataError, match=rf"^{inter}: the file is empty; expected a header line"):
+        read_dataset(folder)

@@ -71,6 +71,9 @@ def test_a_worker_killed_in_stage_two_resumes_there_with_the_same_result(data_di
             assert summary[split][key] == pytest.approx(value, abs=1e-6), (split, key)
     text = (tmp_path / "driver.log").read_text()
     assert "resuming" in text and "stage 2/2" in text
+    # the driver's log says once that the group failed, which rank, and that it restarts
+    restarts = [line for line in text.splitlines() if ": worker group failed (rank 1: " in line]
+    assert len(restarts) == 1 and restarts[0].endswith("(restart 1 of dist.max_failures=1)"), text[-3000:]
 
 
 KILL_IN_SAVE = """

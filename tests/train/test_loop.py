@@ -17,13 +17,6 @@ from margo_dist.train.report import evaluate_run, recommend, report
 TINY = SynthSpec(n_users=120, n_items=80, n_interactions=1200, modality_dims={"image": 12, "text": 8}, seed=0)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("syn") / "tiny")
-    write_synthetic(TINY, path, "mmrec")
-    return path
-
-
 def cfg_for(data_dir: str, run_dir: str, *extra: str):
     return load_config("configs/default.yaml", [
         f"data.path={data_dir}", f"run.dir={run_dir}", "train.max_epochs=2", "train.batch_size=256",

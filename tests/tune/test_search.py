@@ -244,3 +244,34 @@ def test_a_trial_whose_run_had_finished_reports_its_result_once_without_training
     assert _starts(str(run)) == 2
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 5  # nothing was trained again
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["alpha"] == 1.0
+
+
+def test_a_grace_period_longer_than_a_trial_is_clamped_to_the_trials_length():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from margo_dist.tune.search import asha_clock
+
+    assert asha_clock(1, 2, 2) == (5, 1, "")  # max_t one past the last of 2 x 2 epochs
+    max_t, grace, note = asha_clock(5, 2, 1)
+    assert (max_t, grace) == (3, 2)
+    assert note == ("asha.grace_period=5 is longer than a trial's 2 training epoch(s) (train.max_epochs=2 x 1 "
+                    "stage(s)): clamped to 2, so ASHA stops no trial early")
+    ASHAScheduler(time_attr="epochs_trained", max_t=max_t, grace_period=grace)  # ASHA takes it
+
+
+def test_a_trial_the_cluster_cannot_hold_is_refused_naming_the_numbers(tmp_path):
+    from margo_dist.dist.ray_session import Joined, check_resources
+    from margo_dist.errors import ConfigError
+    from margo_dist.tune.search import trial_needs
+
+    two = Joined(address="127.0.0.1:6379", how="test", nodes=1, cpus=2, gpus=0, largest={"CPU": 2, "GPU": 0})
+    search = load_search(str(search_file(tmp_path, space={}, trial_workers=2)))
+    needs = trial_needs(search, search.train_base())
+    assert needs.total == {"CPU": 2.01, "GPU": 0.0}  # two workers and the trial's own process
+    with pytest.raises(ConfigError, match=r"^trial_workers=2 x dist\.cpus_per_worker=1 \(\+0\.01 for the trial\) "
+                                          r"needs 2\.01 CPUs per trial; the cluster at 127\.0\.0\.1:6379 has 2\. "):
+        check_resources(needs, two, per=" per trial")
+    local = load_search(str(search_file(tmp_path, space={}, cpus_per_trial=3)))
+    with pytest.raises(ConfigError, match=r"^cpus_per_trial=3 needs 3 CPUs per trial"):
+        check_resources(trial_needs(local, local.train_base()), two, per=" per trial")
+    check_resources(trial_needs(load_search(str(search_file(tmp_path, space={}))), local.train_base()), two)
