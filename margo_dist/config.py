@@ -18,6 +18,7 @@ import yaml
 
 from margo_dist.errors import ConfigError
 from margo_dist.model.variants import VARIANTS
+from margo_dist.precision import PRECISIONS
 
 
 MERGE = "merge"  # field metadata: a mapping given for this field updates its value instead of replacing it
@@ -33,7 +34,9 @@ class DataConfig:
     name: str = ""  # MMRec stem of <name>.inter; empty: the folder's only *.inter file
     modalities: list[str] = field(default_factory=lambda: ["image", "text"])
     dedupe: bool = False  # drop duplicate (user, item) pairs instead of rejecting them
-    feature_dtype: str = "float32"  # float32 | float16 (memory for large feature tables)
+    # float32 | float16 | bfloat16: how the trainer holds the raw features (half the memory of
+    # the largest table; upcast inside the projection, or fed to its bf16 autocast as they are)
+    feature_dtype: str = "float32"
 
 
 @dataclass
@@ -46,6 +49,9 @@ class GraphConfig:
     # 0.1 image + 0.9 text when those are the modalities, else uniform.
     knn_mix: dict[str, float] = field(default_factory=dict)
     chunk_rows: int = 2048  # rows per block when computing similarities
+    # float32 | bfloat16 | auto: the item-kNN similarity products; bfloat16 picks k + margin
+    # candidates per item and re-scores them in float32 (graph/build.py item_knn)
+    knn_precision: str = "float32"
     cache_dir: str = ""  # empty: <data.path>/.margo_cache
     # URL of a shard set (`margo-dist data partition`) to load the graph from instead of
     # the artefact cache; empty: use the cache. Not part of the cache key.
@@ -89,6 +95,9 @@ class TrainConfig:
     test_split: bool = True
     mode: str = "full"  # full | sampled
     device: str = "cpu"
+    # float32 | bfloat16 | auto: the projection MLPs under bf16 autocast (float32 master weights,
+    # losses, θ and softmax); auto: bfloat16 where the device runs it natively (precision.py)
+    precision: str = "float32"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     progress: bool = True
 
@@ -172,7 +181,9 @@ class Config:
         checks = [
             ("model.variant", self.model.variant, tuple(VARIANTS)),
             ("data.format", self.data.format, ("mmrec", "parquet")),
-            ("data.feature_dtype", self.data.feature_dtype, ("float32", "float16")),
+            ("data.feature_dtype", self.data.feature_dtype, ("float32", "float16", "bfloat16")),
+            ("train.precision", self.train.precision, PRECISIONS),
+            ("graph.knn_precision", self.graph.knn_precision, PRECISIONS),
             ("model.fusion_scale", self.model.fusion_scale, ("one", "num_modalities")),
             ("train.mode", self.train.mode, ("full", "sampled")),
         ]

@@ -12,6 +12,12 @@ counter is reset after the inputs are loaded (``/proc/self/clear_refs``), with
     python tools/bench_graphs.py --quick
     python tools/bench_graphs.py --sizes tiny      # the smoke tests' size (tests/tools), seconds
     python tools/bench_graphs.py --sizes elec --steps knn:text,cooccurrence
+    python tools/bench_graphs.py --sizes elec --steps knn:image --precision float32,bfloat16
+
+``--precision`` runs every kNN step once per precision (bfloat16: candidates from bf16
+products, re-scored in float32; ``graph.knn_precision``) and reports, beside the time,
+the neighbour recall against the float32 lists, the rows recomputed exactly, and the
+bfloat16/float32 time ratio.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ class StepResult:
     peak_growth_mb: float
     output_mb: float
     peak_source: str
+    precision: str = "float32"
+    recall: float | None = None  # neighbour recall against the float32 lists (kNN, bfloat16)
+    rows_recomputed: int | None = None
 
 
 def _status_kb(field: str) -> int | None:
@@ -72,7 +81,8 @@ def _reset_peak() -> bool:
         return False
 
 
-def _run_step(step: str, workdir: str, item_k: int, user_k: int, chunk_rows: int) -> dict:
+def _run_step(step: str, workdir: str, item_k: int, user_k: int, chunk_rows: int, precision: str = "float32"
+              ) -> dict:
     """Child process: load the inputs of one step, reset the peak counter, run it."""
     from margo_dist.graph.build import item_knn, user_cooccurrence
 
@@ -89,8 +99,10 @@ def _run_step(step: str, workdir: str, item_k: int, user_k: int, chunk_rows: int
     reset = _reset_peak() and before_kb is not None
     ru_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
+    stats: dict[str, int] = {}
     if step.startswith("knn:"):
-        out = item_knn(feat, item_k, chunk_rows, name=modality)
+        out = item_knn(feat, item_k, chunk_rows, name=modality, precision=precision, stats=stats)
+        np.save(os.path.join(workdir, f"knn_{modality}_{precision}.npy"), out[0], allow_pickle=False)
     else:
         out = user_cooccurrence(user, item, n_users, n_items, user_k, chunk_rows)
     seconds = time.perf_counter() - start
@@ -102,7 +114,15 @@ def _run_step(step: str, workdir: str, item_k: int, user_k: int, chunk_rows: int
         growth_kb, source = ru_after - (before_kb or ru_before), "ru_maxrss"
     return dict(rows=rows, dim=dim, seconds=seconds, rss_before_mb=(before_kb or ru_before) / 1024,
                 peak_growth_mb=max(growth_kb, 0) / 1024, output_mb=sum(a.nbytes for a in out) / 2**20,
-                peak_source=source)
+                peak_source=source, precision=precision, rows_recomputed=stats.get("rows_recomputed"))
+
+
+def neighbour_recall(idx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row's exact neighbours that ``idx`` found."""
+    if exact.shape[1] == 0:
+        return 1.0
+    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(idx, exact))
+    return hits / exact.size
 
 
 def _steps(spec: dict) -> list[str]:
@@ -130,17 +150,25 @@ def _prepare(size: str, spec: dict, workdir: str, seed: int) -> float:
 
 
 def _table(results: list[StepResult]) -> str:
-    head = ("size", "step", "rows", "cols", "seconds", "RSS before MB", "peak growth MB", "output MB",
-            "dense rows^2 MB")
-    rows = [(r.size, r.step, f"{r.rows:,}", f"{r.dim:,}", f"{r.seconds:.1f}", f"{r.rss_before_mb:.0f}",
-             f"{r.peak_growth_mb:.0f}", f"{r.output_mb:.1f}", f"{r.rows * r.rows * 4 / 2**20:,.0f}")
+    head = ("size", "step", "precision", "rows", "cols", "seconds", "RSS before MB", "peak growth MB", "output MB",
+            "dense rows^2 MB", "recall", "recomputed")
+    rows = [(r.size, r.step, r.precision, f"{r.rows:,}", f"{r.dim:,}", f"{r.seconds:.1f}", f"{r.rss_before_mb:.0f}",
+             f"{r.peak_growth_mb:.0f}", f"{r.output_mb:.1f}", f"{r.rows * r.rows * 4 / 2**20:,.0f}",
+             "-" if r.recall is None else f"{r.recall:.4f}",
+             "-" if r.rows_recomputed is None else f"{r.rows_recomputed:,}")
             for r in results]
     widths = [max(len(h), *(len(row[c]) for row in rows)) for c, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     note = ("cols: feature dimension (knn) or items (cooccurrence); dense rows^2: what one float32 "
-            "n x n similarity matrix would take")
-    return "\n".join([line(head), sep, *(line(r) for r in rows), note])
+            "n x n similarity matrix would take; recall: neighbour recall against the float32 lists; "
+            "recomputed: rows a bfloat16 kNN recomputed exactly")
+    ratios = []
+    for r in results:
+        ref = next((x for x in results if (x.size, x.step, x.precision) == (r.size, r.step, "float32")), None)
+        if r.precision != "float32" and ref is not None:
+            ratios.append(f"[{r.size}] {r.step} {r.precision}/float32 time ratio: {r.seconds / ref.seconds:.2f}")
+    return "\n".join([line(head), sep, *(line(r) for r in rows), note, *ratios])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", default="",
                     help="comma-separated subset of knn:<modality>, cooccurrence (default: all)")
+    ap.add_argument("--precision", default="float32",
+                    help="comma-separated kNN precisions: float32, bfloat16 (float32 first gives the recall)")
     args = ap.parse_args(argv)
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if set(precisions) - {"float32", "bfloat16"}:
+        ap.error(f"--precision: {args.precision!r} holds other than float32, bfloat16")
     only = {s.strip() for s in args.steps.split(",") if s.strip()}
     sizes = ["quick"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
@@ -172,12 +205,18 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"bench-graphs-{size}-") as workdir:
             _prepare(size, SIZES[size], workdir, args.seed)
             for step in (s for s in _steps(SIZES[size]) if not only or s in only):
-                with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                    res = pool.submit(_run_step, step, workdir, args.item_k, args.user_k, args.chunk_rows).result()
-                results.append(StepResult(size=size, step=step, **res))
-                r = results[-1]
-                print(f"[{size}] {step}: {r.seconds:.1f}s, peak growth {r.peak_growth_mb:.0f} MB "
-                      f"({r.peak_source})", flush=True)
+                for precision in (precisions if step.startswith("knn:") else ["float32"]):
+                    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                        res = pool.submit(_run_step, step, workdir, args.item_k, args.user_k, args.chunk_rows,
+                                          precision).result()
+                    r = StepResult(size=size, step=step, **res)
+                    exact = os.path.join(workdir, f"knn_{step[4:]}_float32.npy")
+                    if precision != "float32" and os.path.exists(exact):
+                        r.recall = neighbour_recall(np.load(os.path.join(workdir, f"knn_{step[4:]}_{precision}.npy")),
+                                                    np.load(exact))
+                    results.append(r)
+                    print(f"[{size}] {step} {precision}: {r.seconds:.1f}s, peak growth {r.peak_growth_mb:.0f} MB "
+                          f"({r.peak_source})", flush=True)
     print()
     print(_table(results))
     return 0

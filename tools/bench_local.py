@@ -18,6 +18,11 @@ prints each round's sampled/full ratios and their medians.
     python tools/bench_local.py --workers 0,1 --threads 1 --repeat 3   # is sampling off the critical path?
     python tools/bench_local.py --fanouts "{ui: [10, 10], iu: [10, 10], ii: [10], uu: [20]}"
     python tools/bench_local.py --alternate 40 --threads 1   # one step of each mode in turn
+    python tools/bench_local.py --modes full --precision float32,bfloat16 --threads 2 --repeat 3
+
+``--precision`` runs each row per precision: ``bfloat16`` sets ``train.precision`` (the
+projection MLPs under bf16 autocast) and ``data.feature_dtype`` (the raw features held
+in bf16); the table then gives each bfloat16 row's epoch-time ratio to float32's.
 
 Reference (architecture/issue): MMRec's DRAGON takes about 100 s per epoch and 5 s per
 evaluation on this machine and shape; the arithmetic floor is about 15 s per epoch.
@@ -50,22 +55,24 @@ def dataset(shape: dict[str, int], root: str) -> str:
     return ensure_synthetic(spec, url)
 
 
-def bench_config(url: str, mode: str, fanouts: str, workers: int, threads: int) -> Config:
+def bench_config(url: str, mode: str, fanouts: str, workers: int, threads: int, precision: str = "float32"
+                 ) -> Config:
     """The training config of one mode's run: the default config on the bench dataset."""
     return load_config("configs/default.yaml", [
         f"data.path={url}", f"run.dir=memory://bench-{mode}", f"train.mode={mode}", "train.progress=false",
-        f"sampler.num_workers={workers}", f"train.threads={threads}",
-        *([f"sampler.fanouts={fanouts}"] if fanouts else [])])
+        f"sampler.num_workers={workers}", f"train.threads={threads}", f"train.precision={precision}",
+        f"data.feature_dtype={precision}", *([f"sampler.fanouts={fanouts}"] if fanouts else [])])
 
 
-def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, threads: int, queue: "mp.Queue") -> None:
+def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, threads: int, queue: "mp.Queue",
+             precision: str = "float32") -> None:
     import numpy as np
 
     from margo_dist.data.dataset import VALID
     from margo_dist.model.margo import CALIBRATE
     from margo_dist.train.loop import Trainer, load_training_data
 
-    cfg = bench_config(url, mode, fanouts, workers, threads)
+    cfg = bench_config(url, mode, fanouts, workers, threads, precision)
     t0 = time.time()
     trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
     setup_s = time.time() - t0
@@ -81,7 +88,7 @@ def run_mode(url: str, mode: str, fanouts: str, epochs: int, workers: int, threa
     trainer.evaluate(CALIBRATE, VALID)
     eval_s = time.time() - t2
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"mode": mode, "workers": workers, "setup_s": setup_s, "epoch_s": min(epoch_s),
+    queue.put({"mode": mode, "workers": workers, "precision": precision, "setup_s": setup_s, "epoch_s": min(epoch_s),
                "triplets_per_s": n_triplets / min(epoch_s), "eval_s": eval_s, "peak_rss_mb": peak,
                "batches": len(trainer.triplets)})
 
@@ -130,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alternate", type=int, default=0, metavar="STEPS",
                         help="instead of epochs: STEPS steps of each mode taken in turn in one process "
                              "(sampler processes: the first of --workers)")
+    parser.add_argument("--precision", default="float32",
+                        help="comma-separated: float32, bfloat16 (projection and stored features in bf16)")
     parser.add_argument("--root", default=os.path.join(margo_home(), "bench"))
     args = parser.parse_args(argv)
     shape = TINY if args.tiny else QUICK if args.quick else BABY
@@ -138,39 +147,52 @@ def main(argv: list[str] | None = None) -> None:
     if args.alternate > 0:
         print_alternate(url, args, ctx)
         return
-    runs = [(m, 0) for m in args.modes.split(",") if m != "sampled"]
+    modes = [(m, 0) for m in args.modes.split(",") if m != "sampled"]
     if "sampled" in args.modes.split(","):
-        runs += [("sampled", int(w)) for w in args.workers.split(",")]
+        modes += [("sampled", int(w)) for w in args.workers.split(",")]
+    runs = [(mode, workers, precision) for mode, workers in modes for precision in args.precision.split(",")]
     rounds = []
     for _ in range(args.repeat):
         rows = []
-        for mode, workers in runs:
+        for mode, workers, precision in runs:
             queue: mp.Queue = ctx.Queue()
             proc = ctx.Process(target=run_mode, args=(url, mode, args.fanouts, args.epochs, workers, args.threads,
-                                                      queue))
+                                                      queue, precision))
             proc.start()
             rows.append(queue.get())
             proc.join()
         rounds.append(rows)
     fanouts = args.fanouts or "configs/default.yaml's"
     ratios: dict[int, list[float]] = {}
+    precision_ratios: dict[tuple[str, int], list[float]] = {}
     for k, rows in enumerate(rounds):
         print(f"\ndataset {url}  (fan-outs for sampled: {fanouts}; round {k + 1}/{args.repeat})")
-        head = (f"{'mode':<8} {'samplers':>8} {'batches':>7} {'epoch s':>9} {'triplets/s':>11} {'eval s':>8} "
-                f"{'peak RSS MB':>12} {'setup s':>8}")
+        head = (f"{'mode':<8} {'samplers':>8} {'precision':>9} {'batches':>7} {'epoch s':>9} {'triplets/s':>11} "
+                f"{'eval s':>8} {'peak RSS MB':>12} {'setup s':>8}")
         print(head)
         print("-" * len(head))
         for r in rows:
             samplers = str(r["workers"]) if r["mode"] == "sampled" else "-"
-            print(f"{r['mode']:<8} {samplers:>8} {r['batches']:>7} {r['epoch_s']:>9.2f} {r['triplets_per_s']:>11.0f} "
-                  f"{r['eval_s']:>8.2f} {r['peak_rss_mb']:>12.0f} {r['setup_s']:>8.1f}")
-        full = [r for r in rows if r["mode"] == "full"]
+            print(f"{r['mode']:<8} {samplers:>8} {r['precision']:>9} {r['batches']:>7} {r['epoch_s']:>9.2f} "
+                  f"{r['triplets_per_s']:>11.0f} {r['eval_s']:>8.2f} {r['peak_rss_mb']:>12.0f} {r['setup_s']:>8.1f}")
+        base = {(r["mode"], r["workers"]): r for r in rows if r["precision"] == "float32"}
         for r in rows:
-            if r["mode"] == "sampled" and full:
+            ref = base.get((r["mode"], r["workers"]))
+            if r["precision"] != "float32" and ref is not None:
+                ratio = r["epoch_s"] / ref["epoch_s"]
+                precision_ratios.setdefault((r["mode"], r["workers"]), []).append(ratio)
+                print(f"{r['mode']} {r['precision']}/float32 epoch-time ratio: {ratio:.2f} (peak RSS "
+                      f"{r['peak_rss_mb']:.0f} against {ref['peak_rss_mb']:.0f} MB)")
+        full = [r for r in rows if r["mode"] == "full" and r["precision"] == "float32"]
+        for r in rows:
+            if r["mode"] == "sampled" and r["precision"] == "float32" and full:
                 ratio = r["epoch_s"] / full[0]["epoch_s"]
                 ratios.setdefault(r["workers"], []).append(ratio)
                 print(f"sampled ({r['workers']} sampler processes)/full epoch-time ratio: {ratio:.2f}")
     if args.repeat > 1:
+        for (mode, workers), values in precision_ratios.items():
+            print(f"{mode} ({workers} sampler processes) bfloat16/float32 epoch-time ratio per round: "
+                  f"{' '.join(f'{v:.2f}' for v in values)}; median {statistics.median(values):.2f}")
         for workers, values in ratios.items():
             print(f"sampled ({workers} sampler processes)/full epoch-time ratio per round: "
                   f"{' '.join(f'{v:.2f}' for v in values)}; median {statistics.median(values):.2f}")

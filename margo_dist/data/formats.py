@@ -39,7 +39,9 @@ from margo_dist.data.validate import INTERACTIONS, META, feature_key, row_ref, v
 from margo_dist.errors import ConfigError, DataError
 
 FORMATS = ("mmrec", "parquet")
-FEATURE_DTYPES = ("float32", "float16")
+# numpy has no bfloat16: a dataset read for bfloat16 holds float32 rows (memory-mapped where the
+# layout allows) and the trainer converts them (train/loop.py load_training_data)
+FEATURE_DTYPES = ("float32", "float16", "bfloat16")
 MMREC_COLUMNS = ("userID", "itemID", "x_label")
 PARQUET_COLUMNS = ("user_id", "item_id", "x_label")
 FEAT_SUFFIX = "_feat.npy"
@@ -66,7 +68,7 @@ def read_dataset_cfg(cfg: DataConfig) -> Dataset:
     if not cfg.path:
         raise ConfigError("data.path is empty: no dataset folder to read")
     return read_dataset(cfg.path, cfg.format, list(cfg.modalities) if cfg.modalities else None, cfg.name,
-                        cfg.dedupe, cfg.feature_dtype)
+                        cfg.dedupe, cfg.feature_dtype, mmap=cfg.feature_dtype == "bfloat16")
 
 
 def load_dataset(url: str, fmt: str = "mmrec", modalities: list[str] | None = None, name: str = "",
@@ -293,10 +295,11 @@ def _as_feature(arr: np.ndarray, url: str, feature_dtype: str) -> np.ndarray:
         raise DataError(f"{url}: feature array has shape {arr.shape}; expected 2-D [n_items, dim]")
     if arr.dtype.kind not in "fiub":
         raise DataError(f"{url}: feature array has dtype {arr.dtype}; expected a float array")
-    if arr.dtype == np.dtype(feature_dtype):
+    stored = "float32" if feature_dtype == "bfloat16" else feature_dtype
+    if arr.dtype == np.dtype(stored):
         return arr
     with np.errstate(over="ignore"):  # overflow to inf is reported by validate, with the row
-        return arr.astype(feature_dtype)
+        return arr.astype(stored)
 
 
 def _write_mmrec(ds: Dataset, url: str) -> None:

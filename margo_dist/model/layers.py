@@ -89,18 +89,31 @@ class _RunsAdd(torch.autograd.Function):
 
 
 class MLP(nn.Module):
-    """``W2 . leaky_relu(W1 f + b1) + b2``: the per-modality item projection (Eq. 1)."""
+    """``W2 . leaky_relu(W1 f + b1) + b2``: the per-modality item projection (Eq. 1).
 
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, generator: torch.Generator) -> None:
+    ``compute_dtype`` bfloat16 runs both products under autocast: bf16 operands with
+    float32 accumulation, float32 master weights (their gradients arrive in float32), and
+    a float32 output, so everything after the projection (propagation, fusion, losses)
+    stays float32. The input may be stored in float32, float16 or bfloat16.
+    """
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, generator: torch.Generator,
+                 compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.w1 = nn.Parameter(_uniform((d_hidden, d_in), d_in, generator))
         self.b1 = nn.Parameter(_uniform((d_hidden,), d_in, generator))
         self.w2 = nn.Parameter(_uniform((d_out, d_hidden), d_hidden, generator))
         self.b2 = nn.Parameter(_uniform((d_out,), d_hidden, generator))
+        self.compute_dtype = compute_dtype
 
     def forward(self, f: Tensor) -> Tensor:
-        h = nn.functional.leaky_relu(nn.functional.linear(f.to(self.w1.dtype), self.w1, self.b1))
-        return nn.functional.linear(h, self.w2, self.b2)
+        if self.compute_dtype == self.w1.dtype:
+            h = nn.functional.leaky_relu(nn.functional.linear(f.to(self.w1.dtype), self.w1, self.b1))
+            return nn.functional.linear(h, self.w2, self.b2)
+        with torch.autocast(f.device.type, dtype=self.compute_dtype):
+            h = nn.functional.leaky_relu(nn.functional.linear(f, self.w1, self.b1))
+            out = nn.functional.linear(h, self.w2, self.b2)
+        return out.to(self.w2.dtype)
 
 
 def _uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> Tensor:

@@ -39,14 +39,15 @@ class DragonEncoder(nn.Module):
     """
 
     def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig,
-                 generator: torch.Generator, table_seed: int, placement: Placement) -> None:
+                 generator: torch.Generator, table_seed: int, placement: Placement,
+                 compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.placement = placement
         self.n_users, self.n_items, self.dim = n_users, n_items, cfg.dim
         self.n_layers = cfg.n_layers
         self.n_slices = len(feature_dims)
         self.projections = nn.ModuleList(
-            [MLP(f, cfg.hidden_mult * cfg.dim, cfg.dim, generator) for f in feature_dims])
+            [MLP(f, cfg.hidden_mult * cfg.dim, cfg.dim, generator, compute_dtype) for f in feature_dims])
         self.preferences = nn.ModuleList(
             [placement.table(TableSpec.xavier(f"preferences.{k}", n_users, cfg.dim, table_seed), USER)
              for k in range(len(feature_dims))])
@@ -188,7 +189,7 @@ class Recommender(nn.Module):
     """An encoder plus the fusion weights: θ (items, MARGO) or user weights (DRAGON)."""
 
     def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int,
-                 placement: Placement | None = None) -> None:
+                 placement: Placement | None = None, compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         # dense parameters from one generator (every worker draws the same); tables from
         # their TableSpec, whose rows depend only on (seed, table name, row)
@@ -201,7 +202,8 @@ class Recommender(nn.Module):
         if self.spec.encoder == "dragon":
             if not feature_dims:
                 raise ValueError(f"model.variant={cfg.variant} needs at least one modality")
-            self.encoder = DragonEncoder(n_users, n_items, feature_dims, cfg, generator, table_seed, placement)
+            self.encoder = DragonEncoder(n_users, n_items, feature_dims, cfg, generator, table_seed, placement,
+                                         compute_dtype)
         else:
             n_layers = cfg.n_layers if self.spec.encoder == "lightgcn" else 0
             self.encoder = IdEncoder(n_users, n_items, cfg, n_layers, table_seed, placement)
@@ -369,7 +371,8 @@ def fuse(r: Tensor, user_coef: Tensor | None, item_coef: Tensor | None) -> Tenso
 
 
 def build_model(n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int,
-                placement: Placement | None = None) -> Recommender:
+                placement: Placement | None = None, compute_dtype: torch.dtype = torch.float32) -> Recommender:
     """A model whose initial parameters depend only on ``seed``; ``placement`` (default: one
-    process owns every row) says which table rows and item features this rank holds."""
-    return Recommender(n_users, n_items, feature_dims, cfg, seed, placement)
+    process owns every row) says which table rows and item features this rank holds;
+    ``compute_dtype`` is the projection MLPs' (bfloat16: autocast, ``layers.MLP``)."""
+    return Recommender(n_users, n_items, feature_dims, cfg, seed, placement, compute_dtype)

@@ -27,6 +27,8 @@ from margo_dist.graph.tensors import Batch, FullGraph, full_graph
 from margo_dist.model.margo import Recommender, block_ratings, build_model
 from margo_dist.model.objective import LossParts, ratings_loss, triplet_loss
 from margo_dist.model.variants import CALIBRATE, PRETRAIN, get_variant
+from margo_dist.precision import dtype_of
+from margo_dist.precision import resolve as resolve_precision
 from margo_dist.progress import progress_bar
 from margo_dist.train import checkpoint
 from margo_dist.train.batches import TripletSampler
@@ -75,7 +77,7 @@ def load_training_data(cfg: Config, build_graphs: bool = True, shard: tuple[str,
     data_cfg = copy.copy(cfg.data)
     data_cfg.path = url
     modalities = list(cfg.data.modalities)
-    dtype = torch.float16 if cfg.data.feature_dtype == "float16" else torch.float32
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(cfg.data.feature_dtype, torch.float32)
     feature_ids = None
     complete = True
     if shard is None:
@@ -98,12 +100,23 @@ def load_training_data(cfg: Config, build_graphs: bool = True, shard: tuple[str,
                                cfg.graph.knn_mix)
         ids, rows = load_feature_rows(shard[0], shard[1], modalities)
         feature_ids = torch.from_numpy(ids)
-    features = [torch.from_numpy(np.ascontiguousarray(rows[m])).to(dtype) for m in modalities]
+    features = [_feature_tensor(rows[m], dtype) for m in modalities]
     tu, ti = ds.split(TRAIN)
     heldout = {s: csr_from_pairs(*ds.split(s), ds.n_users) for s in (VALID, TEST)}
     return TrainingData(ds=ds, url=url, modalities=modalities, graph=graph, features=features,
                         feature_ids=feature_ids, train_csr=csr_from_pairs(tu, ti, ds.n_users), heldout=heldout,
                         truth=_load_truth(url, modalities), graph_complete=complete)
+
+
+def _feature_tensor(rows: np.ndarray, dtype: torch.dtype, chunk: int = 8192) -> Tensor:
+    """``rows`` as a tensor of ``dtype``; a bfloat16 table is converted a block at a time from
+    the (memory-mapped, read-only) float32 rows, so no whole float32 copy is made."""
+    if dtype != torch.bfloat16:
+        return torch.from_numpy(np.ascontiguousarray(rows)).to(dtype)
+    out = torch.empty(rows.shape, dtype=dtype)
+    for start in range(0, rows.shape[0], chunk):
+        out[start:start + chunk] = torch.from_numpy(np.array(rows[start:start + chunk], dtype=np.float32))
+    return out
 
 
 def _load_truth(url: str, modalities: list[str]) -> np.ndarray | None:
@@ -153,8 +166,12 @@ class Trainer:
         for line in self.variant.ignored_settings(cfg.model.alpha):
             self.log(f"warning: {line}")
         dims = [f.shape[1] for f in data.features] if self.variant.uses_features else []
+        precision, why = resolve_precision(cfg.train.precision, self.device)
+        if cfg.train.precision != "float32":
+            self.log(f"projection precision: {precision} ({why})")
+        cfg.train.precision = precision  # the run's config.yaml records what ran
         self.model: Recommender = build_model(data.ds.n_users, data.ds.n_items, dims, cfg.model,
-                                              cfg.train.seed, self.placement).to(self.device)
+                                              cfg.train.seed, self.placement, dtype_of(precision)).to(self.device)
         self.whole_graph = data.graph.to(self.device).compute_graph(self.model.encoder.n_layers)
         self.features = [f.to(self.device) for f in self._own_feature_rows(data)]
         self.dense_params = self.model.parameter_groups()["dense"]

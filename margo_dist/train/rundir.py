@@ -24,6 +24,7 @@ import torch
 from margo_dist.config import Config, dump_yaml, load_config
 from margo_dist.data import io as mio
 from margo_dist.errors import MargoError
+from margo_dist.precision import resolve as resolve_precision
 
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.yaml", "metrics.jsonl", "summary.json", "item_weights.parquet"
 CHECKPOINT = "checkpoint.pt"
@@ -181,6 +182,9 @@ def identity(cfg: Config) -> dict[str, Any]:
     flat = {f"{section}.{key}": value for section, fields in to_dict(cfg).items() for key, value in fields.items()}
     out = {k: v for k, v in flat.items() if k not in _NOT_IDENTITY and not k.startswith("dist.")}
     out["data.path"] = mio.absolute(out["data.path"] or default_dataset_url())
+    # auto is what it resolves to here (a run's config.yaml records the resolved value)
+    out["train.precision"] = resolve_precision(cfg.train.precision, cfg.train.device)[0]
+    out["graph.knn_precision"] = resolve_precision(cfg.graph.knn_precision, "cpu", "graph.knn_precision")[0]
     if out["run.pretrained"]:
         out["run.pretrained"] = mio.absolute(out["run.pretrained"])
     return out

@@ -302,3 +302,23 @@ def test_a_world_without_a_placement_is_refused(data_dir):
 
     with pytest.raises(ValueError, match="needs a Placement"):
         Trainer(config(data_dir, "margo"), load_training_data(config(data_dir, "margo")), comm=TwoWorkers())
+
+
+def norm_rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+
+
+def test_bfloat16_steps_at_two_workers_equal_the_local_bfloat16_steps(data_dir):
+    """train.precision=bfloat16 with bf16 features: each owner projects its own items in bf16,
+    so two steps give the local bf16 steps' losses (and not the float32 ones). Parameters are
+    compared by norm: a gradient component near zero is bf16 rounding noise, in which Adam's
+    first step (lr * g / |g|) may go either way, by lr."""
+    bf16 = ("train.precision=bfloat16", "data.feature_dtype=bfloat16")
+    local = steps(LocalComm(), data_dir, "margo", 2, evaluate=False, extra=bf16)
+    exact = steps(LocalComm(), data_dir, "margo", 2, evaluate=False)
+    assert local["losses"] != pytest.approx(exact["losses"], rel=1e-6)
+    dist = run_workers(worker, 2, data_dir, "margo", 2, False, 256, bf16)
+    for rank in range(2):
+        assert dist[rank]["losses"] == pytest.approx(local["losses"], rel=1e-4)
+        for name, value in local["state"].items():
+            assert norm_rel_error(dist[rank]["state"][name], value) <= 2e-3, name

@@ -77,6 +77,33 @@ def test_item_knn_blocks_equal_one_block(chunk_rows: int, col_chunk: int) -> Non
     np.testing.assert_allclose(sim, ref_sim, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk_rows,col_chunk", [(300, 16384), (64, 50)])
+def test_item_knn_in_bf16_with_a_float32_rerank_equals_float32(chunk_rows: int, col_chunk: int) -> None:
+    rng = np.random.default_rng(5)
+    feat = (rng.standard_normal((300, 8)) @ rng.standard_normal((8, 48))).astype(np.float32)  # near neighbours
+    feat[7] = 0.0
+    ref_idx, ref_sim = item_knn(feat, 6, chunk_rows=chunk_rows, col_chunk=col_chunk)
+    stats: dict[str, int] = {}
+    idx, sim = item_knn(feat, 6, chunk_rows=chunk_rows, col_chunk=col_chunk, precision="bfloat16", stats=stats)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sim, ref_sim, rtol=0, atol=1e-6)
+    assert 0 <= stats["rows_recomputed"] < 300
+
+
+def test_item_knn_in_bf16_recomputes_the_rows_whose_margin_ran_out() -> None:
+    rng = np.random.default_rng(6)
+    feat = rng.standard_normal((80, 16)).astype(np.float32)
+    ref_idx, ref_sim = item_knn(feat, 4)
+    stats: dict[str, int] = {}
+    # no margin: the last candidate is always in the top k, so every row is recomputed exactly
+    idx, sim = item_knn(feat, 4, precision="bfloat16", margin=0, stats=stats)
+    assert stats["rows_recomputed"] == 80
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sim, ref_sim, rtol=0, atol=1e-6)
+    with pytest.raises(DataError, match="precision 'half' is not float32 or bfloat16"):
+        item_knn(feat, 4, precision="half")
+
+
 def test_item_knn_small_catalogue_and_bad_input() -> None:
     idx, sim = item_knn(TINY[:3], 10)
     np.testing.assert_array_equal(idx, [[1, 2], [0, 2], [0, 1]])
@@ -204,15 +231,17 @@ def test_graph_key_tracks_parameters_and_data() -> None:
     assert graph_key(ds, dataclasses.replace(cfg, chunk_rows=7), ["image", "text"]) == key
     assert graph_key(ds, dataclasses.replace(cfg, cache_dir="/elsewhere"), ["image", "text"]) == key
     assert graph_key(ds, cfg, ["text", "image"]) == key
+    assert graph_key(ds, dataclasses.replace(cfg, knn_precision="float32"), ["image", "text"]) == key
     others = {graph_key(ds, dataclasses.replace(cfg, item_k=3), ["image", "text"]),
               graph_key(ds, dataclasses.replace(cfg, user_k=4), ["image", "text"]),
-              graph_key(ds, cfg, ["text"])}
+              graph_key(ds, cfg, ["text"]),
+              graph_key(ds, dataclasses.replace(cfg, knn_precision="bfloat16"), ["image", "text"])}
     changed_feat = _dataset()
     changed_feat.features["image"][5, 0] += 1.0
     changed_inter = _dataset()
     changed_inter.item[3] = 2
     others |= {graph_key(changed_feat, cfg, ["image", "text"]), graph_key(changed_inter, cfg, ["image", "text"])}
-    assert key not in others and len(others) == 5
+    assert key not in others and len(others) == 6
 
 
 def _assert_same(a: GraphArtifacts, b: GraphArtifacts) -> None:

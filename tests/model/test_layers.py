@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from margo_dist.graph.tensors import EdgeList
-from margo_dist.model.layers import csr_product, propagate, residual_add
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from margo_dist.model.layers import MLP, csr_product, propagate, residual_add
 
 
 def _edges() -> EdgeList:
@@ -72,3 +74,44 @@ def test_residual_add_refuses_runs_that_do_not_cover_h():
     e = EdgeList(torch.tensor([0]), torch.tensor([0]), torch.ones(1), 2, 5, torch.tensor([1, 2]), dst_runs=[(1, 2)])
     with pytest.raises(ValueError, match="the runs cover 2 rows, h has 3"):
         residual_add(torch.zeros(5, 2), torch.zeros(3, 2), e)
+
+
+class _MatmulDtypes(TorchDispatchMode):
+    """Records the operand dtypes of every matrix product that reaches the kernels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in ("mm", "addmm", "bmm", "linear"):
+            self.seen.append((func.__name__, args[1].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_bfloat16_projection_multiplies_in_bf16_and_hands_float32_on(stored):
+    f = torch.randn(9, 6).to(stored)
+    exact = MLP(6, 8, 4, torch.Generator().manual_seed(0))
+    low = MLP(6, 8, 4, torch.Generator().manual_seed(0), compute_dtype=torch.bfloat16)
+    with _MatmulDtypes() as rec:
+        out = low(f)
+        out.square().sum().backward()
+    forward = [d for name, d in rec.seen if name.startswith("addmm")]
+    assert forward and set(forward) == {torch.bfloat16}  # both products, in bf16
+    assert out.dtype == torch.float32 and low.w1.dtype == torch.float32 and low.w1.grad.dtype == torch.float32
+    ref = exact(f)
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=0.05, atol=0.02)
+    torch.testing.assert_close(low.w1.grad, exact.w1.grad, rtol=0.1, atol=0.05)
+    assert not torch.equal(out, ref)  # it did round
+
+
+def test_a_float32_projection_is_the_formula_bit_for_bit():
+    mlp = MLP(6, 8, 4, torch.Generator().manual_seed(0))
+    f = torch.randn(9, 6)
+    with _MatmulDtypes() as rec:
+        out = mlp(f)
+    assert {d for _, d in rec.seen} == {torch.float32}
+    linear = torch.nn.functional.linear
+    assert torch.equal(out, linear(torch.nn.functional.leaky_relu(linear(f, mlp.w1, mlp.b1)), mlp.w2, mlp.b2))

@@ -10,7 +10,7 @@ import pytest
 
 from .helpers import inline_mp, load_tool
 
-COLUMNS = ["mode", "samplers", "batches", "epoch s", "triplets/s", "eval s", "peak RSS MB", "setup s"]
+COLUMNS = ["mode", "samplers", "precision", "batches", "epoch s", "triplets/s", "eval s", "peak RSS MB", "setup s"]
 
 
 def test_tiny_shape_times_full_and_sampled(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
@@ -25,13 +25,13 @@ def test_tiny_shape_times_full_and_sampled(monkeypatch: pytest.MonkeyPatch, caps
     lines = out.splitlines()
     heads = [k for k, ln in enumerate(lines) if ln.startswith("mode ")]
     assert len(heads) == 2  # one table per round
-    assert lines[heads[0]].split() == ["mode", "samplers", "batches", "epoch", "s", "triplets/s", "eval", "s", "peak",
-                                       "RSS", "MB", "setup", "s"]
+    assert lines[heads[0]].split() == ["mode", "samplers", "precision", "batches", "epoch", "s", "triplets/s", "eval",
+                                       "s", "peak", "RSS", "MB", "setup", "s"]
     rows = [dict(zip(COLUMNS, ln.split(), strict=True)) for ln in lines[heads[0] + 2: heads[0] + 5]]
     assert [(r["mode"], r["samplers"]) for r in rows] == [("full", "-"), ("sampled", "0"), ("sampled", "1")]
     for r in rows:
-        assert int(r["batches"]) >= 1
-        assert all(math.isfinite(float(r[c])) and float(r[c]) >= 0 for c in COLUMNS[3:])
+        assert int(r["batches"]) >= 1 and r["precision"] == "float32"
+        assert all(math.isfinite(float(r[c])) and float(r[c]) >= 0 for c in COLUMNS[4:])
         assert float(r["triplets/s"]) > 0
     for workers in (0, 1):
         per_round = re.findall(rf"sampled \({workers} sampler processes\)/full epoch-time ratio: (\S+)", out)
@@ -62,3 +62,20 @@ def test_alternate_times_both_modes_in_turn(monkeypatch: pytest.MonkeyPatch, cap
     # the table's means are rounded to 3 decimals: the ratio of the means lies within what they allow
     (full, sampled), half = (rows["full"][1], rows["sampled"][1]), 0.0005
     assert (sampled - half) / (full + half) - 0.001 <= float(ratio.group(1)) <= (sampled + half) / (full - half) + 0.001
+
+
+def test_precision_rows_and_their_ratio(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                        tmp_path: Path) -> None:
+    """--precision float32,bfloat16: a row per precision and the bf16/float32 epoch-time ratio
+    line, which names the two rows' peak RSS."""
+    tool = load_tool("bench_local")
+    monkeypatch.setattr(tool, "mp", inline_mp())
+    tool.main(["--tiny", "--modes", "full", "--precision", "float32,bfloat16", "--root", str(tmp_path)])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    head = next(k for k, ln in enumerate(lines) if ln.startswith("mode "))
+    rows = [dict(zip(COLUMNS, ln.split(), strict=True)) for ln in lines[head + 2: head + 4]]
+    assert [(r["mode"], r["precision"]) for r in rows] == [("full", "float32"), ("full", "bfloat16")]
+    ratio = re.search(r"full bfloat16/float32 epoch-time ratio: (\S+) \(peak RSS (\d+) against (\d+) MB\)", out)
+    assert ratio is not None and float(ratio.group(1)) > 0  # tiny epochs: the table's 0.01 s rounding hides it
+    assert (ratio.group(2), ratio.group(3)) == (rows[1]["peak RSS MB"], rows[0]["peak RSS MB"])

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, write_synthetic
@@ -208,3 +209,25 @@ def test_a_stage_one_run_then_stage_two_from_it_equals_the_whole_run(data_dir, t
     assert second["weight_auc"] == pytest.approx(whole["weight_auc"], abs=1e-9)
     with pytest.raises(Exception, match=r"run.stop_after='dragon' is not a stage of model.variant=margo"):
         train(cfg_for(data_dir, str(tmp_path / "bad"), "run.stop_after=dragon"), log=lambda _m: None)
+
+
+def test_bfloat16_precision_trains_the_projection_in_bf16_and_auto_keeps_float32(data_dir, tmp_path, monkeypatch):
+    from margo_dist import precision
+
+    messages: list[str] = []
+    cfg = cfg_for(data_dir, str(tmp_path / "bf16"), "train.precision=bfloat16", "data.feature_dtype=bfloat16")
+    trainer = Trainer(cfg, load_training_data(cfg), log=messages.append)
+    assert "projection precision: bfloat16 (as configured)" in messages
+    assert {p.compute_dtype for p in trainer.model.encoder.projections} == {torch.bfloat16}
+    assert {f.dtype for f in trainer.features} == {torch.bfloat16}
+    summary = trainer.fit()
+    assert summary["test"]["recall@20"] > 0.0
+    assert "precision: bfloat16" in (tmp_path / "bf16" / "config.yaml").read_text()
+
+    monkeypatch.setattr(precision, "native_bf16", lambda _device: (True, "CPU flags avx512_bf16"))
+    messages = []
+    cfg = cfg_for(data_dir, str(tmp_path / "auto"), "train.precision=auto")
+    trainer = Trainer(cfg, load_training_data(cfg), log=messages.append)
+    assert {p.compute_dtype for p in trainer.model.encoder.projections} == {torch.float32}
+    assert any("avx512_bf16, but train.precision=auto keeps float32" in m for m in messages)
+    assert cfg.train.precision == "float32"

@@ -33,8 +33,9 @@ def test_identity_holds_what_changes_the_result_and_nothing_else(tmp_path):
     same = cfg_for("data", str(tmp_path / "b"), "run.checkpoint_every=3", "train.threads=2", "dist.workers=2",
                    "train.eval_user_chunk=7", "run.resume=false")
     assert fingerprint(base) == fingerprint(same)
+    assert fingerprint(cfg_for("data", str(tmp_path / "a"), "train.precision=auto")) == fingerprint(base)
     assert identity(base)["data.path"] == os.path.abspath("data")
-    for override in ("model.alpha=1.0", "train.lr=0.01", "train.max_epochs=3", "data.path=other",
+    for override in ("model.alpha=1.0", "train.precision=bfloat16", "data.feature_dtype=bfloat16", "train.lr=0.01", "train.max_epochs=3", "data.path=other",
                      "sampler.fanouts={ui: [5, 5], iu: [5, 5], ii: [10], uu: [20]}", "run.pretrained=p"):
         assert fingerprint(cfg_for("data", str(tmp_path / "a"), override)) != fingerprint(base), override
 
