@@ -196,9 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = data.add_parser("prepare", help="raw interactions + item texts -> dataset")
-    p.add_argument("--interactions", required=True, help="CSV/TSV/JSONL (optionally .gz): user, item, rating, time")
-    p.add_argument("--items", default=None, help="item text file keyed by raw item id")
-    p.add_argument("--images", default=None, help="precomputed image features keyed by raw item id")
+    p.add_argument("--interactions", required=True,
+                   help="CSV/TSV/JSONL (optionally .gz): user, item, rating, time; or an Amazon 2014/2018/2023 "
+                        "review dump (docs/amazon.md)")
+    p.add_argument("--items", default=None, help="item text file keyed by raw item id, or an Amazon meta_* dump")
+    p.add_argument("--images", default=None,
+                   help="precomputed image features keyed by raw item id: Parquet, or McAuley's .b file")
     p.add_argument("--out", required=True)
     p.add_argument("--k-core", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)

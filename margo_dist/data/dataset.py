@@ -2,6 +2,8 @@
 
 Ids are dense: users 0..n_users-1, items 0..n_items-1 (n_items is the feature
 tables' row count). ``label`` is MMRec's ``x_label``: 0 train, 1 validation, 2 test.
+``present`` records which (item, modality) pairs had a feature in the raw data: the
+model does not read it yet (a missing row is a zero vector, as it always was).
 """
 
 from __future__ import annotations
@@ -43,10 +45,18 @@ class Dataset:
     features: dict[str, np.ndarray]  # modality -> float [n_items, dim]
     source: str = ""
     notes: list[str] = field(default_factory=list)  # non-fatal findings (reported, not errors)
+    # modality -> bool [n_items]: which items have that feature (a missing row is zeros);
+    # a modality without an entry has every row; not part of the fingerprint (features are)
+    present: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def modalities(self) -> list[str]:
         return list(self.features)
+
+    def presence(self, modality: str) -> np.ndarray:
+        """Bool [n_items] of the items that have ``modality``'s feature (all True when none was recorded)."""
+        mask = self.present.get(modality)
+        return np.ones(self.n_items, dtype=bool) if mask is None else mask
 
     def split(self, label: int) -> tuple[np.ndarray, np.ndarray]:
         """(users, items) of one split."""

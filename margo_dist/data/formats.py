@@ -4,12 +4,15 @@ MMRec folder::
 
     <name>.inter            tab separated, header line; userID, itemID, x_label required
     <modality>_feat.npy     one [n_items, dim] float array per modality
+    <modality>_present.npy  optional bool [n_items]: which items have that feature (MMRec
+                            ignores it); absent means every item has it
 
 Parquet folder (large data; columnar, typed, compresses well)::
 
     interactions.parquet    user_id int64, item_id int64, x_label int8
     features/<modality>.parquet
-                            item_id int64 (0..n-1 in order), feature fixed_size_list<float>[dim]
+                            item_id int64 (0..n-1 in order), feature fixed_size_list<float>[dim],
+                            optional present bool (as <modality>_present.npy above)
     meta.json               {"name", "n_users", "n_items", "modalities"}
 
 Readers keep the file's row order, so array index ``i`` is data row ``i + 1``: that
@@ -35,7 +38,7 @@ import pyarrow.parquet as pq
 from margo_dist.config import DataConfig
 from margo_dist.data import io as dio
 from margo_dist.data.dataset import Dataset
-from margo_dist.data.validate import INTERACTIONS, META, feature_key, row_ref, validate
+from margo_dist.data.validate import INTERACTIONS, META, feature_key, presence_key, row_ref, validate
 from margo_dist.errors import ConfigError, DataError
 
 FORMATS = ("mmrec", "parquet")
@@ -45,6 +48,8 @@ FEATURE_DTYPES = ("float32", "float16", "bfloat16")
 MMREC_COLUMNS = ("userID", "itemID", "x_label")
 PARQUET_COLUMNS = ("user_id", "item_id", "x_label")
 FEAT_SUFFIX = "_feat.npy"
+PRESENT_SUFFIX = "_present.npy"
+PRESENT_COLUMN = "present"
 INTER_FILE = "interactions.parquet"
 FEATURES_DIR = "features"
 META_FILE = "meta.json"
@@ -142,14 +147,18 @@ def _load_mmrec(url: str, modalities: list[str] | None, name: str, feature_dtype
     user, item, label = _read_inter(inter_url)
     files = {INTERACTIONS: inter_url}
     features: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
     for mod in modalities:
         feat_url = dio.join(url, f"{mod}{FEAT_SUFFIX}")
         files[feature_key(mod)] = feat_url
         features[mod] = _as_feature(dio.load_npy(feat_url, mmap=mmap), feat_url, feature_dtype)
+        if f"{mod}{PRESENT_SUFFIX}" in entries:
+            files[presence_key(mod)] = dio.join(url, f"{mod}{PRESENT_SUFFIX}")
+            present[mod] = dio.load_npy(files[presence_key(mod)])
     n_users = int(user.max()) + 1 if len(user) else 0
     n_items = next(iter(features.values())).shape[0]
     ds = Dataset(name=inter_name[: -len(".inter")], n_users=max(n_users, 0), n_items=n_items, user=user,
-                 item=item, label=label, features=features, source=url)
+                 item=item, label=label, features=features, source=url, present=present)
     return ds, files
 
 
@@ -316,6 +325,8 @@ def _write_mmrec(ds: Dataset, url: str) -> None:
     for mod, feat in ds.features.items():
         _check_writable_feature(ds, mod, feat)
         dio.save_npy(dio.join(url, f"{mod}{FEAT_SUFFIX}"), np.asarray(feat))
+        if mod in ds.present:
+            dio.save_npy(dio.join(url, f"{mod}{PRESENT_SUFFIX}"), np.asarray(ds.present[mod]))
 
 
 # ---------------------------------------------------------------- Parquet
@@ -339,10 +350,15 @@ def _load_parquet(url: str, modalities: list[str] | None, name: str,
     if dio.exists(meta_url):
         files[META] = meta_url
     features: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
     for mod in modalities:
         feat_url = dio.join(url, FEATURES_DIR, f"{mod}.parquet")
         files[feature_key(mod)] = feat_url
-        features[mod] = _as_feature(_read_feature_parquet(feat_url), feat_url, feature_dtype)
+        matrix, mask = _read_feature_parquet(feat_url)
+        features[mod] = _as_feature(matrix, feat_url, feature_dtype)
+        if mask is not None:
+            files[presence_key(mod)] = feat_url
+            present[mod] = mask
     n_items = next(iter(features.values())).shape[0]
     if "n_items" in meta and meta["n_items"] != n_items:
         first = next(iter(features))
@@ -351,7 +367,7 @@ def _load_parquet(url: str, modalities: list[str] | None, name: str,
     n_users = meta["n_users"] if "n_users" in meta else (int(user.max()) + 1 if len(user) else 0)
     ds_name = name or meta.get("name") or posixpath.basename(dio.fs_and_path(url)[1].rstrip("/"))
     ds = Dataset(name=ds_name, n_users=max(n_users, 0), n_items=n_items, user=user, item=item, label=label,
-                 features=features, source=url)
+                 features=features, source=url, present=present)
     return ds, files
 
 
@@ -378,8 +394,9 @@ def _read_meta(url: str) -> dict[str, Any]:
     return meta
 
 
-def read_parquet_columns(url: str, columns: list[str]) -> pa.Table:
-    """``columns`` of a Parquet file; a missing file or column is a DataError naming it."""
+def read_parquet_columns(url: str, columns: list[str], optional: tuple[str, ...] = ()) -> pa.Table:
+    """``columns`` of a Parquet file, and those of ``optional`` it has; a missing file or column is a
+    DataError naming it."""
     if not dio.exists(url):
         raise DataError(f"{url}: file not found")
     fs, path = dio.fs_and_path(url)
@@ -390,7 +407,7 @@ def read_parquet_columns(url: str, columns: list[str]) -> pa.Table:
             if missing:
                 raise DataError(f"{url}: required column {missing[0]!r} is missing (found {schema.names})")
             fh.seek(0)
-            return pq.read_table(fh, columns=columns)
+            return pq.read_table(fh, columns=columns + [c for c in optional if c in schema.names])
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{url}: not a readable Parquet file ({exc})") from exc
 
@@ -423,16 +440,24 @@ def _parquet_int(col: pa.ChunkedArray, url: str, field: str) -> np.ndarray:
         raise DataError(f"{url}: field {field}: a value does not fit in int64 ({exc})") from exc
 
 
-def _read_feature_parquet(url: str) -> np.ndarray:
-    """``feature`` as a [n, dim] array via the flat values buffer (no per-row Python work)."""
-    table = read_parquet_columns(url, ["item_id", "feature"])
+def _read_feature_parquet(url: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``feature`` as a [n, dim] array via the flat values buffer (no per-row Python work), and the
+    ``present`` column as bool [n] when the file has one."""
+    table = read_parquet_columns(url, ["item_id", "feature"], optional=(PRESENT_COLUMN,))
     ids = _parquet_int(table.column("item_id"), url, "item_id")
     bad = np.flatnonzero(ids != np.arange(len(ids), dtype=np.int64))
     if len(bad):
         idx = int(bad[0])
         raise DataError(f"{row_ref(url, idx)}, field item_id: {int(ids[idx])} but item ids must be "
                         f"0..{len(ids) - 1} in order (expected {idx})")
-    return parquet_feature_matrix(table.column("feature"), url, lambda idx: row_ref(url, idx))
+    matrix = parquet_feature_matrix(table.column("feature"), url, lambda idx: row_ref(url, idx))
+    if PRESENT_COLUMN not in table.column_names:
+        return matrix, None
+    col = table.column(PRESENT_COLUMN)
+    if not pa.types.is_boolean(col.type) or col.null_count:
+        raise DataError(f"{url}: field {PRESENT_COLUMN} has type {col.type} with {col.null_count} nulls; "
+                        "expected bool without nulls")
+    return matrix, col.to_numpy().astype(bool)
 
 
 def parquet_feature_matrix(col: pa.ChunkedArray, url: str, row_name: Callable[[int], str],
@@ -486,10 +511,13 @@ def _write_parquet(ds: Dataset, url: str) -> None:
             feat = feat.astype(np.float32)
         n, dim = feat.shape
         values = pa.array(np.ascontiguousarray(feat).reshape(-1))
-        table = pa.table({
+        columns = {
             "item_id": pa.array(np.arange(n, dtype=np.int64)),
             "feature": pa.FixedSizeListArray.from_arrays(values, dim),
-        })
+        }
+        if mod in ds.present:
+            columns[PRESENT_COLUMN] = pa.array(np.asarray(ds.present[mod]))
+        table = pa.table(columns)
         _write_table(table, dio.join(url, FEATURES_DIR, f"{mod}.parquet"))
     meta = {"name": ds.name, "n_users": int(ds.n_users), "n_items": int(ds.n_items),
             "modalities": list(ds.features)}
@@ -517,6 +545,10 @@ def _check_writable_feature(ds: Dataset, mod: str, feat: Any) -> None:
     if arr.ndim != 2 or arr.shape[0] != ds.n_items:
         raise DataError(f"dataset {ds.name!r}, modality {mod!r}: feature shape {arr.shape}; "
                         f"expected [{ds.n_items}, dim]")
+    mask = ds.present.get(mod)
+    if mask is not None and (np.asarray(mask).dtype != bool or np.shape(mask) != (ds.n_items,)):
+        raise DataError(f"dataset {ds.name!r}, modality {mod!r}: presence mask {np.asarray(mask).dtype} "
+                        f"{np.shape(mask)}; expected bool [{ds.n_items}]")
 
 
 def _write_extra(url: str, rel: str, data: bytes) -> None:

@@ -25,6 +25,17 @@ def _present(values: np.ndarray, n: int) -> np.ndarray:
     return seen
 
 
+def _modality_stats(ds: Dataset, mod: str) -> dict[str, Any]:
+    """Shape and dtype of a feature table, and ``missing`` (items without the feature) when recorded."""
+    f = ds.features[mod]
+    info: dict[str, Any] = {"rows": int(f.shape[0]) if f.ndim else 0, "dim": int(f.shape[1]) if f.ndim == 2 else -1,
+                            "dtype": str(f.dtype)}
+    mask = ds.present.get(mod)
+    if mask is not None:
+        info["missing"] = int(np.size(mask) - np.count_nonzero(mask))
+    return info
+
+
 def dataset_stats(ds: Dataset) -> dict[str, Any]:
     """Sizes, split counts, sparsity, feature shapes, coverage and duplicates of ``ds``.
 
@@ -48,9 +59,7 @@ def dataset_stats(ds: Dataset) -> dict[str, Any]:
         "sparsity": float(1.0 - n / cells) if cells > 0 else float("nan"),
         "interactions_per_user": float(n / ds.n_users) if ds.n_users > 0 else 0.0,
         "interactions_per_item": float(n / ds.n_items) if ds.n_items > 0 else 0.0,
-        "modalities": {mod: {"rows": int(f.shape[0]) if f.ndim else 0,
-                             "dim": int(f.shape[1]) if f.ndim == 2 else -1,
-                             "dtype": str(f.dtype)} for mod, f in ds.features.items()},
+        "modalities": {mod: _modality_stats(ds, mod) for mod in ds.features},
         "users_without_interactions": int((~users_any).sum()),
         "items_without_interactions": int((~items_any).sum()),
         "users_without_train": int((~_present(ds.user[train], ds.n_users) & users_any).sum()),
@@ -93,7 +102,8 @@ def format_stats(stats: dict[str, Any]) -> str:
             if stats.get("other_labels"):
                 rows.append(("  other x_label", str(stats["other_labels"])))
     for mod, info in stats.get("modalities", {}).items():
-        rows.append((f"modality {mod}", f"{info['rows']} x {info['dim']} {info['dtype']}"))
+        missing = f", {info['missing']} items missing" if "missing" in info else ""
+        rows.append((f"modality {mod}", f"{info['rows']} x {info['dim']} {info['dtype']}{missing}"))
     width = max(len(r[0]) for r in rows)
     lines = [f"{label.ljust(width)}  {value}" for label, value in rows]
     lines += [f"note: {note}" for note in stats.get("notes", [])]

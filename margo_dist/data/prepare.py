@@ -27,6 +27,13 @@ Image features are one Parquet file with columns ``item_id`` (the raw item id,
 string or integer) and ``feature`` (list<float> or fixed_size_list<float>, the same
 length in every row). Items without a row get a zero vector (and a note).
 
+The public Amazon dumps (2014, 2018 and 2023 reviews and metadata, McAuley's ``.b``
+image features) are recognised from their records and read by
+:mod:`margo_dist.data.dumps` (unless ``columns`` is given, which keeps the generic
+reader). When any input is such a dump, the dataset records which (item, modality)
+pairs had a feature (``Dataset.present``), the log counts the missing ones, and an
+item missing every modality is an error naming it.
+
 Everything is computed before anything is written; ``write_dataset`` writes the
 folder atomically, so a failure leaves no output folder behind.
 """
@@ -47,6 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
+from margo_dist.data import dumps
 from margo_dist.data import io as dio
 from margo_dist.data.dataset import SPLIT_NAMES, Dataset, pair_codes
 from margo_dist.data.formats import parquet_feature_matrix, read_parquet_columns
@@ -503,8 +511,9 @@ def _item_texts(table: _Table, item_raw: np.ndarray, text_fields: list[str] | No
     return texts
 
 
-def _image_features(url: str, item_raw: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Rows of the Parquet table (item_id, feature) in dense item order; absent items are zero."""
+def _image_features(url: str, item_raw: np.ndarray, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the Parquet table (item_id, feature) in dense item order (absent items are zero), and
+    which items had a row."""
     table = read_parquet_columns(url, ["item_id", "feature"])
     ids_arr = _one_chunk(table.column("item_id"))
     if ids_arr.null_count:
@@ -532,7 +541,35 @@ def _image_features(url: str, item_raw: np.ndarray, notes: list[str]) -> np.ndar
     if not found.all():
         notes.append(f"{url}: {int((~found).sum())} of {len(item_raw)} items have no image feature; "
                      "their image feature is a zero vector")
-    return out
+    return out, found
+
+
+def _dump_texts(url: str, layout: dumps.MetaLayout, item_ids: np.ndarray, groups: dict[str, list[str] | None],
+                notes: list[str]) -> dict[str, list[str]]:
+    """Item texts from an Amazon metadata dump, with what was skipped in ``notes``."""
+    got = dumps.read_item_texts(url, layout, item_ids, groups)
+    notes.append(f"{url}: {layout.name}, {got.records} records")
+    if got.skipped:
+        notes.append(f"{url}: {len(got.skipped)} lines skipped, neither JSON nor a Python dict literal (first: "
+                     f"line {got.skipped[0]}); none was run")
+    if got.without_id:
+        notes.append(f"{url}: {got.without_id} records without {layout.key!r} skipped")
+    if got.repeated:
+        notes.append(f"{url}: {got.repeated} records repeat an item already read; the first of each is used")
+    return got.texts
+
+
+def _check_present(present: dict[str, np.ndarray], item_ids: np.ndarray, urls: list[str],
+                   say: Callable[[str], None]) -> None:
+    """Log the missing (item, modality) counts; an item missing every modality is an error naming it."""
+    n = len(item_ids)
+    say("missing (zero vectors, recorded in <modality>_present): "
+        + ", ".join(f"{mod} {int((~mask).sum())} of {n} items" for mod, mask in present.items()))
+    lacking = np.flatnonzero(~np.logical_or.reduce(list(present.values())))
+    if len(lacking):
+        shown = ", ".join(item_ids[lacking[:5]]) + (", ..." if len(lacking) > 5 else "")
+        raise DataError(f"{', '.join(urls)}: {len(lacking)} items in the k-core have no feature in any modality "
+                        f"(items {shown}); each needs an image row or a text")
 
 
 def _mapping_file(raw: np.ndarray, url: str, what: str) -> bytes:
@@ -605,7 +642,13 @@ def prepare(interactions_url: str, out_url: str, items_url: str | None = None,
         found["timestamp"] = _find_column(header, "timestamp", interactions_url, columns, required=False)
         return list(dict.fromkeys(c for c in found.values() if c is not None))
 
-    table = _read_table(interactions_url, pick)
+    reviews = dumps.detect_reviews(interactions_url) if columns is None else None
+    if reviews is not None:
+        say(f"{interactions_url}: {reviews.name} ({dumps.review_year(interactions_url, reviews)} layout)")
+        table = _Table(interactions_url, "jsonl", list(reviews.fields), dumps.read_reviews(interactions_url, reviews))
+        found.update(zip(COLUMN_KEYS, reviews.fields))
+    else:
+        table = _read_table(interactions_url, pick)
     n_raw = table.n_rows
     if n_raw == 0:
         raise DataError(f"{interactions_url}: no interaction rows")
@@ -640,21 +683,39 @@ def prepare(interactions_url: str, out_url: str, items_url: str | None = None,
     user_ids, item_ids = user_raw[users_kept], item_raw[items_kept]
 
     features: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    from_dump = reviews is not None
     if image_features_url is not None:
-        features["image"] = _image_features(image_features_url, item_ids, notes)
+        if dumps.is_image_binary(image_features_url):
+            features["image"], present["image"], found_notes = dumps.read_image_binary(image_features_url, item_ids)
+            notes.extend(found_notes)
+            from_dump = True
+        else:
+            features["image"], present["image"] = _image_features(image_features_url, item_ids, notes)
         say(f"image features {features['image'].shape} from {image_features_url}")
+    texts: dict[str, list[str]] = {}
     if items_url is not None:
         groups = text_modalities or {"text": text_fields}
-        items_table = _read_table(items_url)  # once, however many text modalities read it
-        for name, fields in groups.items():
-            if name in features:
-                raise ConfigError(f"text modality name {name!r} is used twice")
-            texts = _item_texts(items_table, item_ids, fields, columns, notes)
-            say(f"encoding {len(texts)} item texts for modality {name!r} with {text_encoder}")
-            features[name] = encode_texts(texts, encoder=text_encoder, progress=progress)
+        if "image" in groups and "image" in features:
+            raise ConfigError("text modality name 'image' is used twice")
+        meta = dumps.detect_meta(items_url)
+        if meta is not None:
+            texts = _dump_texts(items_url, meta, item_ids, groups, notes)
+            from_dump = True
+        else:
+            items_table = _read_table(items_url)  # once, however many text modalities read it
+            texts = {name: _item_texts(items_table, item_ids, fields, columns, notes)
+                     for name, fields in groups.items()}
+        present.update((name, np.array([bool(t) for t in ts], dtype=bool)) for name, ts in texts.items())
+    if from_dump:
+        _check_present(present, item_ids, [u for u in (image_features_url, items_url) if u], say)
+    for name, ts in texts.items():
+        say(f"encoding {len(ts)} item texts for modality {name!r} with {text_encoder}")
+        features[name] = encode_texts(ts, encoder=text_encoder, progress=progress)
 
     ds = Dataset(name=_dataset_name(interactions_url), n_users=len(user_ids), n_items=len(item_ids),
-                 user=user, item=item, label=label, features=features, source=interactions_url, notes=notes)
+                 user=user, item=item, label=label, features=features, source=interactions_url, notes=notes,
+                 present=present if from_dump else {})
     extra = {USER_MAP: _mapping_file(user_ids, interactions_url, "user"),
              ITEM_MAP: _mapping_file(item_ids, interactions_url, "item")}
     write_dataset(ds, out_url, fmt, extra=extra)

@@ -6,8 +6,9 @@ interactions file (line ``i + 2`` of an MMRec .inter, after its header) and row
 ``i + 1`` of a feature table is item id ``i``. Findings that do not stop training
 (users or items without any interaction, dropped duplicates) go to ``ds.notes``.
 
-``files`` maps :data:`INTERACTIONS`, :data:`META` and ``feature_key(modality)`` to the
-URL each part was read from; a missing key falls back to a descriptive placeholder.
+``files`` maps :data:`INTERACTIONS`, :data:`META`, ``feature_key(modality)`` and
+``presence_key(modality)`` to the URL each part was read from; a missing key falls back
+to a descriptive placeholder.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from margo_dist.errors import DataError
 INTERACTIONS = "interactions"
 META = "meta"
 _FEATURE_PREFIX = "features/"
+_PRESENCE_PREFIX = "present/"
 _BLOCK_ROWS = 65536
 _SHOW_IDS = 5
 
@@ -29,6 +31,11 @@ _SHOW_IDS = 5
 def feature_key(modality: str) -> str:
     """The ``files`` key of a modality's feature table."""
     return f"{_FEATURE_PREFIX}{modality}"
+
+
+def presence_key(modality: str) -> str:
+    """The ``files`` key of a modality's presence mask."""
+    return f"{_PRESENCE_PREFIX}{modality}"
 
 
 def row_ref(url: str, idx: int) -> str:
@@ -90,6 +97,34 @@ def _check_finite(feat: np.ndarray, url: str, mod: str) -> None:
         raise DataError(f"{url} (modality {mod!r}) row {row + 1} (item id {row}), column {col + 1} of "
                         f"{feat.shape[1]}: value {value} is not finite ({n_bad} non-finite values in all; "
                         f"a value too large for {feat.dtype} also becomes inf)")
+
+
+def check_presence(ds: Dataset, files: dict[str, str]) -> None:
+    """Presence masks are bool [n_items] of a known modality, a missing row is zeros, and no
+    item misses every modality (it would have no content at all). Needs valid feature tables."""
+    for mod, raw_mask in ds.present.items():
+        mask = np.asarray(raw_mask)
+        url = files.get(presence_key(mod), f"<presence of modality {mod!r}>")
+        if mod not in ds.features:
+            raise DataError(f"{url}: presence of modality {mod!r}, which has no feature table")
+        if mask.dtype != np.bool_ or mask.shape != (ds.n_items,):
+            raise DataError(f"{url} (modality {mod!r}): presence mask {mask.dtype} {mask.shape}; "
+                            f"expected bool ({ds.n_items},)")
+        missing = np.flatnonzero(~mask)
+        nonzero = missing[np.asarray(ds.features[mod][missing]).any(axis=1)] if len(missing) else missing
+        if len(nonzero):
+            raise DataError(f"{_feat_file(files, mod)} (modality {mod!r}) row {int(nonzero[0]) + 1} (item id "
+                            f"{int(nonzero[0])}): marked missing in {url} but not zero ({len(nonzero)} such rows)")
+    if not ds.present:
+        return
+    none = np.ones(ds.n_items, dtype=bool)
+    for mod in ds.features:
+        none &= ~ds.presence(mod)
+    lacking = np.flatnonzero(none)
+    if len(lacking):
+        listed = ", ".join(files.get(presence_key(m), m) for m in ds.present)
+        raise DataError(f"{listed}: {len(lacking)} items have no feature in any modality "
+                        f"(item ids {_ids(lacking)}); every item needs at least one")
 
 
 def check_labels(ds: Dataset, files: dict[str, str]) -> None:
@@ -221,6 +256,7 @@ def validate(ds: Dataset, files: dict[str, str] | None = None, dedupe: bool = Fa
     """Run every rule in order; the first failure raises. ``dedupe`` edits ``ds`` in place."""
     files = files or {}
     check_features(ds, files)
+    check_presence(ds, files)
     check_labels(ds, files)
     check_ids(ds, files)
     check_duplicates(ds, files, dedupe=dedupe)
@@ -245,7 +281,8 @@ def find_problems(ds: Dataset, files: dict[str, str] | None = None) -> list[str]
             return False
         return True
 
-    run(check_features)
+    if run(check_features):
+        run(check_presence)
     labels_ok = run(check_labels)
     run(check_user_ids)
     run(check_item_ids)
