@@ -300,3 +300,15 @@ def test_presence_file_is_validated(tmp_path):
     np.save(os.path.join(folder, "text_present.npy"), np.arange(5) != 4)
     _, problems = inspect_path(folder)
     assert len(problems) == 1 and "1 items have no feature in any modality (item ids 4)" in problems[0]
+
+
+def test_review_lines_arrow_refuses_are_read_one_by_one(tmp_path):
+    lines = [repr({"reviewerID": u, "asin": i, "overall": 5.0, "unixReviewTime": k}) for u, i, k in pairs()]
+    url = write_lines(tmp_path / "reviews_Baby_5.json.gz", lines)
+    cols = dumps.read_reviews(url, dumps.REVIEWS_MCAULEY)
+    assert cols["asin"].to_pylist() == [i for _, i, _ in pairs()]
+    flag = tmp_path / "ran"
+    bad = write_lines(tmp_path / "bad.json.gz", lines[:2] + [f"__import__('os').system('touch {flag}')"])
+    with pytest.raises(DataError, match=r"bad\.json\.gz line 3: not a JSON object or a Python dict literal"):
+        dumps.read_reviews(bad, dumps.REVIEWS_MCAULEY)
+    assert not flag.exists()
