@@ -121,7 +121,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from margo_dist.config import load_config
-    from margo_dist.train.loop import train
+    from margo_dist.train.entry import train
     from margo_dist.train.report import summary_table
 
     cfg = load_config(args.config, args.overrides)

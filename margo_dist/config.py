@@ -14,10 +14,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import yaml
 
 from margo_dist.errors import ConfigError
-from margo_dist.model.variants import VARIANTS
+from margo_dist.variants import VARIANTS
 from margo_dist.precision import PRECISIONS
 
 
@@ -139,6 +140,28 @@ class RunConfig:
     stop_after: str = ""
 
 
+LOCAL, AUTO = "local", "auto"  # dist.address: a private Ray instance here; the running cluster
+
+
+def address_problem(address: str) -> str:
+    """Why ``address`` is not a ``dist.address`` value ('' when it is one)."""
+    if address in ("", LOCAL, AUTO):
+        return ""
+    if split_host_port(address) is None:
+        return "must be '', 'local', 'auto', HOST:PORT or ray://HOST:PORT (PORT a number)"
+    return ""
+
+
+def split_host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``HOST:PORT`` or ``ray://HOST:PORT`` (``[v6]:PORT`` too); None if not that form."""
+    rest = address.removeprefix("ray://").rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
 @dataclass
 class DistConfig:
     """Distributed training on Ray Train (``workers`` > 0); 0 is local mode (docs/architecture.md)."""
@@ -241,8 +264,6 @@ class Config:
         levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
         if self.dist.ray_log_level not in levels:
             raise ConfigError(f"dist.ray_log_level={self.dist.ray_log_level!r} must be one of {', '.join(levels)}")
-        from margo_dist.dist.ray_session import address_problem
-
         problem = address_problem(self.dist.address)
         if problem:
             raise ConfigError(f"dist.address={self.dist.address!r}: {problem}")
@@ -429,10 +450,8 @@ def load_into(obj: T, path: str | None = None, overrides: list[str] | None = Non
     is refused, never silently cut. A ``#`` inside a word or a quoted string is kept.
     """
     if path:
-        from margo_dist.data.io import open_url
-
         try:
-            with open_url(path, "rt") as fh:
+            with fsspec.open(path, "rt") as fh:  # any fsspec URL, as every other file
                 values = yaml.safe_load(fh) or {}
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc

@@ -74,7 +74,7 @@ def measure(rank: int, world: int, url: str, shards: str, mode: str, steps: int,
     from margo_dist.dist.comm import LocalComm, TorchComm
     from margo_dist.dist.sharding import USER, Placement
     from margo_dist.graph.partition import load_owners
-    from margo_dist.model.variants import CALIBRATE
+    from margo_dist.variants import CALIBRATE
     from margo_dist.train.loop import Trainer, load_training_data
 
     cfg = load_config("configs/default.yaml", overrides(url, mode, extra))

@@ -36,7 +36,7 @@ import time
 
 from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, ensure_synthetic, margo_home
-from margo_dist.train.loop import train
+from margo_dist.train.entry import train
 
 
 def run_dir(args: argparse.Namespace, data: str, name: str) -> str:

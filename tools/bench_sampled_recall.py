@@ -17,7 +17,7 @@ import sys
 import time
 
 from margo_dist.config import load_config
-from margo_dist.train.loop import train
+from margo_dist.train.entry import train
 
 
 def main(argv: list[str] | None = None) -> int:

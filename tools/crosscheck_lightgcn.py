@@ -7,7 +7,7 @@ between the two sides, so a gap in Recall@20 points at the model:
 
 * data: one MMRec-layout folder (``--data``), read with
   ``margo_dist.data.formats.read_dataset``; the split is the file's ``x_label``;
-* ours: the real trainer (``margo_dist.train.loop.train``) with
+* ours: the real trainer (``margo_dist.train.entry.train``) with
   ``model.variant=lightgcn`` and the defaults of ``configs/default.yaml``
   (dim 64, 2 layers, Adam lr 1e-3, batch 2048, lambda 1e-3);
 * PyG: ``torch_geometric.nn.models.LightGCN(n_users + n_items, 64, 2)`` (nodes
@@ -159,7 +159,7 @@ def independent_recall(users: np.ndarray, items: np.ndarray, ds: Dataset, k: int
 def run_ours(cfg: Config, split: Split) -> tuple[SideResult, Tensor, FullGraph]:
     """The project's trainer end to end; returns its result, initial embedding table and graph."""
     from margo_dist.model.margo import build_model
-    from margo_dist.train.loop import train
+    from margo_dist.train.entry import train
     from margo_dist.train.report import load_trained
     from margo_dist.train.rundir import RunDir
 

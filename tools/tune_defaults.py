@@ -37,7 +37,7 @@ def trial_facts(run_dir: str) -> dict[str, Any]:
 
 def reference(search_dir: str, stage1_run: str, chosen_run: str) -> str:
     """Train (once; resumed or reused after) ``wo_cal`` at α = 0 from the search's stage 1."""
-    from margo_dist.train.loop import train
+    from margo_dist.train.entry import train
     from margo_dist.train.rundir import RunDir
 
     out = os.path.join(search_dir, "reference-wo_cal")

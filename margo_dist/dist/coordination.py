@@ -13,6 +13,8 @@ The driver, or an operator, can read a run's stage and epoch from the actor at a
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any
 
 from margo_dist.config import Config
@@ -20,10 +22,14 @@ from margo_dist.dist.comm import Communicator
 from margo_dist.train.coordinator import Coordinator, StageProgress
 
 
+def run_name(run_dir: str) -> str:
+    """Ray's resume key for a run: derived from ``run.dir``, never from a timestamp."""
+    tail = os.path.basename(run_dir.rstrip("/")) or "run"
+    return f"margo-{tail}-{hashlib.sha1(run_dir.encode()).hexdigest()[:8]}"
+
+
 def coordinator_name(run_dir: str) -> str:
     """The actor's name: the run's Ray name (``run_name``) plus ``-coordinator``."""
-    from margo_dist.dist.launch import run_name
-
     return f"{run_name(run_dir)}-coordinator"
 
 

@@ -15,7 +15,6 @@ layout, written by rank 0.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from margo_dist.config import Config, from_dict, to_dict
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import Dataset
+from margo_dist.dist.coordination import RemoteCoordinator, coordinator_name, run_name, start_coordinator
 from margo_dist.errors import ConfigError, DataError, MargoError
 
 if TYPE_CHECKING:
@@ -86,12 +86,6 @@ def _usable(url: str, modalities: list[str], layers: int) -> bool:
     return set(modalities) <= set(man.get("feature_rows", {})) and fields_cover(man, layers)
 
 
-def run_name(run_dir: str) -> str:
-    """Ray's resume key for a run: derived from ``run.dir``, never from a timestamp."""
-    tail = os.path.basename(run_dir.rstrip("/")) or "run"
-    return f"margo-{tail}-{hashlib.sha1(run_dir.encode()).hexdigest()[:8]}"
-
-
 def _worker_log(message: str) -> None:
     """One line on the worker's stdout, which Ray forwards to the driver once.
 
@@ -144,7 +138,6 @@ def worker_main(config: dict[str, Any]) -> None:
     """One Ray Train worker: the typed config first, then the ordinary trainer."""
     cfg = from_dict(config, "Ray's train_loop_config")
     from margo_dist.dist.comm import TorchComm
-    from margo_dist.dist.coordination import RemoteCoordinator
     from margo_dist.dist.sharding import Placement
     from margo_dist.graph.partition import load_owners
     from margo_dist.train.loop import Trainer, load_training_data
@@ -226,7 +219,6 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print, callbacks
 
     from margo_dist.data.synth import dataset_url
     from margo_dist.dist.cluster import require_shared_storage
-    from margo_dist.dist.coordination import start_coordinator
     from margo_dist.dist.ray_session import check_resources, interrupts, ray_session, run_needs
     from margo_dist.data.formats import read_dataset_cfg
     from margo_dist.graph.source import load_graph_source
@@ -276,7 +268,6 @@ def _fit_run(cfg: Config, coordinator: Any, callbacks: list[Any] | None, log: Ca
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from margo_dist.dist.coordination import coordinator_name
 
     n = cfg.dist.workers
     storage = None if "://" in cfg.run.dir else os.path.join(cfg.run.dir, "ray")

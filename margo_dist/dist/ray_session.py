@@ -27,14 +27,11 @@ import socket
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
+from margo_dist.config import AUTO, LOCAL, DistConfig, address_problem, split_host_port
 from margo_dist.errors import ConfigError, MargoError
 
-if TYPE_CHECKING:
-    from margo_dist.config import DistConfig
-
-LOCAL, AUTO = "local", "auto"
 PROBE_TIMEOUT_S = 3.0  # a head's port that does not answer in this long is unreachable
 JOIN_WAIT_S = 3  # Ray's connect window when joining (RAY_gcs_server_port_wait_time_s; Ray's default is 20)
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node IP is 127.0.0.1, servers bind to it
@@ -42,25 +39,6 @@ WAIT_ENV = "RAY_gcs_server_port_wait_time_s"
 TOKEN_REMEDY = ("its head uses token auth: run with RAY_AUTH_MODE=token and the cluster's token in "
                 "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)")
 LOCAL_REMEDY = "dist.address=local trains on a private Ray instance on this machine instead"
-
-
-def address_problem(address: str) -> str:
-    """Why ``address`` is not a ``dist.address`` value ('' when it is one)."""
-    if address in ("", LOCAL, AUTO):
-        return ""
-    if split_host_port(address) is None:
-        return "must be '', 'local', 'auto', HOST:PORT or ray://HOST:PORT (PORT a number)"
-    return ""
-
-
-def split_host_port(address: str) -> tuple[str, int] | None:
-    """``(host, port)`` of ``HOST:PORT`` or ``ray://HOST:PORT`` (``[v6]:PORT`` too); None if not that form."""
-    rest = address.removeprefix("ray://").rstrip("/")
-    host, sep, port = rest.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return host, int(port)
 
 
 def resolve_address(address: str, env: Mapping[str, str]) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 from margo_dist.data import io as mio
 from margo_dist.errors import ConfigError, DataError
 from margo_dist.graph.build import GraphArtifacts
+from margo_dist.graph.shardset import MANIFEST, check_part, load_owners, read_shard_manifest
 from margo_dist.graph.tensors import FullGraph, knn_edges, relation_graph, user_edges
 
 FIELD = "field"
@@ -131,8 +132,6 @@ def load_field(url: str, part: int, modalities: list[str], layers: int) -> Field
     Reads the owner arrays, the per-node vectors and that part's field files: no other
     part's structure and nothing of the dataset's graph artefacts.
     """
-    from margo_dist.graph.partition import MANIFEST, check_part, load_owners, read_shard_manifest
-
     man = read_shard_manifest(url)
     where = mio.join(url, MANIFEST)
     have = field_layers(man)

@@ -23,7 +23,7 @@ from margo_dist.graph.tensors import ComputeGraph, EdgeList
 from margo_dist.model.layers import MLP, propagate, residual_add
 from margo_dist.model.tables import Lookup, Table, TableSpec
 
-from margo_dist.model.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
+from margo_dist.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
 
 __all__ = ["CALIBRATE", "DRAGON", "PRETRAIN", "Recommender", "block_ratings", "build_model", "fuse",
            "modality_ratings"]

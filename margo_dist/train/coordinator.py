@@ -148,7 +148,7 @@ class Coordinator:
 
 def stages_of(cfg: "Config") -> list[str]:
     """The stages ``cfg``'s run trains: its variant's, up to ``run.stop_after`` when set."""
-    from margo_dist.model.variants import get_variant
+    from margo_dist.variants import get_variant
 
     stages = list(get_variant(cfg.model.variant).stages)
     if not cfg.run.stop_after:

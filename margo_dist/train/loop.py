@@ -26,7 +26,7 @@ from margo_dist.errors import MargoError
 from margo_dist.graph.tensors import Batch, FullGraph, full_graph
 from margo_dist.model.margo import Recommender, block_ratings, build_model
 from margo_dist.model.objective import LossParts, ratings_loss, triplet_loss
-from margo_dist.model.variants import CALIBRATE, PRETRAIN, get_variant
+from margo_dist.variants import CALIBRATE, PRETRAIN, get_variant
 from margo_dist.precision import dtype_of
 from margo_dist.precision import resolve as resolve_precision
 from margo_dist.progress import progress_bar
@@ -34,7 +34,7 @@ from margo_dist.train import checkpoint
 from margo_dist.train.batches import TripletSampler
 from margo_dist.train.coordinator import Coordinator, stages_of
 from margo_dist.train.metrics import csr_from_pairs, full_ranking_sums, weight_detection_auc
-from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir, claim, identity_diff
+from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir, identity_diff
 
 if TYPE_CHECKING:
     from margo_dist.dist.coordination import RemoteCoordinator
@@ -628,20 +628,3 @@ def epochs_trained(records: list[dict[str, Any]]) -> int:
     """Training epochs in a run's records, a stage taken from another run not counted:
     the clock of a search's early-stopping scheduler."""
     return sum(1 for r in records if r["epoch"] >= 1 and "taken_from" not in r)
-
-
-def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Load the data for ``cfg`` and run every stage; returns the summary.
-
-    ``dist.workers`` > 0 runs the same trainer on that many Ray Train workers. The run
-    folder is held for the run's life and must hold this experiment or nothing
-    (:func:`margo_dist.train.rundir.claim`).
-    """
-    with claim(cfg, log):
-        if cfg.dist.workers > 0:
-            from margo_dist.dist.launch import train_distributed
-
-            return train_distributed(cfg, log)
-        torch.manual_seed(cfg.train.seed)
-        data = load_training_data(cfg)
-        return Trainer(cfg, data, log).fit()

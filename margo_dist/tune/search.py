@@ -33,7 +33,7 @@ from margo_dist.data import io as mio
 from margo_dist.dist.launch import epoch_metrics
 from margo_dist.dist.ray_session import Needs, check_resources, ray_session, run_needs
 from margo_dist.errors import MargoError
-from margo_dist.model.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
+from margo_dist.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
 from margo_dist.train.loop import epochs_trained
 from margo_dist.train.rundir import SUMMARY as RUN_SUMMARY
 from margo_dist.train.rundir import RunDir

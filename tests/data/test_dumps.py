@@ -164,7 +164,7 @@ def test_2014_dump_prepares_skips_code_and_records_missing(baby_2014, capsys):
 
 
 def test_2014_dump_trains(baby_2014, tmp_path):
-    from margo_dist.train.loop import train
+    from margo_dist.train.entry import train
 
     _, inter, meta, images, out = baby_2014
     if not os.path.exists(out):

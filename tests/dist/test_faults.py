@@ -19,7 +19,7 @@ import pytest
 
 from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, write_synthetic
-from margo_dist.train.loop import train
+from margo_dist.train.entry import train
 
 pytest.importorskip("ray")
 
@@ -80,7 +80,7 @@ KILL_IN_SAVE = """
 import os, sys
 from margo_dist.config import load_config
 from margo_dist.train import rundir
-from margo_dist.train.loop import train
+from margo_dist.train.entry import train
 
 calls = {"n": 0}
 original = rundir.RunDir.write_bytes

@@ -14,7 +14,7 @@ import pytest
 
 from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, write_synthetic
-from margo_dist.train.loop import train
+from margo_dist.train.entry import train
 from margo_dist.train.report import evaluate_run
 
 ray = pytest.importorskip("ray")

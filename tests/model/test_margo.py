@@ -11,7 +11,7 @@ from margo_dist.errors import ConfigError
 from margo_dist.graph.build import GraphArtifacts
 from margo_dist.graph.tensors import Batch, full_graph
 from margo_dist.model.margo import CALIBRATE, DRAGON, PRETRAIN, block_ratings, build_model, fuse, modality_ratings
-from margo_dist.model.variants import get_variant
+from margo_dist.variants import get_variant
 from margo_dist.model.objective import calibration_term, triplet_loss
 
 N_USERS, N_ITEMS = 4, 5

@@ -10,7 +10,7 @@ import pytest
 
 from margo_dist.config import load_config
 from margo_dist.data.synth import load_truth
-from margo_dist.train.loop import train
+from margo_dist.train.entry import train
 
 from .helpers import SMALL, load_tool
 

@@ -12,7 +12,7 @@ from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, write_synthetic
 from margo_dist.errors import MargoError
 from margo_dist.train import checkpoint
-from margo_dist.train.loop import train
+from margo_dist.train.entry import train
 from margo_dist.train.rundir import CHECKPOINT, RunDir
 
 

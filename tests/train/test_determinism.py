@@ -18,7 +18,7 @@ from margo_dist.data.synth import SynthSpec, write_synthetic
 RUN = """
 import sys
 from margo_dist.config import load_config
-from margo_dist.train.loop import train
+from margo_dist.train.entry import train
 train(load_config("configs/default.yaml", sys.argv[1:]), log=lambda _m: None)
 """
 

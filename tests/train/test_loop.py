@@ -12,7 +12,8 @@ import torch
 from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, write_synthetic
 from margo_dist.train import loop
-from margo_dist.train.loop import Trainer, load_training_data, train
+from margo_dist.train.loop import Trainer, load_training_data
+from margo_dist.train.entry import train
 from margo_dist.train.report import evaluate_run, recommend, report
 
 TINY = SynthSpec(n_users=120, n_items=80, n_interactions=1200, modality_dims={"image": 12, "text": 8}, seed=0)

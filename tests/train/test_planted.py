@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, write_synthetic
-from margo_dist.train.loop import train
+from margo_dist.train.entry import train
 
 
 def test_margo_weights_detect_planted_noise_and_stage_two_helps(tmp_path):

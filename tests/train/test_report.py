@@ -14,7 +14,8 @@ from margo_dist.cli import main
 from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, write_synthetic
 from margo_dist.errors import MargoError
-from margo_dist.train.loop import load_training_data, train
+from margo_dist.train.loop import load_training_data
+from margo_dist.train.entry import train
 from margo_dist.train.rundir import CHECKPOINT, METRICS, SUMMARY, RunDir
 
 OVERRIDES = ["model.dim=4", "graph.user_k=3", "graph.item_k=2", "train.max_epochs=1", "train.batch_size=128",

@@ -13,7 +13,8 @@ from margo_dist.cli import main
 from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, write_synthetic
 from margo_dist.errors import MargoError
-from margo_dist.train.loop import Trainer, train
+from margo_dist.train.loop import Trainer
+from margo_dist.train.entry import train
 from margo_dist.train.rundir import LOCK, RunDir, RunLock, claim, fingerprint, identity
 
 TINY = SynthSpec(n_users=60, n_items=40, n_interactions=600, modality_dims={"image": 6, "text": 4}, seed=0)
