@@ -38,6 +38,10 @@ class DataConfig:
     # float32 | float16 | bfloat16: how the trainer holds the raw features (half the memory of
     # the largest table; upcast inside the projection, or fed to its bf16 autocast as they are)
     feature_dtype: str = "float32"
+    # items without a modality's feature (the dataset's <modality>_present records; docs/amazon.md):
+    # mask: the pair's fusion weight is exactly 0, L_cal runs over the present modalities and the
+    # projection of a missing (zero) row is zero; mean: MMRec's fill (the modality's mean row, no mask)
+    missing: str = "mask"
 
 
 @dataclass
@@ -205,6 +209,7 @@ class Config:
             ("model.variant", self.model.variant, tuple(VARIANTS)),
             ("data.format", self.data.format, ("mmrec", "parquet")),
             ("data.feature_dtype", self.data.feature_dtype, ("float32", "float16", "bfloat16")),
+            ("data.missing", self.data.missing, ("mask", "mean")),
             ("train.precision", self.train.precision, PRECISIONS),
             ("graph.knn_precision", self.graph.knn_precision, PRECISIONS),
             ("model.fusion_scale", self.model.fusion_scale, ("one", "num_modalities")),
@@ -246,6 +251,9 @@ class Config:
                            "dist.timeout_s": self.dist.timeout_s}.items():
             if value <= 0:
                 raise ConfigError(f"{key}={value} must be > 0")
+        if self.data.missing == "mean" and self.dist.workers > 0:
+            raise ConfigError(f"data.missing=mean with dist.workers={self.dist.workers}: the fill needs every "
+                              "item's row and a worker holds its own; compare with data.missing=mean locally")
         for key, url in (("run.dir", self.run.dir), ("data.path", self.data.path)):
             if self.dist.workers > 0 and url.startswith("memory://"):
                 raise ConfigError(f"{key}={url} with dist.workers={self.dist.workers}: memory:// is private to "

@@ -197,12 +197,31 @@ def read_interactions(cfg: DataConfig, n_users: int, n_items: int) -> Dataset:
         user, item, label = _read_interactions_parquet(inter_url)
         name = cfg.name or posixpath.basename(dio.fs_and_path(cfg.path)[1].rstrip("/"))
     ds = Dataset(name=name, n_users=n_users, n_items=n_items, user=user, item=item, label=label, features={},
-                 source=cfg.path)
+                 source=cfg.path, present=read_presence(cfg, n_items))
     files = {INTERACTIONS: inter_url}
     check_labels(ds, files)
     check_ids(ds, files)
     check_duplicates(ds, files, dedupe=cfg.dedupe)
     return ds
+
+
+def read_presence(cfg: DataConfig, n_items: int) -> dict[str, np.ndarray]:
+    """Which items have each of ``cfg.modalities`` (only modalities with a record), without
+    reading any feature values: a distributed worker's view of the dataset's missing pairs."""
+    out: dict[str, np.ndarray] = {}
+    for mod in cfg.modalities:
+        if cfg.format == "mmrec":
+            url = dio.join(cfg.path, f"{mod}{PRESENT_SUFFIX}")
+            if dio.exists(url):
+                out[mod] = dio.load_npy(url)
+        else:
+            url = dio.join(cfg.path, FEATURES_DIR, f"{mod}.parquet")
+            table = read_parquet_columns(url, [], optional=(PRESENT_COLUMN,))
+            if PRESENT_COLUMN in table.column_names:
+                out[mod] = table.column(PRESENT_COLUMN).to_numpy().astype(bool)
+        if mod in out and out[mod].shape != (n_items,):
+            raise DataError(f"{url}: presence of {out[mod].shape[0]} items, the dataset has {n_items}")
+    return out
 
 
 def _read_inter(url: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -332,6 +332,23 @@ def fill_ranked(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, idx_out:
     val_out[rows[top], rank[top]] = values[top]
 
 
+def present_knn(features: np.ndarray, present: np.ndarray, k: int, chunk_rows: int = 2048, **kwargs: Any
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`item_knn` among the items that have the modality: a missing item (a zero row)
+    links to none and none links to it; its rows are -1 padding, like a short list's."""
+    if present.all():
+        return item_knn(features, k, chunk_rows, **kwargs)
+    ids = np.flatnonzero(present)
+    n = len(present)
+    width = min(k, max(n - 1, 0))
+    idx = np.full((n, width), -1, np.int64)
+    sim = np.zeros((n, width), np.float32)
+    sub_idx, sub_sim = item_knn(np.asarray(features)[ids], k, chunk_rows, **kwargs)
+    idx[ids, :sub_idx.shape[1]] = ids[sub_idx]
+    sim[ids, :sub_sim.shape[1]] = sub_sim
+    return idx, sim
+
+
 def padded_edges(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(neighbour, row, valid mask) of a -1 padded neighbour table: one edge per non-padding entry.
 
@@ -387,6 +404,10 @@ def graph_key(ds: Dataset, cfg: GraphConfig, modalities: list[str]) -> str:
     """
     params: dict[str, object] = {"version": FORMAT_VERSION, "item_k": int(cfg.item_k), "user_k": int(cfg.user_k),
                                  "modalities": sorted(modalities)}
+    missing = {m: ds.presence(m) for m in modalities if not ds.presence(m).all()}
+    if missing:  # the kNN graphs link present items only: the missing pairs are part of the key
+        params["missing"] = {m: hashlib.blake2b(np.packbits(v).tobytes(), digest_size=8).hexdigest()
+                             for m, v in sorted(missing.items())}
     knn_precision = resolve_precision(cfg.knn_precision, "cpu", "graph.knn_precision")[0]
     if knn_precision != "float32":  # float32 keys stay what they were before the key existed
         params["knn_precision"] = knn_precision
@@ -411,8 +432,8 @@ def build_graphs(ds: Dataset, cfg: GraphConfig, modalities: list[str] | None = N
     knn = {}
     for m in mods:
         stats: dict[str, int] = {}
-        knn[m] = item_knn(ds.features[m], cfg.item_k, cfg.chunk_rows, progress=progress, name=m,
-                          precision=precision, stats=stats)
+        knn[m] = present_knn(ds.features[m], ds.presence(m), cfg.item_k, cfg.chunk_rows, progress=progress,
+                             name=m, precision=precision, stats=stats)
         if precision != "float32" and progress:
             print(f"item kNN {m}: bfloat16 candidates ({why}), float32 re-rank; {stats['rows_recomputed']} of "
                   f"{ds.n_items} rows recomputed exactly", flush=True)

@@ -95,25 +95,33 @@ class MLP(nn.Module):
     float32 accumulation, float32 master weights (their gradients arrive in float32), and
     a float32 output, so everything after the projection (propagation, fusion, losses)
     stays float32. The input may be stored in float32, float16 or bfloat16.
+
+    ``missing_rows``: the dataset has items without this modality, whose rows are zero;
+    their projection is zero (the propagation then gives them their neighbours' view).
     """
 
     def __init__(self, d_in: int, d_hidden: int, d_out: int, generator: torch.Generator,
-                 compute_dtype: torch.dtype = torch.float32) -> None:
+                 compute_dtype: torch.dtype = torch.float32, missing_rows: bool = False) -> None:
         super().__init__()
         self.w1 = nn.Parameter(_uniform((d_hidden, d_in), d_in, generator))
         self.b1 = nn.Parameter(_uniform((d_hidden,), d_in, generator))
         self.w2 = nn.Parameter(_uniform((d_out, d_hidden), d_hidden, generator))
         self.b2 = nn.Parameter(_uniform((d_out,), d_hidden, generator))
         self.compute_dtype = compute_dtype
+        self.missing_rows = missing_rows
 
     def forward(self, f: Tensor) -> Tensor:
         if self.compute_dtype == self.w1.dtype:
             h = nn.functional.leaky_relu(nn.functional.linear(f.to(self.w1.dtype), self.w1, self.b1))
-            return nn.functional.linear(h, self.w2, self.b2)
-        with torch.autocast(f.device.type, dtype=self.compute_dtype):
-            h = nn.functional.leaky_relu(nn.functional.linear(f, self.w1, self.b1))
             out = nn.functional.linear(h, self.w2, self.b2)
-        return out.to(self.w2.dtype)
+        else:
+            with torch.autocast(f.device.type, dtype=self.compute_dtype):
+                h = nn.functional.leaky_relu(nn.functional.linear(f, self.w1, self.b1))
+                out = nn.functional.linear(h, self.w2, self.b2)
+            out = out.to(self.w2.dtype)
+        if self.missing_rows:  # a zero row is a missing view (the dataset's rule): it projects to zero, not
+            out = out * (f != 0).any(dim=1, keepdim=True).to(out.dtype)  # to the biases' made-up vector
+        return out
 
 
 def _uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> Tensor:

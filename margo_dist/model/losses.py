@@ -40,7 +40,7 @@ def bpr_loss(pos: Tensor, neg: Tensor, total: int | None = None) -> Tensor:
     return F.softplus(neg - pos).sum() / (pos.numel() if total is None else total)
 
 
-def reliability(r_pos: Tensor, r_neg: Tensor) -> tuple[Tensor, Tensor]:
+def reliability(r_pos: Tensor, r_neg: Tensor, present: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Modality reliability vector z (Eqs. 5-6) and which triplets have one.
 
     r_pos, r_neg: [B, M] modality ratings r_ui^m, r_uj^m.
@@ -48,12 +48,17 @@ def reliability(r_pos: Tensor, r_neg: Tensor) -> tuple[Tensor, Tensor]:
     (ties count as agreeing) and -inf otherwise, and mask [B] bool, True where
     at least one modality agrees with BPR. Rows with mask False get z = 0: their
     softmax is undefined, and a zero row keeps NaN out of values and gradients.
+    ``present`` [B, M] bool (None: all): the modalities both items of the triplet have;
+    a missing one carries no evidence, so phi is -inf there (z = 0).
     """
     if r_pos.dim() != 2:
         raise ValueError(f"r_pos must be 2-d [B, M], got shape {tuple(r_pos.shape)}")
     _check_shape("r_neg", r_neg, tuple(r_pos.shape))
     delta = r_pos - r_neg
     agree = delta >= 0
+    if present is not None:
+        _check_shape("present", present, tuple(r_pos.shape))
+        agree = agree & present
     mask = agree.any(dim=1)
     neg_inf = torch.full_like(delta, float("-inf"))
     logits = torch.where(agree, delta, neg_inf)
@@ -88,8 +93,12 @@ def calibration_loss(
     w_neg: Tensor,
     stop_grad: bool = True,
     total: int | None = None,
+    present: Tensor | None = None,
 ) -> Tensor:
     """Weight calibration loss (Eq. 8): mean_B gamma * KL(z || (w_pos + w_neg) / 2).
+
+    ``present`` [B, M] bool (None: all): the modalities both items have; the pair mean is
+    then taken over those and renormalised to a distribution there (z is zero elsewhere).
 
     z: [B, M] reliability, mask: [B] bool (False rows contribute 0 but still count
     in the mean's denominator), gamma: [B] confidence, w_pos/w_neg: [B, M] item
@@ -112,6 +121,10 @@ def calibration_loss(
         z = z.detach()
         gamma = gamma.detach()
     q = 0.5 * (w_pos + w_neg)
+    if present is not None:
+        _check_shape("present", present, (b, m))
+        q = torch.where(present, q, torch.zeros_like(q))
+        q = q / q.sum(dim=1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
     positive = z > 0
     ones = torch.ones_like(z)
     # xlogy(0, y) has gradient 0 / y wrt y, which is NaN at y = 0; feeding 1 into

@@ -40,14 +40,14 @@ class DragonEncoder(nn.Module):
 
     def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig,
                  generator: torch.Generator, table_seed: int, placement: Placement,
-                 compute_dtype: torch.dtype = torch.float32) -> None:
+                 compute_dtype: torch.dtype = torch.float32, missing_rows: bool = False) -> None:
         super().__init__()
         self.placement = placement
         self.n_users, self.n_items, self.dim = n_users, n_items, cfg.dim
         self.n_layers = cfg.n_layers
         self.n_slices = len(feature_dims)
         self.projections = nn.ModuleList(
-            [MLP(f, cfg.hidden_mult * cfg.dim, cfg.dim, generator, compute_dtype) for f in feature_dims])
+            [MLP(f, cfg.hidden_mult * cfg.dim, cfg.dim, generator, compute_dtype, missing_rows) for f in feature_dims])
         self.preferences = nn.ModuleList(
             [placement.table(TableSpec.xavier(f"preferences.{k}", n_users, cfg.dim, table_seed), USER)
              for k in range(len(feature_dims))])
@@ -189,8 +189,14 @@ class Recommender(nn.Module):
     """An encoder plus the fusion weights: θ (items, MARGO) or user weights (DRAGON)."""
 
     def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int,
-                 placement: Placement | None = None, compute_dtype: torch.dtype = torch.float32) -> None:
+                 placement: Placement | None = None, compute_dtype: torch.dtype = torch.float32,
+                 present: Tensor | None = None) -> None:
         super().__init__()
+        if present is not None and tuple(present.shape) != (n_items, len(feature_dims)):
+            raise ValueError(f"present has shape {tuple(present.shape)}, expected ({n_items}, {len(feature_dims)})")
+        # [n_items, M] bool: which (item, modality) pairs have a feature; None: all. Every worker
+        # holds all of it (one bit per pair); not in the state dict (the dataset says it)
+        self.register_buffer("present", present, persistent=False)
         # dense parameters from one generator (every worker draws the same); tables from
         # their TableSpec, whose rows depend only on (seed, table name, row)
         generator, table_seed = torch.Generator().manual_seed(seed), seed
@@ -203,7 +209,7 @@ class Recommender(nn.Module):
             if not feature_dims:
                 raise ValueError(f"model.variant={cfg.variant} needs at least one modality")
             self.encoder = DragonEncoder(n_users, n_items, feature_dims, cfg, generator, table_seed, placement,
-                                         compute_dtype)
+                                         compute_dtype, missing_rows=present is not None)
         else:
             n_layers = cfg.n_layers if self.spec.encoder == "lightgcn" else 0
             self.encoder = IdEncoder(n_users, n_items, cfg, n_layers, table_seed, placement)
@@ -260,7 +266,7 @@ class Recommender(nn.Module):
         if self.theta is None:
             raise RuntimeError(f"variant {self.variant} has no item weight table")
         rows = self.theta.all_rows() if items is None else self.theta.lookup(items)
-        return torch.softmax(rows, dim=1)
+        return self._masked_softmax(rows, items)
 
     def start_item_weights(self, items: Tensor) -> Lookup:
         """``item_weights(items)`` begun now: θ's rows travel while the caller encodes (and their
@@ -268,7 +274,26 @@ class Recommender(nn.Module):
         if self.theta is None:
             raise RuntimeError(f"variant {self.variant} has no item weight table")
         rows = self.theta.start_lookup(items)
-        return Lookup(finish=lambda: torch.softmax(rows.wait(), dim=1))
+        return Lookup(finish=lambda: self._masked_softmax(rows.wait(), items))
+
+    def _masked_softmax(self, logits: Tensor, items: Tensor | None) -> Tensor:
+        """softmax over each item's present modalities: a missing pair's weight is exactly 0."""
+        present = self.present_rows(items)
+        if present is not None:
+            logits = logits.masked_fill(~present, float("-inf"))
+        return torch.softmax(logits, dim=1)
+
+    def present_rows(self, items: Tensor | None) -> Tensor | None:
+        """[len(items) or n_items, M] bool presence of ``items`` (all items when None); None: all present."""
+        if self.present is None:
+            return None
+        return self.present if items is None else self.present.index_select(0, items)
+
+    def present_pairs(self, pos: Tensor | None, neg: Tensor | None) -> Tensor | None:
+        """[B, M] bool: the modalities both items of each (positive, negative) pair have; None: all."""
+        if self.present is None or pos is None or neg is None:
+            return None
+        return self.present.index_select(0, pos) & self.present.index_select(0, neg)
 
     def user_weights(self, users: Tensor | None = None) -> Tensor:
         """DRAGON's user-level modality weights, softmax over modalities."""
@@ -287,12 +312,14 @@ class Recommender(nn.Module):
 
         ``item_weights``: ``self.item_weights(items)`` when the caller has it already.
         """
+        present = self.present_rows(items)
+        gate = None if present is None else present.to(torch.float32)  # a missing pair adds nothing
         if stage == PRETRAIN:
-            return None, None
+            return None, gate
         if stage == CALIBRATE:
             return None, (self.item_weights(items) if item_weights is None else item_weights) * self.scale()
         if stage == DRAGON:
-            return self.user_weights(users), None
+            return self.user_weights(users), gate
         raise ValueError(f"unknown stage {stage!r}")
 
     def score_vectors(self, stage: str, users_emb: Tensor, items_emb: Tensor, users: Tensor | None = None,
@@ -371,8 +398,10 @@ def fuse(r: Tensor, user_coef: Tensor | None, item_coef: Tensor | None) -> Tenso
 
 
 def build_model(n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int,
-                placement: Placement | None = None, compute_dtype: torch.dtype = torch.float32) -> Recommender:
+                placement: Placement | None = None, compute_dtype: torch.dtype = torch.float32,
+                present: Tensor | None = None) -> Recommender:
     """A model whose initial parameters depend only on ``seed``; ``placement`` (default: one
     process owns every row) says which table rows and item features this rank holds;
-    ``compute_dtype`` is the projection MLPs' (bfloat16: autocast, ``layers.MLP``)."""
-    return Recommender(n_users, n_items, feature_dims, cfg, seed, placement, compute_dtype)
+    ``compute_dtype`` is the projection MLPs' (bfloat16: autocast, ``layers.MLP``); ``present``
+    [n_items, M] bool marks the (item, modality) pairs that have a feature (None: all)."""
+    return Recommender(n_users, n_items, feature_dims, cfg, seed, placement, compute_dtype, present)

@@ -67,7 +67,7 @@ def ratings_loss(model: Recommender, stage: str, cfg: ModelConfig, r_pos: Tensor
     cal_value, calibrated = 0.0, 0.0
     if w is not None and model.spec.calibration and cfg.alpha > 0:  # w: the calibration stage
         w_pos, w_neg = w.split([b, b])
-        cal, calibrated = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, w_pos, w_neg, g)
+        cal, calibrated = calibration_term(model, cfg, r_pos, r_neg, y_pos, y_neg, w_pos, w_neg, g, pos, neg)
         total = total + cfg.alpha * cal
         cal_value = float(cal.detach())
     rows = model.regularised_rows(*(regularised or (users, torch.cat([pos, neg]))))
@@ -78,17 +78,19 @@ def ratings_loss(model: Recommender, stage: str, cfg: ModelConfig, r_pos: Tensor
 
 
 def calibration_term(model: Recommender, cfg: ModelConfig, r_pos: Tensor, r_neg: Tensor, y_pos: Tensor,
-                     y_neg: Tensor, w_pos: Tensor, w_neg: Tensor, global_batch: int | None = None
-                     ) -> tuple[Tensor, float]:
+                     y_neg: Tensor, w_pos: Tensor, w_neg: Tensor, global_batch: int | None = None,
+                     pos: Tensor | None = None, neg: Tensor | None = None) -> tuple[Tensor, float]:
     """``L_cal`` (Eq. 8) and the fraction of the (global) batch's triplets it supervises.
 
     r_pos/r_neg: [B, M] modality ratings; y_pos/y_neg: [B] fused scores; w_pos/w_neg:
-    [B, M] the positive and negative items' weights ``softmax(θ_i)``. The stop-gradient
+    [B, M] the positive and negative items' weights ``softmax(θ_i)``; pos/neg: [B] their ids,
+    whose missing modalities (``Recommender.present``) L_cal leaves out. The stop-gradient
     on z and gamma follows the variant (off for ``wo_nograd``).
     """
-    z, mask = losses.reliability(r_pos, r_neg)
+    both = model.present_pairs(pos, neg)
+    z, mask = losses.reliability(r_pos, r_neg, both)
     gamma = losses.confidence(y_pos, y_neg, cfg.tau)
     cal = losses.calibration_loss(z, mask, gamma, w_pos, w_neg, stop_grad=model.spec.stop_gradient,
-                                   total=global_batch)
+                                   total=global_batch, present=both)
     supervised = float(((gamma > 0) & mask).sum())
     return cal, supervised / max(gamma.numel() if global_batch is None else global_batch, 1)

@@ -55,6 +55,9 @@ class TrainingData:
     truth: np.ndarray | None  # planted unreliable pairs of a synthetic dataset
     # False: ``graph`` is a shard's receptive field (graph/field.py), exact at its own nodes only
     graph_complete: bool = True
+    # [n_items, M] bool: the (item, modality) pairs with a feature, under data.missing=mask when some
+    # pair is missing; None: every pair is there (or data.missing=mean filled them)
+    present: Tensor | None = None
 
     def eval_users(self, split: int) -> np.ndarray:
         indptr = self.heldout[split][0]
@@ -100,12 +103,26 @@ def load_training_data(cfg: Config, build_graphs: bool = True, shard: tuple[str,
                                cfg.graph.knn_mix)
         ids, rows = load_feature_rows(shard[0], shard[1], modalities)
         feature_ids = torch.from_numpy(ids)
+    present = np.stack([ds.presence(m) for m in modalities], axis=1) if modalities else None
+    if present is not None and present.all():
+        present = None
+    if present is not None and cfg.data.missing == "mean":
+        rows = {m: _mean_filled(rows[m], present[:, k]) for k, m in enumerate(modalities)}
+        present = None
     features = [_feature_tensor(rows[m], dtype) for m in modalities]
     tu, ti = ds.split(TRAIN)
     heldout = {s: csr_from_pairs(*ds.split(s), ds.n_users) for s in (VALID, TEST)}
     return TrainingData(ds=ds, url=url, modalities=modalities, graph=graph, features=features,
                         feature_ids=feature_ids, train_csr=csr_from_pairs(tu, ti, ds.n_users), heldout=heldout,
-                        truth=_load_truth(url, modalities), graph_complete=complete)
+                        truth=_load_truth(url, modalities), graph_complete=complete,
+                        present=None if present is None else torch.from_numpy(present))
+
+
+def _mean_filled(rows: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """MMRec's fill for comparison (data.missing=mean): each missing row is the modality's mean row."""
+    out = np.array(rows, dtype=np.float32)
+    out[~present] = out[present].mean(axis=0)
+    return out
 
 
 def _feature_tensor(rows: np.ndarray, dtype: torch.dtype, chunk: int = 8192) -> Tensor:
@@ -170,8 +187,9 @@ class Trainer:
         if cfg.train.precision != "float32":
             self.log(f"projection precision: {precision} ({why})")
         cfg.train.precision = precision  # the run's config.yaml records what ran
-        self.model: Recommender = build_model(data.ds.n_users, data.ds.n_items, dims, cfg.model,
-                                              cfg.train.seed, self.placement, dtype_of(precision)).to(self.device)
+        present = data.present if self.variant.uses_features else None
+        self.model: Recommender = build_model(data.ds.n_users, data.ds.n_items, dims, cfg.model, cfg.train.seed,
+                                              self.placement, dtype_of(precision), present).to(self.device)
         self.whole_graph = data.graph.to(self.device).compute_graph(self.model.encoder.n_layers)
         self.features = [f.to(self.device) for f in self._own_feature_rows(data)]
         self.dense_params = self.model.parameter_groups()["dense"]

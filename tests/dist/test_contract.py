@@ -322,3 +322,33 @@ def test_bfloat16_steps_at_two_workers_equal_the_local_bfloat16_steps(data_dir):
         assert dist[rank]["losses"] == pytest.approx(local["losses"], rel=1e-4)
         for name, value in local["state"].items():
             assert norm_rel_error(dist[rank]["state"][name], value) <= 2e-3, name
+
+
+@pytest.fixture(scope="module")
+def gappy_dir(tmp_path_factory) -> str:
+    """The contract's dataset with some items' image or text removed (zero rows, <modality>_present.npy)."""
+    path = tmp_path_factory.mktemp("contract-gappy") / "data"
+    write_synthetic(SPEC, str(path), "mmrec")
+    for mod, gone in (("image", np.arange(0, SPEC.n_items, 5)), ("text", np.array([2, 33]))):
+        feat = np.load(path / f"{mod}_feat.npy")
+        feat[gone] = 0.0
+        np.save(path / f"{mod}_feat.npy", feat)
+        present = np.ones(SPEC.n_items, dtype=bool)
+        present[gone] = False
+        np.save(path / f"{mod}_present.npy", present)
+    load_training_data(config(str(path), "margo"))
+    return str(path)
+
+
+@pytest.mark.parametrize("variant", ["margo", "dragon"])
+def test_a_step_with_missing_pairs_at_two_workers_equals_the_local_step(gappy_dir, variant):
+    """Missing (item, modality) pairs masked out of fusion, L_cal and the projection: the same
+    on every worker as locally (each holds the whole presence table)."""
+    local = steps(LocalComm(), gappy_dir, variant, 1, evaluate=True)
+    dist = run_workers(worker, 2, gappy_dir, variant, 1, True)
+    for rank in range(2):
+        assert dist[rank]["losses"][0] == pytest.approx(local["losses"][0], rel=1e-6)
+        for name, value in local["state"].items():
+            assert max_rel_error(dist[rank]["state"][name], value) <= 1e-5, name
+        for metric, value in local["valid"].items():
+            assert dist[rank]["valid"][metric] == pytest.approx(value, abs=1e-12), metric
