@@ -62,7 +62,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     spec = SynthSpec(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
                      modality_dims=args.modalities, seed=args.seed, unreliable_frac=args.unreliable_frac,
-                     noise_kind=args.noise_kind)
+                     noise_kind=args.noise_kind, missing_frac=args.missing_frac)
     t0 = time.time()
     ds = write_synthetic(spec, args.out, args.format)
     print(f"wrote {args.out} ({ds.n_users} users, {ds.n_items} items, {ds.user.size} interactions, "
@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unreliable-frac", type=float, default=0.3)
     p.add_argument("--noise-kind", default="swap", choices=["swap", "gaussian"],
                    help="an unreliable modality is another item's view (swap) or Gaussian noise")
+    p.add_argument("--missing-frac", type=float, default=0.0,
+                   help="items that lose one modality (a zero row, recorded in <modality>_present.npy)")
     p.add_argument("--format", default="mmrec", choices=["mmrec", "parquet"])
     p.set_defaults(func=cmd_synth)
 

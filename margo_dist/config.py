@@ -40,7 +40,8 @@ class DataConfig:
     feature_dtype: str = "float32"
     # items without a modality's feature (the dataset's <modality>_present records; docs/amazon.md):
     # mask: the pair's fusion weight is exactly 0, L_cal runs over the present modalities and the
-    # projection of a missing (zero) row is zero; mean: MMRec's fill (the modality's mean row, no mask)
+    # projection of a missing (zero) row is zero; mean: MMRec's fill (the modality's mean row, no mask);
+    # zero: the zero rows taken as features (what a dataset without the records gets), for comparison
     missing: str = "mask"
 
 
@@ -209,7 +210,7 @@ class Config:
             ("model.variant", self.model.variant, tuple(VARIANTS)),
             ("data.format", self.data.format, ("mmrec", "parquet")),
             ("data.feature_dtype", self.data.feature_dtype, ("float32", "float16", "bfloat16")),
-            ("data.missing", self.data.missing, ("mask", "mean")),
+            ("data.missing", self.data.missing, ("mask", "mean", "zero")),
             ("train.precision", self.train.precision, PRECISIONS),
             ("graph.knn_precision", self.graph.knn_precision, PRECISIONS),
             ("model.fusion_scale", self.model.fusion_scale, ("one", "num_modalities")),
@@ -251,9 +252,10 @@ class Config:
                            "dist.timeout_s": self.dist.timeout_s}.items():
             if value <= 0:
                 raise ConfigError(f"{key}={value} must be > 0")
-        if self.data.missing == "mean" and self.dist.workers > 0:
-            raise ConfigError(f"data.missing=mean with dist.workers={self.dist.workers}: the fill needs every "
-                              "item's row and a worker holds its own; compare with data.missing=mean locally")
+        if self.data.missing != "mask" and self.dist.workers > 0:
+            raise ConfigError(f"data.missing={self.data.missing} with dist.workers={self.dist.workers}: the "
+                              "comparison modes run locally (the mean needs every item's row, a worker holds "
+                              "its own); distributed runs mask")
         for key, url in (("run.dir", self.run.dir), ("data.path", self.data.path)):
             if self.dist.workers > 0 and url.startswith("memory://"):
                 raise ConfigError(f"{key}={url} with dist.workers={self.dist.workers}: memory:// is private to "

@@ -13,6 +13,7 @@ noisy (item, modality) pairs (lower weight = more likely noisy) and test Recall@
     python tools/bench_reliability.py                       # 3 seeds, 3000 users / 1500 items
     python tools/bench_reliability.py --seeds 1 --users 1000 --items 600 --interactions 12000
     python tools/bench_reliability.py --noise-kind gaussian --set model.alpha=1
+    python tools/bench_reliability.py --missing-frac 0.2 --set data.missing=mask   # or mean, zero
     python tools/bench_reliability.py --workers 2    # and MARGO on 2 Ray workers per seed
     python tools/bench_reliability.py --workers 2 --dist-set train.mode=sampled --recall-within 0.03
 
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", default="image:256,text:128")
     p.add_argument("--noise", type=float, default=0.3)
     p.add_argument("--noise-kind", default="swap", choices=["swap", "gaussian"])
+    p.add_argument("--missing-frac", type=float, default=0.0,
+                   help="items that lose one modality (compare --set data.missing=mask|mean|zero)")
     p.add_argument("--max-epochs", type=int, default=100)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--config", default="configs/default.yaml")
@@ -84,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in range(args.seeds):
         kind = "" if args.noise_kind == "swap" else f"-{args.noise_kind}"
+        kind += f"-missing{args.missing_frac:g}" if args.missing_frac else ""
         data = os.path.join(args.out, f"data-s{seed}-u{args.users}-i{args.items}-n{args.interactions}{kind}")
         ensure_synthetic(SynthSpec(n_users=args.users, n_items=args.items, n_interactions=args.interactions,
                                    modality_dims=dims, seed=seed, unreliable_frac=args.noise,
-                                   noise_kind=args.noise_kind), data)
+                                   noise_kind=args.noise_kind, missing_frac=args.missing_frac), data)
         margo = run(args, data, "margo", seed, "model.variant=margo")
         wo_cal = run(args, data, "wo_cal", seed, "model.variant=wo_cal", "model.alpha=0",
                      f"run.pretrained={run_dir(args, data, 'margo')}")

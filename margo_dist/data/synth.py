@@ -53,6 +53,9 @@ class SynthSpec:
     min_per_user: int = 5
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     noise_kind: str = "swap"  # how an unreliable modality is replaced: swap | gaussian
+    # items that lose one modality (its row zero, recorded in <modality>_present.npy); drawn from
+    # their own random stream, so the rest of a dataset is the same with or without them
+    missing_frac: float = 0.0
 
     def check(self) -> None:
         if self.n_users < 1 or self.n_items < 2:
@@ -67,6 +70,10 @@ class SynthSpec:
             raise MargoError(f"noise_kind={self.noise_kind!r} is not one of {', '.join(NOISE_KINDS)}")
         if not 0.0 <= self.unreliable_frac <= 1.0:
             raise MargoError(f"unreliable_frac={self.unreliable_frac} must be in [0, 1]")
+        if not 0.0 <= self.missing_frac <= 1.0:
+            raise MargoError(f"missing_frac={self.missing_frac} must be in [0, 1]")
+        if self.missing_frac > 0 and len(self.modality_dims) < 2:
+            raise MargoError(f"missing_frac={self.missing_frac} needs two modalities or more: an item must keep one")
         if self.n_interactions < self.n_users * 3:
             raise MargoError(f"n_interactions={self.n_interactions} is below 3 per user "
                              f"({self.n_users} users): every split needs an interaction per user")
@@ -171,8 +178,17 @@ def generate(spec: SynthSpec) -> tuple[Dataset, np.ndarray]:
             scale = float(feat[~bad].std()) if (~bad).any() else 1.0
             feat[bad] = scale * rng.standard_normal((int(bad.sum()), dim), dtype=np.float32)
         features[name] = feat
+    present: dict[str, np.ndarray] = {}
+    if spec.missing_frac > 0:
+        gaps = np.random.default_rng([spec.seed, 1])
+        gone = gaps.choice(spec.n_items, size=int(round(spec.missing_frac * spec.n_items)), replace=False)
+        which = gaps.integers(0, len(names), size=gone.size)
+        for m, name in enumerate(names):
+            present[name] = np.ones(spec.n_items, dtype=bool)
+            present[name][gone[which == m]] = False
+            features[name][~present[name]] = 0.0
     ds = Dataset(name="synth", n_users=spec.n_users, n_items=spec.n_items, user=user, item=item,
-                 label=label, features=features, source=f"synthetic(seed={spec.seed})")
+                 label=label, features=features, source=f"synthetic(seed={spec.seed})", present=present)
     return ds, truth
 
 
@@ -181,7 +197,8 @@ def truth_files(spec: SynthSpec, truth: np.ndarray) -> dict[str, bytes]:
     buf = io.BytesIO()
     np.save(buf, truth, allow_pickle=False)
     meta = {"modalities": list(spec.modality_dims), "spec": {**spec.__dict__, "split": list(spec.split)},
-            "unreliable_pairs": int(truth.sum())}
+            "unreliable_pairs": int(truth.sum()),
+            "missing_pairs": {"fraction_of_items": spec.missing_frac, "files": "<modality>_present.npy"}}
     return {TRUTH_FILE: buf.getvalue(), META_FILE: json.dumps(meta, indent=2).encode()}
 
 

@@ -8,6 +8,7 @@ stop. The test split is scored once per stage, after that stage's selection.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -85,8 +86,9 @@ def load_training_data(cfg: Config, build_graphs: bool = True, shard: tuple[str,
     complete = True
     if shard is None:
         ds = read_dataset_cfg(data_cfg)
-        art = load_graph_source(ds, url, cfg.graph, modalities, build=build_graphs)
-        rows = ds.features
+        graph_ds = _unmasked(ds, cfg.data.missing)
+        art = load_graph_source(graph_ds, url, cfg.graph, modalities, build=build_graphs)
+        rows = graph_ds.features
         graph = full_graph(art, modalities, cfg.graph.knn_mix)
     else:
         from margo_dist.graph.field import field_graph, load_field
@@ -104,10 +106,7 @@ def load_training_data(cfg: Config, build_graphs: bool = True, shard: tuple[str,
         ids, rows = load_feature_rows(shard[0], shard[1], modalities)
         feature_ids = torch.from_numpy(ids)
     present = np.stack([ds.presence(m) for m in modalities], axis=1) if modalities else None
-    if present is not None and present.all():
-        present = None
-    if present is not None and cfg.data.missing == "mean":
-        rows = {m: _mean_filled(rows[m], present[:, k]) for k, m in enumerate(modalities)}
+    if present is not None and (present.all() or cfg.data.missing != "mask"):
         present = None
     features = [_feature_tensor(rows[m], dtype) for m in modalities]
     tu, ti = ds.split(TRAIN)
@@ -118,11 +117,19 @@ def load_training_data(cfg: Config, build_graphs: bool = True, shard: tuple[str,
                         present=None if present is None else torch.from_numpy(present))
 
 
-def _mean_filled(rows: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """MMRec's fill for comparison (data.missing=mean): each missing row is the modality's mean row."""
-    out = np.array(rows, dtype=np.float32)
-    out[~present] = out[present].mean(axis=0)
-    return out
+def _unmasked(ds: Dataset, missing: str) -> Dataset:
+    """``ds`` as a dataset without presence records would be, for the comparison modes:
+    data.missing=mean fills each missing row with its modality's mean row (MMRec's fill),
+    zero keeps the zero rows; the kNN graphs are then built from those rows. mask: ``ds``."""
+    if missing == "mask" or not ds.present:
+        return ds
+    features = dict(ds.features)
+    for m, present in ds.present.items():
+        if missing == "mean" and m in features and not present.all():
+            rows = np.array(features[m], dtype=np.float32)
+            rows[~present] = rows[present].mean(axis=0)
+            features[m] = rows
+    return dataclasses.replace(ds, features=features, present={})
 
 
 def _feature_tensor(rows: np.ndarray, dtype: torch.dtype, chunk: int = 8192) -> Tensor:
@@ -255,7 +262,9 @@ class Trainer:
         """Planted-noise detection AUC of the current item weights (synthetic data with θ only)."""
         if self.model.theta is None or self.data.truth is None:
             return None
-        return weight_detection_auc(self.model.item_weights().detach().float().cpu(), torch.from_numpy(self.data.truth))
+        present = None if self.model.present is None else self.model.present.cpu()
+        return weight_detection_auc(self.model.item_weights().detach().float().cpu(), torch.from_numpy(self.data.truth),
+                                    present)
 
     @torch.no_grad()
     def item_weight_table(self) -> np.ndarray | None:

@@ -317,14 +317,18 @@ def full_ranking_eval(
 
 
 @torch.no_grad()
-def weight_detection_auc(weights: Tensor, unreliable: Tensor) -> float:
+def weight_detection_auc(weights: Tensor, unreliable: Tensor, present: Tensor | None = None) -> float:
     """ROC AUC of ``-weight`` as a detector of unreliable (item, modality) pairs.
 
     weights, unreliable: [n_items, M]. 1.0 means every noisy pair has a lower weight
-    than every clean pair; 0.5 is chance. Ties count one half.
+    than every clean pair; 0.5 is chance. Ties count one half. ``present`` [n_items, M]
+    bool: only those pairs are scored (a missing pair's weight is 0 by construction).
     """
     score = -weights.flatten().double()
     label = unreliable.flatten().bool()
+    if present is not None:
+        keep = present.flatten().bool()
+        score, label = score[keep], label[keep]
     n_pos, n_neg = int(label.sum()), int((~label).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("AUC needs both unreliable and reliable pairs")

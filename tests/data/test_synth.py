@@ -75,3 +75,26 @@ def test_bad_spec_is_rejected():
         make_synthetic(100, 50, 400, {"x": 4}, noise_kind="pink")
     with pytest.raises(MargoError, match="unreliable_frac=1.5"):
         make_synthetic(10, 50, 100, {"x": 4}, unreliable_frac=1.5)
+
+
+def test_missing_frac_removes_one_modality_of_some_items_and_changes_nothing_else(tmp_path) -> None:
+    import dataclasses
+
+    from margo_dist.data.formats import read_dataset
+
+    spec = SynthSpec(n_users=60, n_items=50, n_interactions=600, modality_dims={"image": 6, "text": 4}, seed=3)
+    whole, _ = generate(spec)
+    gappy, _ = generate(dataclasses.replace(spec, missing_frac=0.2))
+    missing = {m: ~gappy.presence(m) for m in ("image", "text")}
+    assert int(missing["image"].sum() + missing["text"].sum()) == 10  # 20% of the items, one modality each
+    assert not (missing["image"] & missing["text"]).any()
+    for m in ("image", "text"):
+        assert not gappy.features[m][missing[m]].any()
+        np.testing.assert_array_equal(gappy.features[m][~missing[m]], whole.features[m][~missing[m]])
+    np.testing.assert_array_equal(gappy.item, whole.item)
+    write_synthetic(dataclasses.replace(spec, missing_frac=0.2), str(tmp_path / "d"), "mmrec")
+    back = read_dataset(str(tmp_path / "d"))
+    np.testing.assert_array_equal(back.presence("image"), gappy.presence("image"))
+    with pytest.raises(MargoError, match="missing_frac=0.2 needs two modalities"):
+        generate(SynthSpec(n_users=60, n_items=50, n_interactions=600, modality_dims={"text": 4},
+                           missing_frac=0.2))

@@ -95,6 +95,15 @@ def test_after_training_a_missing_pair_weighs_exactly_zero(gappy, tmp_path) -> N
     assert (image[rest] > 0).all() and (text[rest] > 0).all()
 
 
+def test_the_comparison_modes_mask_nothing(gappy, tmp_path) -> None:
+    cfg = cfg_for(gappy, str(tmp_path / "zero"), "data.missing=zero")
+    data = load_training_data(cfg)
+    assert data.present is None and not data.features[0][NO_IMAGE].any()
+    masked = load_training_data(cfg_for(gappy, str(tmp_path / "mask")))
+    # the zero rows get kNN lists of their own (and are in others'); masked, they have none in that modality
+    assert data.graph.item_item.src.numel() > masked.graph.item_item.src.numel()
+
+
 def test_mean_fill_is_mmrecs_and_masks_nothing(gappy, tmp_path) -> None:
     cfg = cfg_for(gappy, str(tmp_path / "mean"), "data.missing=mean")
     data = load_training_data(cfg)
