@@ -262,9 +262,10 @@ class Trainer:
         """Planted-noise detection AUC of the current item weights (synthetic data with θ only)."""
         if self.model.theta is None or self.data.truth is None:
             return None
-        present = None if self.model.present is None else self.model.present.cpu()
+        # scored on the pairs that have a feature, whatever data.missing did with the others
+        present = torch.from_numpy(np.stack([self.data.ds.presence(m) for m in self.data.modalities], axis=1))
         return weight_detection_auc(self.model.item_weights().detach().float().cpu(), torch.from_numpy(self.data.truth),
-                                    present)
+                                    None if bool(present.all()) else present)
 
     @torch.no_grad()
     def item_weight_table(self) -> np.ndarray | None:

@@ -130,3 +130,15 @@ def test_sampled_mode_masks_the_same_pairs(gappy, tmp_path) -> None:
     train(cfg_for(gappy, str(tmp_path / "s"), "train.mode=sampled", "sampler.num_workers=0"), log=lambda _m: None)
     image = np.array(pq.read_table(str(tmp_path / "s" / "item_weights.parquet")).column("image"))
     assert (image[NO_IMAGE] == 0.0).all() and (np.delete(image, NO_IMAGE) > 0).all()
+
+
+def test_weight_auc_scores_the_present_pairs_in_every_mode(gappy, tmp_path) -> None:
+    from margo_dist.train.metrics import weight_detection_auc
+
+    cfg = cfg_for(gappy, str(tmp_path / "auc"), "data.missing=mean", "model.theta_init_std=0.5")
+    trainer = Trainer(cfg, load_training_data(cfg), log=lambda _m: None)
+    present = torch.ones(80, 2, dtype=torch.bool)
+    present[NO_IMAGE, 0] = present[NO_TEXT, 1] = False
+    weights, truth = trainer.model.item_weights().detach(), torch.from_numpy(trainer.data.truth)
+    assert trainer.weight_auc() == weight_detection_auc(weights, truth, present)
+    assert trainer.weight_auc() != weight_detection_auc(weights, truth)
