@@ -73,7 +73,7 @@ class ModelConfig:
     hidden_mult: int = 4  # projection MLP hidden width = hidden_mult * dim
     n_layers: int = 2  # propagation steps on the user-item graph
     alpha: float = 0.1  # weight of L_cal
-    tau: float = 5.0  # confidence sensitivity (grid 0.1..5; chosen by the staged search, README)
+    tau: float = 5.0  # confidence sensitivity (grid 0.1..5; chosen by the staged search, docs/search.md)
     reg_weight: float = 1e-3  # lambda
     fusion_scale: str = "one"  # one | num_modalities
     theta_init_std: float = 0.01  # theta ~ N(0, std^2) at the start of stage 2; 0: uniform weights
@@ -118,7 +118,7 @@ class SamplerConfig:
     user layer (one entry).
     """
 
-    # ui/iu 40 from the planted benchmark (README, "Sampled training"): 3 seeds of MARGO
+    # ui/iu 40 from the planted benchmark (docs/results.md, "Sampled training"): 3 seeds of MARGO
     # sampled against full lost 4.7% test Recall@20 at 10, 3.3% at 20, 1.9% at 40. A step
     # reaches ~90% of the items even at 5 (tools/bench_sampling_curve.py), so train.mode
     # stays full; lower fan-outs trade accuracy for speed.

@@ -14,7 +14,7 @@ of the items one modality (chosen uniformly) is replaced, in one of two ways
 
 Neither can be told apart by its norm, only by disagreeing with the interactions.
 The two stress different things: with ``swap`` BPR alone already learns which
-modality to trust, with ``gaussian`` the calibration loss matters (README, "Planted
+modality to trust, with ``gaussian`` the calibration loss matters (docs/results.md, "Planted
 unreliable modalities"). The truth mask is returned and written next to the data
 (``unreliable.npy``: bool [n_items, M], columns in the order of ``synth.json``'s
 ``modalities``).
