@@ -289,6 +289,12 @@ class Recommender(nn.Module):
             return None
         return self.present if items is None else self.present.index_select(0, items)
 
+    def _presence_gate(self, items: Tensor | None) -> Tensor | None:
+        """1 where an item has the modality, 0 where it has not (a missing pair adds nothing to
+        the sum of the modalities' scores); None when every pair is there."""
+        present = self.present_rows(items)
+        return None if present is None else present.to(torch.float32)
+
     def present_pairs(self, pos: Tensor | None, neg: Tensor | None) -> Tensor | None:
         """[B, M] bool: the modalities both items of each (positive, negative) pair have; None: all."""
         if self.present is None or pos is None or neg is None:
@@ -312,14 +318,12 @@ class Recommender(nn.Module):
 
         ``item_weights``: ``self.item_weights(items)`` when the caller has it already.
         """
-        present = self.present_rows(items)
-        gate = None if present is None else present.to(torch.float32)  # a missing pair adds nothing
         if stage == PRETRAIN:
-            return None, gate
-        if stage == CALIBRATE:
+            return None, self._presence_gate(items)
+        if stage == CALIBRATE:  # θ's softmax is 0 at missing pairs already
             return None, (self.item_weights(items) if item_weights is None else item_weights) * self.scale()
         if stage == DRAGON:
-            return self.user_weights(users), gate
+            return self.user_weights(users), self._presence_gate(items)
         raise ValueError(f"unknown stage {stage!r}")
 
     def score_vectors(self, stage: str, users_emb: Tensor, items_emb: Tensor, users: Tensor | None = None,

@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from margo_dist.config import Config, dump_yaml, load_config
+from margo_dist.config import Config, dump_yaml, load_config, to_dict
 from margo_dist.data import io as mio
+from margo_dist.data.synth import default_dataset_url
 from margo_dist.errors import MargoError
 from margo_dist.precision import resolve as resolve_precision
 
@@ -176,9 +177,6 @@ def identity(cfg: Config) -> dict[str, Any]:
     ``data.path`` empty (the built-in dataset) is its folder, so a run that names the built-in
     dataset either way is the same experiment.
     """
-    from margo_dist.config import to_dict
-    from margo_dist.data.synth import default_dataset_url
-
     flat = {f"{section}.{key}": value for section, fields in to_dict(cfg).items() for key, value in fields.items()}
     out = {k: v for k, v in flat.items() if k not in _NOT_IDENTITY and not k.startswith("dist.")}
     out["data.path"] = mio.absolute(out["data.path"] or default_dataset_url())

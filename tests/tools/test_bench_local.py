@@ -13,16 +13,23 @@ from .helpers import inline_mp, load_tool
 COLUMNS = ["mode", "samplers", "precision", "batches", "epoch s", "triplets/s", "eval s", "peak RSS MB", "setup s"]
 
 
+def run_tiny(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[str, list[str], int]:
+    """bench_local's main on arguments ``args`` with its modes run inline: (output, its lines,
+    the index of the first table's header line)."""
+    tool = load_tool("bench_local")
+    monkeypatch.setattr(tool, "mp", inline_mp())
+    tool.main(["--tiny", *args])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    return out, lines, next(k for k, ln in enumerate(lines) if ln.startswith("mode "))
+
+
 def test_tiny_shape_times_full_and_sampled(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                                            tmp_path: Path) -> None:
     """One row per mode and sampler count with positive, finite numbers, each round's ratio
     lines and their medians (modes run inline, not spawned)."""
-    tool = load_tool("bench_local")
-    monkeypatch.setattr(tool, "mp", inline_mp())
-    tool.main(["--tiny", "--workers", "0,1", "--repeat", "2", "--root", str(tmp_path)])
-    out = capsys.readouterr().out
+    out, lines, _ = run_tiny(monkeypatch, capsys, "--workers", "0,1", "--repeat", "2", "--root", str(tmp_path))
     assert (tmp_path / "u150-i80-n1500-v12-t8" / "synth.json").exists()
-    lines = out.splitlines()
     heads = [k for k, ln in enumerate(lines) if ln.startswith("mode ")]
     assert len(heads) == 2  # one table per round
     assert lines[heads[0]].split() == ["mode", "samplers", "precision", "batches", "epoch", "s", "triplets/s", "eval",
@@ -47,12 +54,7 @@ def test_alternate_times_both_modes_in_turn(monkeypatch: pytest.MonkeyPatch, cap
                                             tmp_path: Path) -> None:
     """--alternate: one table with the two modes' step counts and times, and the two ratios,
     which agree with the table's means."""
-    tool = load_tool("bench_local")
-    monkeypatch.setattr(tool, "mp", inline_mp())
-    tool.main(["--tiny", "--alternate", "3", "--workers", "0", "--root", str(tmp_path)])
-    out = capsys.readouterr().out
-    lines = out.splitlines()
-    head = next(k for k, ln in enumerate(lines) if ln.startswith("mode "))
+    out, lines, head = run_tiny(monkeypatch, capsys, "--alternate", "3", "--workers", "0", "--root", str(tmp_path))
     rows = {ln.split()[0]: [float(v) for v in ln.split()[1:]] for ln in lines[head + 2: head + 4]}
     assert sorted(rows) == ["full", "sampled"]
     for steps, mean, median, least in rows.values():
@@ -68,12 +70,8 @@ def test_precision_rows_and_their_ratio(monkeypatch: pytest.MonkeyPatch, capsys:
                                         tmp_path: Path) -> None:
     """--precision float32,bfloat16: a row per precision and the bf16/float32 epoch-time ratio
     line, which names the two rows' peak RSS."""
-    tool = load_tool("bench_local")
-    monkeypatch.setattr(tool, "mp", inline_mp())
-    tool.main(["--tiny", "--modes", "full", "--precision", "float32,bfloat16", "--root", str(tmp_path)])
-    out = capsys.readouterr().out
-    lines = out.splitlines()
-    head = next(k for k, ln in enumerate(lines) if ln.startswith("mode "))
+    out, lines, head = run_tiny(monkeypatch, capsys, "--modes", "full", "--precision", "float32,bfloat16", "--root",
+                                str(tmp_path))
     rows = [dict(zip(COLUMNS, ln.split(), strict=True)) for ln in lines[head + 2: head + 4]]
     assert [(r["mode"], r["precision"]) for r in rows] == [("full", "float32"), ("full", "bfloat16")]
     ratio = re.search(r"full bfloat16/float32 epoch-time ratio: (\S+) \(peak RSS (\d+) against (\d+) MB\)", out)
