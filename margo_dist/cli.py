@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -131,6 +132,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from margo_dist.config import dump_yaml, load_config
+    from margo_dist.config_ref import reference_markdown
+
+    if args.keys:
+        if args.config or args.overrides:
+            print("error: --keys prints the reference of every key; it takes no --config or key=value",
+                  file=sys.stderr)
+            return 2
+        sys.stdout.write(reference_markdown())
+        return 0
+    sys.stdout.write(dump_yaml(load_config(args.config, args.overrides)))
+    return 0
+
+
+def _version() -> str:
+    import platform
+
+    from margo_dist import __version__
+
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "not installed"
+    return f"margo-dist {__version__} (python {platform.python_version()}, torch {torch_version})"
+
+
+TRAIN_HELP = """Train MARGO (or a variant) on a dataset: locally, or on Ray Train workers with
+dist.workers=N. Every setting is a key of one config tree: --config FILE (optional;
+without it the built-in defaults, which train on the built-in synthetic data) and
+key=value overrides after it.
+
+variants (model.variant): {variants}
+
+examples:
+  margo-dist train run.dir=runs/first
+  margo-dist train --config configs/default.yaml data.path=data/baby model.variant=dragon
+  margo-dist train data.path=data/baby dist.workers=2 run.dir=runs/baby-2w
+
+every key, its type, default and meaning: docs/config.md, or margo-dist config --keys;
+the resolved tree without training: margo-dist config [--config FILE] [key=value ...]"""
+
+
 def cmd_cluster_check(args: argparse.Namespace) -> int:
     from margo_dist.dist.cluster import check, report
 
@@ -184,7 +229,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="margo-dist", description=__doc__)
+    parser = argparse.ArgumentParser(prog="margo-dist", description="Train MARGO, a multimodal recommender, "
+                                     "locally or on a Ray cluster. README.md has a recipe per job.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="dataset steps").add_subparsers(dest="data_command", required=True)
@@ -252,10 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value")
     p.set_defaults(func=cmd_partition)
 
-    p = sub.add_parser("train", help="train a model (local, or on Ray Train workers with dist.workers=N)")
-    p.add_argument("--config", default=None)
+    from margo_dist.variants import VARIANTS
+
+    p = sub.add_parser("train", help="train a model (local, or on Ray Train workers with dist.workers=N)",
+                       description=TRAIN_HELP.format(variants=", ".join(VARIANTS)),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML config file (optional: the defaults without it)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. model.variant=margo train.seed=2")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("config", help="print the resolved config (or, with --keys, the reference of every key)")
+    p.add_argument("--config", default=None, help="YAML config file (optional)")
+    p.add_argument("--keys", action="store_true", help="every key: type, default, meaning, stage (docs/config.md)")
+    p.add_argument("overrides", nargs="*", help="key=value")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("tune", help="hyper-parameter search on Ray Tune (staged, ASHA, validation only, resumable)")
     p.add_argument("--config", required=True, help="search file, e.g. configs/tune/margo.yaml")
@@ -289,6 +346,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> None:
+    """The ``margo-dist`` console command."""
+    plain_ray_logs()
+    sys.exit(main())
+
+
+def plain_ray_logs() -> None:
+    """Worker lines without colour codes or ``(RayTrainWorker pid=...)`` prefixes where the output
+    is a file (a job log), not a terminal. The leader's lines are the log; another rank's
+    warnings carry ``rank N:`` of their own. Set before Ray is imported, which reads them."""
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
@@ -300,4 +372,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

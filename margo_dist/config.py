@@ -33,7 +33,7 @@ class DataConfig:
     path: str = ""  # empty: the built-in synthetic dataset, made on first use
     format: str = "mmrec"  # mmrec | parquet
     name: str = ""  # MMRec stem of <name>.inter; empty: the folder's only *.inter file
-    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])  # the <name>_feat tables to fuse
     dedupe: bool = False  # drop duplicate (user, item) pairs instead of rejecting them
     # float32 | float16 | bfloat16: how the trainer holds the raw features (half the memory of
     # the largest table; upcast inside the projection, or fed to its bf16 autocast as they are)
@@ -69,7 +69,7 @@ class ModelConfig:
     """The model and the MARGO hyper-parameters (docs/equations.md sections 1-8, 10)."""
 
     variant: str = "margo"
-    dim: int = 64
+    dim: int = 64  # embedding width of users, items and each modality's projection
     hidden_mult: int = 4  # projection MLP hidden width = hidden_mult * dim
     n_layers: int = 2  # propagation steps on the user-item graph
     alpha: float = 0.1  # weight of L_cal
@@ -83,16 +83,16 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation loop."""
 
-    seed: int = 1
-    lr: float = 1e-3
+    seed: int = 1  # every random draw of a run (initialisation, batches, sampling) follows from it
+    lr: float = 1e-3  # Adam learning rate of the encoders and embeddings
     weight_lr: float = 0.01  # learning rate of the fusion-weight tables (θ); 0: train.lr
-    batch_size: int = 2048
-    max_epochs: int = 200
+    batch_size: int = 2048  # training triplets (user, positive, negative) per step
+    max_epochs: int = 200  # per stage
     patience: int = 20  # evaluations without validation improvement before stopping
-    eval_every: int = 1
+    eval_every: int = 1  # epochs between validation evaluations
     eval_user_chunk: int = 4096  # users scored at once in full ranking
-    topk: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
-    select_metric: str = "recall@20"
+    topk: list[int] = field(default_factory=lambda: [5, 10, 20, 50])  # cut-offs of Recall@K and NDCG@K
+    select_metric: str = "recall@20"  # the validation metric that picks each stage's best epoch
     # evaluate stage 2's starting state (stage 1's best, fresh θ) as its epoch 0 and keep it
     # if no later epoch beats it on validation; false: the paper as written (docs/equations.md 7)
     eval_stage_start: bool = True
@@ -100,12 +100,12 @@ class TrainConfig:
     # false (validation only: the search reads the test split once, for the chosen trial)
     test_split: bool = True
     mode: str = "full"  # full | sampled
-    device: str = "cpu"
+    device: str = "cpu"  # torch device of a local run (cuda, cuda:1, ...); workers use dist.use_gpu
     # float32 | bfloat16 | auto: the projection MLPs under bf16 autocast (float32 master weights,
     # losses, θ and softmax); auto: bfloat16 where the device runs it natively (precision.py)
     precision: str = "float32"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    progress: bool = True
+    progress: bool = True  # per-batch progress bars on stderr (epoch lines are logged either way)
 
 
 @dataclass
@@ -135,10 +135,10 @@ class SamplerConfig:
 class RunConfig:
     """Where a run writes its outputs."""
 
-    dir: str = "runs/default"
+    dir: str = "runs/default"  # the run folder: one experiment (docs/architecture.md, "Run folder and resume")
     resume: bool = True  # continue from the run folder's checkpoint when it exists
     checkpoint_every: int = 1  # epochs between checkpoints
-    plots: bool = True
+    plots: bool = True  # learning curves and weight histograms as PNG in the run folder
     # run folder whose best stage-1 state starts stage 2 here (stage 1 is skipped); empty: train it
     pretrained: str = ""
     # the last stage to train (e.g. pretrain: a staged search's stage-1 runs); empty: every stage
@@ -177,7 +177,7 @@ class DistConfig:
     # collectives: "" picks nccl with use_gpu and gloo without; gloo with use_gpu stages
     # tensors through host memory (workers that share a GPU: nccl refuses two ranks on one)
     backend: str = ""
-    cpus_per_worker: int = 1
+    cpus_per_worker: int = 1  # CPUs Ray reserves per worker (set train.threads to match)
     # worker-group restarts Ray Train may make (FailureConfig): one lost worker restarts the
     # group from the latest checkpoint instead of failing the run
     max_failures: int = 2
@@ -370,6 +370,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         raise bad
     raise ConfigError(f"{key}: unsupported annotation {tp}")
+
+
+def typed(value: Any, tp: Any, key: str, source: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (a dataclass type builds one), as a config
+    key's value is: an error names ``key`` and ``source``."""
+    return _coerce(value, tp, key, source)
 
 
 def _apply(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -308,23 +309,27 @@ def is_image_binary(url: str) -> bool:
     return not head.startswith(b"PAR1") and _ASIN_RE.match(head) is not None
 
 
-def read_image_binary(url: str, item_ids: np.ndarray, dim: int = IMAGE_DIM,
+def read_image_binary(url: str, item_ids: np.ndarray, out_path: str, dim: int = IMAGE_DIM,
                       chunk_records: int = CHUNK_RECORDS) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Rows of a .b file for ``item_ids`` (float32 [n, dim], zero where absent), the found mask, and notes.
 
-    Streamed ``chunk_records`` records at a time; rows of other ASINs are dropped as
-    they are read, so memory holds the output and one chunk. A file that ends inside
-    a record, a non-ASCII ASIN or a non-finite value is an error naming the byte offset.
+    The rows go to a local .npy file at ``out_path`` (written in place, as they are
+    read) and come back as a read-only map of it: at 10x Electronics the table is
+    10 GB, so memory holds one chunk of ``chunk_records`` records, never the table.
+    Rows of other ASINs are dropped as they are read. A file that ends inside a
+    record, a non-ASCII ASIN or a non-finite value is an error naming the byte offset.
     """
     rec_bytes = ASIN_BYTES + 4 * dim
     rec_type = np.dtype([("asin", f"S{ASIN_BYTES}"), ("feature", "<f4", (dim,))])
     ids = np.asarray(item_ids).astype(str)
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
-    out = np.zeros((len(ids), dim), dtype=np.float32)
+    header = np.lib.format.open_memmap(out_path, mode="w+", dtype="<f4", shape=(len(ids), dim))
+    row0 = header.offset  # the rows start after the .npy header; the file is sized (sparse zeros)
+    del header
     found = np.zeros(len(ids), dtype=bool)
     offset = n_records = repeated = 0
-    with _open(url) as fh:
+    with _open(url) as fh, open(out_path, "r+b") as out:
         while True:
             buf = _read_full(fh, rec_bytes * chunk_records)
             whole = len(buf) // rec_bytes * rec_bytes
@@ -347,14 +352,14 @@ def read_image_binary(url: str, item_ids: np.ndarray, dim: int = IMAGE_DIM,
                 if not np.isfinite(row).all():
                     raise DataError(f"{url}: byte offset {offset + int(r) * rec_bytes} (ASIN {asins[r]}): "
                                     "a non-finite feature value")
-                out[k] = row
+                os.pwrite(out.fileno(), row.tobytes(), row0 + int(k) * 4 * dim)
                 found[k] = True
             offset += len(buf)
             n_records += len(chunk)
     notes = [f"{url}: {n_records} image records, {int(found.sum())} of them for the {len(ids)} items kept"]
     if repeated:
         notes.append(f"{url}: {repeated} records repeat an ASIN already read; the first of each is used")
-    return out, found, notes
+    return np.load(out_path, mmap_mode="r"), found, notes
 
 
 def _read_full(fh: IO[bytes], n: int) -> bytes:

@@ -53,6 +53,7 @@ PRESENT_COLUMN = "present"
 INTER_FILE = "interactions.parquet"
 FEATURES_DIR = "features"
 META_FILE = "meta.json"
+PARQUET_FEATURE_ROWS = 8192  # rows per row group of a feature file (32 MB at 4,096 float32)
 _INT_RE = r"^-?[0-9]+$"
 
 
@@ -101,12 +102,15 @@ def load_dataset(url: str, fmt: str = "mmrec", modalities: list[str] | None = No
     return _load_parquet(url, modalities, name, feature_dtype)
 
 
-def write_dataset(ds: Dataset, url: str, fmt: str, extra: dict[str, bytes] | None = None) -> None:
+def write_dataset(ds: Dataset, url: str, fmt: str, extra: dict[str, bytes] | None = None,
+                  take: frozenset[str] = frozenset()) -> None:
     """Write ``ds`` as a folder in ``fmt`` (mmrec | parquet), replacing any folder at ``url``.
 
     ``extra`` maps relative paths to bytes written into the folder too (id mappings
-    from the prepare step). Everything goes to a temporary sibling first, so a
-    failure leaves neither a partial folder nor a damaged earlier one.
+    from the prepare step). ``take`` names feature tables held as maps of scratch .npy
+    files the caller owns: an MMRec folder on the same disk gets those files moved in,
+    not copied. Everything goes to a temporary sibling first, so a failure leaves
+    neither a partial folder nor a damaged earlier one.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"output format {fmt!r} is not one of {list(FORMATS)}")
@@ -118,7 +122,7 @@ def write_dataset(ds: Dataset, url: str, fmt: str, extra: dict[str, bytes] | Non
         raise DataError(f"dataset {ds.name!r}: no feature table to write")
     with dio.staging_dir(url) as tmp_url:
         if fmt == "mmrec":
-            _write_mmrec(ds, tmp_url)
+            _write_mmrec(ds, tmp_url, take)
         else:
             _write_parquet(ds, tmp_url)
         for rel, data in (extra or {}).items():
@@ -330,7 +334,7 @@ def _as_feature(arr: np.ndarray, url: str, feature_dtype: str) -> np.ndarray:
         return arr.astype(stored)
 
 
-def _write_mmrec(ds: Dataset, url: str) -> None:
+def _write_mmrec(ds: Dataset, url: str, take: frozenset[str] = frozenset()) -> None:
     name = ds.name or "dataset"
     table = pa.table({
         "userID": pa.array(np.asarray(ds.user, dtype=np.int64)),
@@ -343,7 +347,9 @@ def _write_mmrec(ds: Dataset, url: str) -> None:
         pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False, delimiter="\t"))
     for mod, feat in ds.features.items():
         _check_writable_feature(ds, mod, feat)
-        dio.save_npy(dio.join(url, f"{mod}{FEAT_SUFFIX}"), np.asarray(feat))
+        target = dio.join(url, f"{mod}{FEAT_SUFFIX}")
+        if not (mod in take and dio.move_npy(feat, target)):
+            dio.save_npy(target, feat)  # a map stays one: copied by file reads
         if mod in ds.present:
             dio.save_npy(dio.join(url, f"{mod}{PRESENT_SUFFIX}"), np.asarray(ds.present[mod]))
 
@@ -525,24 +531,31 @@ def _write_parquet(ds: Dataset, url: str) -> None:
     dio.makedirs(dio.join(url, FEATURES_DIR))
     for mod, feat in ds.features.items():
         _check_writable_feature(ds, mod, feat)
-        feat = np.asarray(feat)
-        if feat.dtype not in (np.float16, np.float32):
-            feat = feat.astype(np.float32)
-        n, dim = feat.shape
-        values = pa.array(np.ascontiguousarray(feat).reshape(-1))
-        columns = {
-            "item_id": pa.array(np.arange(n, dtype=np.int64)),
-            "feature": pa.FixedSizeListArray.from_arrays(values, dim),
-        }
-        if mod in ds.present:
-            columns[PRESENT_COLUMN] = pa.array(np.asarray(ds.present[mod]))
-        table = pa.table(columns)
-        _write_table(table, dio.join(url, FEATURES_DIR, f"{mod}.parquet"))
+        _write_feature_parquet(feat, ds.present.get(mod), dio.join(url, FEATURES_DIR, f"{mod}.parquet"))
     meta = {"name": ds.name, "n_users": int(ds.n_users), "n_items": int(ds.n_items),
             "modalities": list(ds.features)}
     fs, path = dio.fs_and_path(dio.join(url, META_FILE))
     with fs.open(path, "wb") as fh:
         fh.write(json.dumps(meta, indent=2).encode())
+
+
+def _write_feature_parquet(feat: np.ndarray, present: np.ndarray | None, url: str) -> None:
+    """One feature table as Parquet, written in row groups (a table on disk is never read whole)."""
+    dim = feat.shape[1]
+    dtype = feat.dtype if feat.dtype in (np.float16, np.float32) else np.dtype(np.float32)
+    schema = pa.schema([("item_id", pa.int64()), ("feature", pa.list_(pa.from_numpy_dtype(dtype), dim))]
+                       + ([(PRESENT_COLUMN, pa.bool_())] if present is not None else []))
+    fs, path = dio.fs_and_path(url)
+    with fs.open(path, "wb") as fh, pq.ParquetWriter(fh, schema) as writer:
+        lo = 0
+        for block in dio.npy_row_chunks(feat, PARQUET_FEATURE_ROWS):
+            hi = lo + len(block)
+            columns = [pa.array(np.arange(lo, hi, dtype=np.int64)),
+                       pa.FixedSizeListArray.from_arrays(pa.array(block.astype(dtype, copy=False).reshape(-1)), dim)]
+            if present is not None:
+                columns.append(pa.array(np.asarray(present[lo:hi])))
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            lo = hi
 
 
 def _write_table(table: pa.Table, url: str) -> None:

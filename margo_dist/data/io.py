@@ -11,6 +11,7 @@ import contextlib
 import os
 import io
 import posixpath
+import shutil
 import uuid
 from typing import IO, Any, Callable, Iterator
 
@@ -148,10 +149,77 @@ def _with_protocol(url: str, path: str) -> str:
     return path
 
 
+COPY_BYTES = 1 << 24  # bytes per read when a mapped table is copied
+READ_HEADER = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def save_npy(url: str, array: np.ndarray) -> None:
-    """Write ``array`` as .npy (atomic)."""
+    """Write ``array`` as .npy (atomic).
+
+    A map of a whole .npy file is copied by file reads, so a table larger than
+    memory is never made resident (reading through the map would count every page).
+    """
+    source = mapped_npy(array)
     with atomic_write(url, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        if source is None:
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+            return
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, fh, COPY_BYTES)
+
+
+def move_npy(array: np.ndarray, url: str) -> bool:
+    """Move the local .npy file ``array`` maps whole to ``url`` (the same local disk); False, and
+    nothing done, where that is not possible. For a scratch table its writer owns: a rename,
+    where a copy of a 10 GB table would cost a write, a read and a delete."""
+    source = mapped_npy(array)
+    fs, path = fs_and_path(url)
+    if source is None or not is_local(fs):
+        return False
+    try:
+        os.replace(source, path)
+    except OSError:  # another disk
+        return False
+    return True
+
+
+def mapped_npy(array: np.ndarray) -> str | None:
+    """The path of the .npy file ``array`` maps whole (as ``np.load(mmap_mode=...)`` gives), else None.
+
+    A slice of a map keeps the map's file name but not its rows, so the file's own
+    header must describe exactly this array.
+    """
+    if not isinstance(array, np.memmap) or array.filename is None:
+        return None
+    name = os.fspath(array.filename)
+    if not array.flags.c_contiguous or not name.endswith(".npy"):
+        return None
+    try:
+        with open(name, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version not in READ_HEADER:
+                return None
+            shape, fortran, dtype = READ_HEADER[version](fh)
+            start = fh.tell()
+    except (OSError, ValueError):
+        return None
+    same = shape == array.shape and not fortran and dtype == array.dtype and start == array.offset
+    return name if same else None
+
+
+def npy_row_chunks(array: np.ndarray, rows: int) -> Iterator[np.ndarray]:
+    """``array`` in blocks of ``rows`` rows; a mapped .npy file is read by file reads, block by block."""
+    source = mapped_npy(array)
+    if source is None:
+        for lo in range(0, len(array), rows):
+            yield np.ascontiguousarray(array[lo:lo + rows])
+        return
+    row_bytes = array.dtype.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    with open(source, "rb") as fh:
+        fh.seek(array.offset)
+        for lo in range(0, len(array), rows):
+            n = min(rows, len(array) - lo)
+            yield np.frombuffer(fh.read(n * row_bytes), dtype=array.dtype).reshape((n, *array.shape[1:]))
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -35,45 +35,33 @@ pairs had a feature (``Dataset.present``), the log counts the missing ones, and 
 item missing every modality is an error naming it.
 
 Everything is computed before anything is written; ``write_dataset`` writes the
-folder atomically, so a failure leaves no output folder behind.
+folder atomically, so a failure leaves no output folder behind. Memory stays bounded
+at category scale: the review file is parsed by Arrow into four columns (no Python
+object per review) and McAuley's image rows go to a scratch file beside the output
+as they are read (``tools/bench_prepare.py`` measures both; docs/amazon.md).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import os
 import posixpath
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 
 from margo_dist.data import dumps
 from margo_dist.data import io as dio
 from margo_dist.data.dataset import SPLIT_NAMES, Dataset, pair_codes
 from margo_dist.data.formats import parquet_feature_matrix, read_parquet_columns
+from margo_dist.data.raw import (COLUMN_KEYS, COMPRESSION_SUFFIXES, Table, base_name, find_column, float_column,
+                                 id_codes, id_column, one_chunk, read_table)
 from margo_dist.errors import ConfigError, DataError
 
-COLUMN_KEYS = ("user", "item", "rating", "timestamp")
-# Recognised header names per column, in priority order (compared lower-cased,
-# after dropping a RecBole ``:type`` suffix).
-COLUMN_CANDIDATES: dict[str, tuple[str, ...]] = {
-    "user": ("user", "user_id", "userid", "reviewerid", "uid"),
-    "item": ("item", "item_id", "itemid", "asin", "movie_id", "movieid", "iid", "parent_asin"),
-    "rating": ("rating", "overall", "score"),
-    "timestamp": ("timestamp", "unixreviewtime", "time", "ts"),
-}
-COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
-TEXT_TYPES = ("token", "token_seq")  # RecBole field types that hold text
 USER_MAP, ITEM_MAP = "user_map.tsv", "item_map.tsv"
-_INT_ID_RE = r"^[+-]?[0-9]{1,18}$"
-Picker = Callable[[list[str]], list[str]]  # header -> the columns to keep
 
 
 # ---------------------------------------------------------------- split
@@ -168,319 +156,17 @@ def _latest_per_pair(u: np.ndarray, i: np.ndarray, n_items: int, ts: np.ndarray 
     return np.sort(order[last])
 
 
-# ---------------------------------------------------------------- reading raw tables
-
-
-@dataclass
-class _Table:
-    """A raw file as string columns (nulls where a value is absent)."""
-
-    url: str
-    kind: str  # csv | tsv | jsonl
-    header: list[str]
-    columns: dict[str, pa.Array]
-    textual: dict[str, bool] = field(default_factory=dict)  # column holds text (default text fields)
-    raw: bytes = b""  # the decompressed file, to turn a row index into a line number
-
-    @property
-    def n_rows(self) -> int:
-        return len(next(iter(self.columns.values()))) if self.columns else 0
-
-    def row(self, idx: int) -> str:
-        """``file row N (line L)`` for data row index ``idx`` (blank lines are not rows)."""
-        skip = 0 if self.kind == "jsonl" else 1
-        seen = -1
-        for lineno, line in enumerate(self.raw.split(b"\n"), start=1):
-            if lineno <= skip or not line.strip():
-                continue
-            seen += 1
-            if seen == idx:
-                return f"{self.url} row {idx + 1} (line {lineno})"
-        return f"{self.url} row {idx + 1}"
-
-
-def _base(name: str) -> str:
-    """Header name without RecBole's ``:type`` suffix."""
-    return name.rsplit(":", 1)[0] if ":" in name else name
-
-
-def _type_of(name: str) -> str | None:
-    return name.rsplit(":", 1)[1] if ":" in name else None
-
-
-def _find_column(header: list[str], key: str, url: str, columns: dict | None,
-                 required: bool) -> str | None:
-    """The header entry for logical column ``key`` (from ``columns`` or the usual names)."""
-    wanted = (columns or {}).get(key)
-    if wanted is not None:
-        for h in header:
-            if h == wanted or _base(h) == wanted:
-                return h
-        for h in header:
-            if _base(h).lower() == str(wanted).lower():
-                return h
-        raise DataError(f"{url}: column {wanted!r} (given for {key!r}) is not in the header; "
-                        f"columns found: {header}")
-    lowered = {}
-    for h in header:
-        lowered.setdefault(_base(h).strip().lower(), h)
-    for cand in COLUMN_CANDIDATES[key]:
-        if cand in lowered:
-            return lowered[cand]
-    if required:
-        raise DataError(f"{url}: no {key} column; columns found: {header}; expected one of "
-                        f"{list(COLUMN_CANDIDATES[key])} or set columns={{'{key}': NAME}}")
-    return None
-
-
-def _inner_suffix(url: str) -> str:
-    name = posixpath.basename(url.rstrip("/")).lower()
-    for comp in COMPRESSION_SUFFIXES:
-        if name.endswith(comp):
-            name = name[: -len(comp)]
-            break
-    return posixpath.splitext(name)[1]
-
-
-def _read_bytes(url: str) -> bytes:
-    if not dio.exists(url):
-        raise DataError(f"{url}: file not found")
-    try:
-        with dio.open_url(url, "rb", compression="infer") as fh:
-            raw = fh.read()
-    except (OSError, EOFError, ValueError) as exc:
-        raise DataError(f"{url}: cannot read or decompress ({exc})") from exc
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    return raw
-
-
-def _detect_kind(url: str, raw: bytes) -> str:
-    suffix = _inner_suffix(url)
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".tsv", ".tab"):
-        return "tsv"
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return "jsonl"
-    first = next((ln for ln in raw.split(b"\n") if ln.strip()), b"")
-    if first.lstrip().startswith(b"{"):
-        return "jsonl"
-    if b"\t" in first:
-        return "tsv"
-    if b"," in first:
-        return "csv"
-    raise DataError(f"{url}: cannot tell the format from the suffix {suffix!r} or the first line "
-                    f"{first[:80]!r}; use .csv, .tsv or .jsonl")
-
-
-def _read_table(url: str, pick: Picker | None = None) -> _Table:
-    """Read ``url`` into string columns; ``pick(header)`` chooses the columns to keep."""
-    raw = _read_bytes(url)
-    if not raw.strip():
-        raise DataError(f"{url}: the file is empty")
-    kind = _detect_kind(url, raw)
-    if kind == "jsonl":
-        return _read_jsonl(url, raw, pick)
-    return _read_delimited(url, raw, kind, pick)
-
-
-def _read_delimited(url: str, raw: bytes, kind: str, pick: Picker | None) -> _Table:
-    delim = "\t" if kind == "tsv" else ","
-    first = raw.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
-    header = next(csv.reader([first], delimiter=delim, quoting=csv.QUOTE_NONE if kind == "tsv"
-                             else csv.QUOTE_MINIMAL))
-    header = [h.strip() for h in header]
-    if not any(header):
-        raise DataError(f"{url}: line 1: empty header")
-    if len(set(header)) != len(header):
-        raise DataError(f"{url}: line 1: the header repeats a column name ({header})")
-    chosen = pick(header) if pick else header
-    try:
-        table = pacsv.read_csv(
-            io.BytesIO(raw),
-            read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=1 << 26),
-            parse_options=pacsv.ParseOptions(delimiter=delim, quote_char=False if kind == "tsv" else '"'),
-            convert_options=pacsv.ConvertOptions(include_columns=chosen,
-                                                 column_types={c: pa.string() for c in chosen},
-                                                 strings_can_be_null=False),
-        )
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        where = _bad_delimited_row(raw, kind, len(header))
-        raise DataError(f"{url}{where}: not readable as {kind.upper()} ({exc})") from exc
-    cols = {c: _one_chunk(table.column(c)) for c in chosen}
-    typed = {h: _type_of(h) for h in header}
-    textual = {}
-    for c in chosen:
-        t = typed[c]
-        textual[c] = (t in TEXT_TYPES) if t is not None else _has_non_numeric(cols[c])
-    return _Table(url, kind, header, cols, textual, raw)
-
-
-def _bad_delimited_row(raw: bytes, kind: str, n_fields: int) -> str:
-    """Which row has the wrong number of fields (only run after parsing failed)."""
-    text = raw.decode("utf-8", errors="replace").splitlines()
-    reader = (ln.split("\t") for ln in text) if kind == "tsv" else csv.reader(text)
-    row = 0
-    for lineno, fields in enumerate(reader, start=1):
-        if lineno == 1 or not fields or fields == [""]:
-            continue
-        row += 1
-        if len(fields) != n_fields:
-            return f" row {row} (line {lineno}): {len(fields)} fields where the header has {n_fields}"
-    return ""
-
-
-def _read_jsonl(url: str, raw: bytes, pick: Picker | None) -> _Table:
-    try:
-        table = pajson.read_json(io.BytesIO(raw), read_options=pajson.ReadOptions(block_size=1 << 26))
-        header = list(table.column_names)
-        chosen = pick(header) if pick else header
-        cols, textual = {}, {}
-        for c in chosen:
-            arr = _one_chunk(table.column(c))
-            textual[c] = _arrow_textual(arr.type)
-            cols[c] = _arrow_to_text(arr)
-        return _Table(url, "jsonl", header, cols, textual, raw)
-    except pa.ArrowInvalid:
-        return _read_jsonl_python(url, raw, pick)
-
-
-def _read_jsonl_python(url: str, raw: bytes, pick: Picker | None) -> _Table:
-    """Line-by-line reader: tolerates mixed value types and names the line of a bad object."""
-    records: list[dict] = []
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{url} row {len(records) + 1} (line {lineno}): not valid JSON ({exc})") from exc
-        if not isinstance(obj, dict):
-            raise DataError(f"{url} row {len(records) + 1} (line {lineno}): expected a JSON object, "
-                            f"got {type(obj).__name__}")
-        records.append(obj)
-    header: list[str] = list(dict.fromkeys(k for rec in records for k in rec))
-    chosen = pick(header) if pick else header
-    cols, textual = {}, {}
-    for c in chosen:
-        values = [rec.get(c) for rec in records]
-        textual[c] = any(isinstance(v, (str, list)) for v in values)
-        cols[c] = pa.array([None if v is None else _text_of(v) for v in values], type=pa.string())
-    return _Table(url, "jsonl", header, cols, textual, raw)
-
-
-def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
-    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-
-
-def _arrow_textual(t: pa.DataType) -> bool:
-    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        t = t.value_type
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
-def _arrow_to_text(arr: pa.Array) -> pa.Array:
-    """Any JSON column as strings: scalars cast, lists flattened to space-joined text."""
-    t = arr.type
-    if pa.types.is_string(t):
-        return arr
-    if pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_floating(t) \
-            or pa.types.is_boolean(t):
-        return pc.cast(arr, pa.string())
-    if pa.types.is_null(t):
-        return pa.nulls(len(arr), pa.string())
-    return pa.array([None if v is None else _text_of(v) for v in arr.to_pylist()], type=pa.string())
-
-
-def _text_of(value: object) -> str:
-    """A JSON value as text: lists flattened, numbers written out, objects as JSON."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        parts = (_text_of(v) for v in value if v is not None)
-        return " ".join(p for p in parts if p)
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
-
-
-def _has_non_numeric(col: pa.Array) -> bool:
-    """A header without types counts as text when some non-empty value is not a number."""
-    trimmed = pc.utf8_trim_whitespace(col)
-    nonempty = pc.filter(trimmed, pc.not_equal(trimmed, ""))
-    if len(nonempty) == 0:
-        return False
-    numeric = pc.match_substring_regex(nonempty, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-    return not pc.all(numeric).as_py()
-
-
-def _ids(table: _Table, col: str) -> pa.Array:
-    """An id column with surrounding whitespace removed; an empty id is an error."""
-    arr = pc.utf8_trim_whitespace(table.columns[col])
-    missing = np.asarray(pc.fill_null(pc.equal(arr, ""), True).to_numpy(zero_copy_only=False), dtype=bool)
-    if missing.any():
-        idx = int(np.flatnonzero(missing)[0])
-        raise DataError(f"{table.row(idx)}, field {col}: empty id ({int(missing.sum())} such rows)")
-    return arr
-
-
-def _floats(table: _Table, col: str) -> np.ndarray:
-    """A numeric column as float64; the first unparseable or non-finite value is an error naming its row."""
-    arr = pc.utf8_trim_whitespace(table.columns[col])
-    try:
-        out = pc.cast(arr, pa.float64())
-        if out.null_count == 0:
-            values = out.to_numpy(zero_copy_only=False)
-            bad = np.flatnonzero(~np.isfinite(values))
-            if len(bad) == 0:
-                return values
-            idx = int(bad[0])
-            raise DataError(f"{table.row(idx)}, field {col}: {arr[idx].as_py()!r} is not a finite number "
-                            f"({len(bad)} such rows)")
-    except pa.ArrowInvalid:
-        pass
-    for idx, v in enumerate(arr.to_pylist()):
-        try:
-            if v is None:
-                raise ValueError
-            float(v)
-        except ValueError:
-            raise DataError(f"{table.row(idx)}, field {col}: {v!r} is not a number") from None
-    raise DataError(f"{table.url}: field {col}: not readable as numbers")
-
-
-def _natural_order(ids: pa.Array, strs: np.ndarray) -> np.ndarray:
-    """Permutation sorting raw ids (``strs``: the same ids as strings): by integer value when
-    all are integers, else as strings."""
-    if len(strs) and pc.all(pc.match_substring_regex(ids, _INT_ID_RE)).as_py():
-        return np.lexsort((strs, strs.astype(np.int64)))
-    return np.argsort(strs, kind="stable")
-
-
-def _codes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes whose order is the raw ids' natural order, and the raw ids by code."""
-    enc = pc.dictionary_encode(arr)
-    idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    dictionary = enc.dictionary
-    strs = np.asarray(dictionary.to_numpy(zero_copy_only=False)).astype(str)
-    perm = _natural_order(dictionary, strs)
-    rank = np.empty(len(perm), dtype=np.int64)
-    rank[perm] = np.arange(len(perm))
-    return rank[idx], strs[perm]
-
-
 # ---------------------------------------------------------------- features
 
 
-def _item_texts(table: _Table, item_raw: np.ndarray, text_fields: list[str] | None, columns: dict | None,
+def _item_texts(table: Table, item_raw: np.ndarray, text_fields: list[str] | None, columns: dict | None,
                 notes: list[str]) -> list[str]:
     """One sentence per dense item: the chosen fields joined by '. '; '' where there is none."""
     url = table.url
     named = (columns or {}).get("item")
     # the interaction file's item column name applies here only when this file has it too
-    use = columns if named is not None and any(h == named or _base(h) == named for h in table.header) else None
-    id_col = _find_column(table.header, "item", url, use, required=True)
+    use = columns if named is not None and any(h == named or base_name(h) == named for h in table.header) else None
+    id_col = find_column(table.header, "item", url, use, required=True)
     if text_fields is None:
         fields = [h for h in table.header if h != id_col and table.textual.get(h)]
         if not fields:
@@ -489,11 +175,11 @@ def _item_texts(table: _Table, item_raw: np.ndarray, text_fields: list[str] | No
     else:
         fields = []
         for f in text_fields:
-            match = [h for h in table.header if h == f or _base(h) == f]
+            match = [h for h in table.header if h == f or base_name(h) == f]
             if not match:
                 raise DataError(f"{url}: text field {f!r} is not a column; columns found: {table.header}")
             fields.append(match[0])
-    ids = np.asarray(_ids(table, id_col).to_numpy(zero_copy_only=False)).astype(str)
+    ids = np.asarray(id_column(table, id_col).to_numpy(zero_copy_only=False)).astype(str)
     values = [[(v or "").strip() for v in table.columns[f].to_pylist()] for f in fields]
     sentences: dict[str, str] = {}
     dup = 0
@@ -515,7 +201,7 @@ def _image_features(url: str, item_raw: np.ndarray, notes: list[str]) -> tuple[n
     """Rows of the Parquet table (item_id, feature) in dense item order (absent items are zero), and
     which items had a row."""
     table = read_parquet_columns(url, ["item_id", "feature"])
-    ids_arr = _one_chunk(table.column("item_id"))
+    ids_arr = one_chunk(table.column("item_id"))
     if ids_arr.null_count:
         idx = int(np.flatnonzero(ids_arr.is_null().to_numpy(zero_copy_only=False))[0])
         raise DataError(f"{url} row {idx + 1}, field item_id: missing value")
@@ -584,6 +270,38 @@ def _mapping_file(raw: np.ndarray, url: str, what: str) -> bytes:
 # ---------------------------------------------------------------- the step
 
 
+def _scratch_parent(out_url: str) -> str | None:
+    """The local folder beside the output (same disk) for scratch files; None: the system's temp folder."""
+    fs, path = dio.fs_and_path(out_url)
+    if not dio.is_local(fs):
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    return parent
+
+
+def raw_id_array(url: str, name: str, n: int) -> np.ndarray:
+    """Raw id (str) of each internal id 0..n-1 from the dataset's map ``name``; the id as text
+    where there is no map or no entry."""
+    raw = read_id_map(url, name)
+    return np.array([raw.get(i, str(i)) for i in range(n)], dtype=object)
+
+
+def read_id_map(url: str, name: str = ITEM_MAP) -> dict[int, str]:
+    """Internal id -> raw id from a ``raw_id<TAB>id`` map of the dataset (data/prepare.py)."""
+    path = dio.join(url, name)
+    if not dio.exists(path):
+        return {}
+    out: dict[int, str] = {}
+    with dio.open_url(path, "rt") as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        raw_col, id_col = header.index("raw_id"), header.index("id")
+        for line in fh:
+            fields = line.rstrip("\n").split("\t")
+            out[int(fields[id_col])] = fields[raw_col]
+    return out
+
+
 def _dataset_name(url: str) -> str:
     name = posixpath.basename(url.rstrip("/"))
     for comp in COMPRESSION_SUFFIXES:
@@ -635,27 +353,27 @@ def prepare(interactions_url: str, out_url: str, items_url: str | None = None,
     found: dict[str, str | None] = {}
 
     def pick(header: list[str]) -> list[str]:
-        found["user"] = _find_column(header, "user", interactions_url, columns, required=True)
-        found["item"] = _find_column(header, "item", interactions_url, columns, required=True)
-        found["rating"] = _find_column(header, "rating", interactions_url, columns,
+        found["user"] = find_column(header, "user", interactions_url, columns, required=True)
+        found["item"] = find_column(header, "item", interactions_url, columns, required=True)
+        found["rating"] = find_column(header, "rating", interactions_url, columns,
                                        required=min_rating is not None)
-        found["timestamp"] = _find_column(header, "timestamp", interactions_url, columns, required=False)
+        found["timestamp"] = find_column(header, "timestamp", interactions_url, columns, required=False)
         return list(dict.fromkeys(c for c in found.values() if c is not None))
 
     reviews = dumps.detect_reviews(interactions_url) if columns is None else None
     if reviews is not None:
         say(f"{interactions_url}: {reviews.name} ({dumps.review_year(interactions_url, reviews)} layout)")
-        table = _Table(interactions_url, "jsonl", list(reviews.fields), dumps.read_reviews(interactions_url, reviews))
+        table = Table(interactions_url, "jsonl", list(reviews.fields), dumps.read_reviews(interactions_url, reviews))
         found.update(zip(COLUMN_KEYS, reviews.fields))
     else:
-        table = _read_table(interactions_url, pick)
+        table = read_table(interactions_url, pick)
     n_raw = table.n_rows
     if n_raw == 0:
         raise DataError(f"{interactions_url}: no interaction rows")
-    u_code, user_raw = _codes(_ids(table, found["user"]))
-    i_code, item_raw = _codes(_ids(table, found["item"]))
-    ts = _floats(table, found["timestamp"]) if found["timestamp"] else None
-    rating = _floats(table, found["rating"]) if min_rating is not None else None
+    u_code, user_raw = id_codes(id_column(table, found["user"]))
+    i_code, item_raw = id_codes(id_column(table, found["item"]))
+    ts = float_column(table, found["timestamp"]) if found["timestamp"] else None
+    rating = float_column(table, found["rating"]) if min_rating is not None else None
     say(f"read {n_raw} rows, {len(user_raw)} users, {len(item_raw)} items from {interactions_url}")
 
     rows = _latest_per_pair(u_code, i_code, len(item_raw), ts)
@@ -682,45 +400,63 @@ def prepare(interactions_url: str, out_url: str, items_url: str | None = None,
     label = split_per_user(user, tuple(ratios), seed)
     user_ids, item_ids = user_raw[users_kept], item_raw[items_kept]
 
-    features: dict[str, np.ndarray] = {}
-    present: dict[str, np.ndarray] = {}
-    from_dump = reviews is not None
-    if image_features_url is not None:
-        if dumps.is_image_binary(image_features_url):
-            features["image"], present["image"], found_notes = dumps.read_image_binary(image_features_url, item_ids)
-            notes.extend(found_notes)
-            from_dump = True
-        else:
-            features["image"], present["image"] = _image_features(image_features_url, item_ids, notes)
-        say(f"image features {features['image'].shape} from {image_features_url}")
-    texts: dict[str, list[str]] = {}
-    if items_url is not None:
-        groups = text_modalities or {"text": text_fields}
-        if "image" in groups and "image" in features:
-            raise ConfigError("text modality name 'image' is used twice")
-        meta = dumps.detect_meta(items_url)
-        if meta is not None:
-            texts = _dump_texts(items_url, meta, item_ids, groups, notes)
-            from_dump = True
-        else:
-            items_table = _read_table(items_url)  # once, however many text modalities read it
-            texts = {name: _item_texts(items_table, item_ids, fields, columns, notes)
-                     for name, fields in groups.items()}
-        present.update((name, np.array([bool(t) for t in ts], dtype=bool)) for name, ts in texts.items())
-    if from_dump:
-        _check_present(present, item_ids, [u for u in (image_features_url, items_url) if u], say)
-    for name, ts in texts.items():
-        say(f"encoding {len(ts)} item texts for modality {name!r} with {text_encoder}")
-        features[name] = encode_texts(ts, encoder=text_encoder, progress=progress)
+    # a feature table too large for memory (McAuley's 4,096-d images at 10x Electronics: 10 GB)
+    # is written to this folder as it is read and copied into the output by file reads
+    with tempfile.TemporaryDirectory(prefix=".margo-prepare-", dir=_scratch_parent(out_url)) as scratch:
+        features: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        from_dump = reviews is not None
+        if image_features_url is not None:
+            if dumps.is_image_binary(image_features_url):
+                features["image"], present["image"], found_notes = dumps.read_image_binary(
+                    image_features_url, item_ids, os.path.join(scratch, "image_feat.npy"))
+                notes.extend(found_notes)
+                from_dump = True
+            else:
+                features["image"], present["image"] = _image_features(image_features_url, item_ids, notes)
+            say(f"image features {features['image'].shape} from {image_features_url}")
+        texts: dict[str, list[str]] = {}
+        if items_url is not None:
+            groups = text_modalities or {"text": text_fields}
+            if "image" in groups and "image" in features:
+                raise ConfigError("text modality name 'image' is used twice")
+            meta = dumps.detect_meta(items_url)
+            if meta is not None:
+                texts = _dump_texts(items_url, meta, item_ids, groups, notes)
+                from_dump = True
+            else:
+                items_table = read_table(items_url)  # once, however many text modalities read it
+                texts = {name: _item_texts(items_table, item_ids, fields, columns, notes)
+                         for name, fields in groups.items()}
+            present.update((name, np.array([bool(t) for t in ts], dtype=bool)) for name, ts in texts.items())
+        if from_dump:
+            _check_present(present, item_ids, [u for u in (image_features_url, items_url) if u], say)
+        for name, ts in texts.items():
+            say(f"encoding {len(ts)} item texts for modality {name!r} with {text_encoder}")
+            features[name] = encode_texts(ts, encoder=text_encoder, progress=progress)
 
-    ds = Dataset(name=_dataset_name(interactions_url), n_users=len(user_ids), n_items=len(item_ids),
-                 user=user, item=item, label=label, features=features, source=interactions_url, notes=notes,
-                 present=present if from_dump else {})
-    extra = {USER_MAP: _mapping_file(user_ids, interactions_url, "user"),
-             ITEM_MAP: _mapping_file(item_ids, interactions_url, "item")}
-    write_dataset(ds, out_url, fmt, extra=extra)
-    counts = ", ".join(f"{SPLIT_NAMES[k]} {int((label == k).sum())}" for k in SPLIT_NAMES)
-    say(f"wrote {out_url} ({fmt}): {ds.n_users} users, {ds.n_items} items, {len(user)} interactions ({counts})")
-    for note in notes:
-        say(f"note: {note}")
+        ds = Dataset(name=_dataset_name(interactions_url), n_users=len(user_ids), n_items=len(item_ids),
+                     user=user, item=item, label=label, features=features, source=interactions_url, notes=notes,
+                     present=present if from_dump else {})
+        extra = {USER_MAP: _mapping_file(user_ids, interactions_url, "user"),
+                 ITEM_MAP: _mapping_file(item_ids, interactions_url, "item")}
+        write_dataset(ds, out_url, fmt, extra=extra,
+                      take=frozenset(m for m, f in features.items() if isinstance(f, np.memmap)))
+        counts = ", ".join(f"{SPLIT_NAMES[k]} {int((label == k).sum())}" for k in SPLIT_NAMES)
+        say(f"wrote {out_url} ({fmt}): {ds.n_users} users, {ds.n_items} items, {len(user)} interactions ({counts})")
+        for note in notes:
+            say(f"note: {note}")
+        for mod, feat in ds.features.items():
+            if isinstance(feat, np.memmap):  # the scratch file goes; map the written one where it is a .npy
+                ds.features[mod] = _written_feature(out_url, fmt, mod, feat)
     return ds
+
+
+def _written_feature(out_url: str, fmt: str, mod: str, feat: np.ndarray) -> np.ndarray:
+    """The output's own copy of a feature table held on disk, mapped (MMRec, local); else the
+    scratch map, which outlives its file's name on POSIX."""
+    from margo_dist.data.formats import FEAT_SUFFIX
+
+    if fmt == "mmrec" and dio.is_local(dio.fs_and_path(out_url)[0]):
+        return dio.load_npy(dio.join(out_url, f"{mod}{FEAT_SUFFIX}"), mmap=True)
+    return feat

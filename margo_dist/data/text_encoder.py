@@ -25,7 +25,7 @@ from margo_dist.errors import ConfigError, MargoError
 DIM = 384
 ENCODERS = ("minilm", "hash")
 _TOKEN_RE = re.compile(r"\w+", re.UNICODE)
-_INSTALL_HINT = "pip install 'margo-dist[text]'"
+_INSTALL_HINT = "pip install -e '.[text]' in a source checkout (pip install 'margo-dist[text]' from an index)"
 
 
 def encode_texts(texts: list[str], encoder: str = "minilm", batch_size: int = 64,

@@ -19,6 +19,7 @@ from torch import Tensor
 from margo_dist.config import Config
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
+from margo_dist.data.prepare import ITEM_MAP, read_id_map
 from margo_dist.data.synth import dataset_url
 from margo_dist.dist.comm import Communicator, LocalComm
 from margo_dist.dist.gradients import GradientSum
@@ -503,8 +504,11 @@ class Trainer:
         if self.comm.is_leader:
             self.run.write_metrics(self.records)
         what = f"loss {losses['loss']:.4f}" if losses is not None else "start state"
-        self.log(f"[{stage}] epoch {epoch:3d}  {what}  valid {self.cfg.train.select_metric} {metric:.4f}"
-                 f"{'  *' if improved else ''}  ({train_s:.1f}s + {eval_s:.1f}s eval)")
+        t = self.cfg.train
+        bad_evals = self.coordinator.progress.bad_evals  # on every worker: a remote coordinator broadcasts it
+        self.log(f"[{stage}] epoch {epoch:{len(str(t.max_epochs))}d}/{t.max_epochs}  {what}  valid {t.select_metric} "
+                 f"{metric:.4f} {'*' if improved else ' '}  patience {bad_evals}/{t.patience}  "
+                 f"({train_s:.1f}s + {eval_s:.1f}s eval)")
 
     def _finish_stage(self, stage: str) -> dict[str, Any]:
         """Restore the stage's best state and score the test split once."""
@@ -534,14 +538,21 @@ class Trainer:
         weights = self.item_weight_table()
         if self.comm.is_leader:
             if weights is not None and CALIBRATE in self.stages:
-                self.run.write_item_weights(weights, self.data.modalities)
+                self.run.write_item_weights(weights, self.data.modalities, self._raw_items(len(weights)))
             self.run.write_json(SUMMARY, summary)
             if self.cfg.run.plots:
                 from margo_dist.train.plots import write_plots
 
-                write_plots(self.run, self.records, weights, self.data.modalities, self.data.truth)
+                present = None if self.data.present is None else self.data.present.cpu().numpy()
+                write_plots(self.run, self.records, weights, self.data.modalities, self.data.truth,
+                            self.cfg.train.select_metric, present)
         self.comm.barrier()
         return summary
+
+    def _raw_items(self, n: int) -> np.ndarray | None:
+        """The dataset's raw item ids by internal id, where it has an id map (prepared data)."""
+        raw = read_id_map(dataset_url(self.cfg.data.path, progress=False), ITEM_MAP)
+        return np.array([raw.get(i, str(i)) for i in range(n)], dtype=object) if raw else None
 
     # -- checkpoints ------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ import numpy as np
 
 from margo_dist.train.rundir import RunDir
 
+COLOURS = ("#4477aa", "#cc6677", "#228833", "#ccbb44", "#66ccee", "#aa3377")
+
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
@@ -17,62 +19,106 @@ def _png(fig: Any) -> bytes:
 
 
 def write_plots(run: RunDir, records: list[dict[str, Any]], weights: np.ndarray | None,
-                modalities: list[str], truth: np.ndarray | None = None) -> None:
+                modalities: list[str], truth: np.ndarray | None = None, metric: str = "recall@20",
+                present: np.ndarray | None = None) -> None:
     """``learning_curves.png`` always; ``weight_hist.png`` when the run learned item weights
-    (``truth``: the planted unreliable pairs, drawn apart from the clean ones)."""
+    (``truth``: the planted unreliable pairs, drawn apart from the clean ones; ``present``:
+    which (item, modality) pairs have a feature, the others left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
-    step = 0
-    for stage in dict.fromkeys(r["stage"] for r in records):
-        rows = [r for r in records if r["stage"] == stage]
-        x = np.arange(step + 1, step + len(rows) + 1)
-        step += len(rows)
-        ax_loss.plot(x, [r.get("train_loss", np.nan) for r in rows], label=f"{stage} loss")
-        ax_val.plot(x, [r["valid"].get("recall@20", np.nan) for r in rows], label=f"{stage} recall@20")
-        ax_val.plot(x, [r["valid"].get("ndcg@20", np.nan) for r in rows], "--", label=f"{stage} ndcg@20")
-    ax_loss.set_xlabel("evaluation")
-    ax_loss.set_title("training loss")
-    ax_val.set_xlabel("evaluation")
-    ax_val.set_title("validation")
-    for ax in (ax_loss, ax_val):
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+    fig = learning_curves(records, metric)
     run.write_bytes("learning_curves.png", _png(fig))
     plt.close(fig)
     if weights is not None:
-        fig = weight_histogram(weights, modalities, truth)
+        fig = weight_histogram(weights, modalities, truth, present)
         run.write_bytes("weight_hist.png", _png(fig))
         plt.close(fig)
 
 
-def weight_histogram(weights: np.ndarray, modalities: list[str], truth: np.ndarray | None = None) -> Any:
-    """One panel per modality of the learned item weights [n_items, M] (paper Fig. 5).
+def learning_curves(records: list[dict[str, Any]], metric: str = "recall@20") -> Any:
+    """Training loss and validation ``metric`` by epoch, the stages one after the other.
 
-    With a planted truth ([n_items, M], True = unreliable pair) the clean and the noisy
-    items are two overlaid histograms, so the separation the weight AUC measures is
-    visible; the legend gives each group's size and median weight.
+    A later stage's epoch ``e`` is drawn at the previous stage's last epoch plus ``e``, so
+    its epoch 0 (the starting state, when evaluated) sits on the dashed stage boundary;
+    each stage's best epoch (the state it keeps) is a star.
     """
     import matplotlib.pyplot as plt
 
-    n = weights.shape[1]
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False)
-    for m, ax in enumerate(axes[0]):
-        w = weights[:, m]
-        if truth is None:
-            ax.hist(w, bins=50, range=(0.0, 1.0), color="#4477aa")
-        else:
-            noisy = truth[:, m].astype(bool)
-            for mask, label, colour in ((~noisy, "clean", "#4477aa"), (noisy, "noisy (planted)", "#cc6677")):
-                if mask.any():
-                    ax.hist(w[mask], bins=50, range=(0.0, 1.0), color=colour, alpha=0.6,
-                            label=f"{label}: {int(mask.sum())} items, median {np.median(w[mask]):.2f}")
-            ax.legend(fontsize=7)
-        ax.set_xlabel(f"learned {modalities[m]} weight")
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 3.8))
+    offset = 0
+    stages = list(dict.fromkeys(r["stage"] for r in records))
+    for k, stage in enumerate(stages):
+        rows = [r for r in records if r["stage"] == stage]
+        colour = COLOURS[k % len(COLOURS)]
+        x = np.array([offset + r["epoch"] for r in rows])
+        losses = [(xi, r["train_loss"]) for xi, r in zip(x, rows) if "train_loss" in r]
+        if losses:
+            ax_loss.plot(*zip(*losses), color=colour, marker=".", label=stage)
+        ax_val.plot(x, [r["valid"].get(metric, np.nan) for r in rows], color=colour, marker=".",
+                    label=f"{stage} {metric}")
+        best = [(xi, r) for xi, r in zip(x, rows) if r.get("best")]
+        if best:
+            xb, rb = best[-1]
+            ax_val.scatter([xb], [rb["valid"].get(metric, np.nan)], marker="*", s=160, color=colour,
+                           edgecolor="black", zorder=3, label=f"{stage} best: epoch {rb['epoch']}")
+        if k > 0:
+            for ax in (ax_loss, ax_val):
+                ax.axvline(offset, color="grey", linestyle="--", linewidth=1)
+            ax_val.annotate(f"{stage} starts", (offset, 1.0), xycoords=("data", "axes fraction"),
+                            xytext=(3, -12), textcoords="offset points", fontsize=8, color="grey")
+        offset = int(x.max()) if len(x) else offset
+    ax_loss.set_ylabel("training loss (per triplet)")
+    ax_loss.set_title("training loss")
+    ax_val.set_ylabel(f"validation {metric}")
+    ax_val.set_title(f"validation {metric}")
+    for ax in (ax_loss, ax_val):
+        ax.set_xlabel("epoch (each stage continues where the previous one ended)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def weight_histogram(weights: np.ndarray, modalities: list[str], truth: np.ndarray | None = None,
+                     present: np.ndarray | None = None) -> Any:
+    """The learned item weights [n_items, M] (paper Fig. 5), on the range the weights span.
+
+    With two modalities a pair's weights sum to 1, so one panel (the first modality's
+    weight) says everything; with more, one panel per modality. With a planted truth
+    ([n_items, M], True = unreliable pair) each group of items is its own histogram:
+    clean items and, per modality, the items whose view of it is noisy, each labelled
+    with its size and median weight. Pairs absent from ``present`` have weight 0 by
+    construction and are left out.
+    """
+    import matplotlib.pyplot as plt
+
+    n_mod = weights.shape[1]
+    panels = [0] if n_mod == 2 else list(range(n_mod))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False)
+    keep = np.ones(len(weights), dtype=bool) if present is None else np.asarray(present).all(axis=1)
+    for ax, m in zip(axes[0], panels):
+        w = weights[keep, m]
+        lo, hi = (float(w.min()), float(w.max())) if len(w) else (0.0, 1.0)
+        pad = max((hi - lo) * 0.02, 1e-3)  # a float32 range narrower than this has too few values for 50 bins
+        span = (lo - pad, hi + pad)
+        groups = [(np.ones(len(w), dtype=bool), "items")]
+        if truth is not None:
+            t = np.asarray(truth, dtype=bool)[keep]
+            groups = [(~t.any(axis=1), "clean")] + [(t[:, j], f"{modalities[j]} noisy (planted)")
+                                                    for j in range(n_mod)]
+        for k, (mask, label) in enumerate(groups):
+            if mask.any():
+                ax.hist(w[mask], bins=50, range=span, color=COLOURS[k % len(COLOURS)], alpha=0.6,
+                        label=f"{label}: {int(mask.sum())} items, median {np.median(w[mask]):.3f}")
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)  # below: no bar hidden
+        other = f" (the {modalities[1]} weight is 1 minus it)" if n_mod == 2 else ""
+        ax.set_xlabel(f"learned {modalities[m]} weight{other}")
         ax.set_ylabel("items")
-        ax.set_title(f"item weights of modality '{modalities[m]}'")
+        left_out = int((~keep).sum())
+        note = f"; {left_out} items missing a modality left out" if left_out else ""
+        ax.set_title(f"item weights of modality '{modalities[m]}'{note}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -9,9 +9,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, VALID
-from margo_dist.data.prepare import ITEM_MAP, USER_MAP
+from margo_dist.data.prepare import ITEM_MAP, USER_MAP, raw_id_array
 from margo_dist.data.synth import dataset_url
 from margo_dist.errors import MargoError
 from margo_dist.train.loop import Trainer, load_training_data
@@ -65,8 +64,8 @@ def recommend(run_url: str, k: int, out_url: str, user_chunk: int = 4096) -> int
         warnings.warn(f"--k {k} cut to the items a user did not see in training for {int(short.sum())} of "
                       f"{n_users} users (down to {int(unseen.min())} items)", stacklevel=2)
     dataset = dataset_url(trainer.cfg.data.path, progress=False)
-    raw_users = _raw_id_array(dataset, USER_MAP, n_users)
-    raw_items = _raw_id_array(dataset, ITEM_MAP, n_items)
+    raw_users = raw_id_array(dataset, USER_MAP, n_users)
+    raw_items = raw_id_array(dataset, ITEM_MAP, n_items)
     k = min(k, n_items)
     rank = np.arange(1, k + 1, dtype=np.int32)
     parts: list[pa.RecordBatch] = []
@@ -86,28 +85,6 @@ def recommend(run_url: str, k: int, out_url: str, user_chunk: int = 4096) -> int
     table = pa.Table.from_batches(parts)
     write_parquet(out_url, table)
     return table.num_rows
-
-
-def _raw_id_array(url: str, name: str, n: int) -> np.ndarray:
-    """Raw id (str) of each internal id 0..n-1 from the dataset's map ``name``; the id as text
-    where there is no map or no entry."""
-    raw = _raw_ids(url, name)
-    return np.array([raw.get(i, str(i)) for i in range(n)], dtype=object)
-
-
-def _raw_ids(url: str, name: str = ITEM_MAP) -> dict[int, str]:
-    """Internal id -> raw id from a ``raw_id<TAB>id`` map of the dataset (data/prepare.py)."""
-    path = mio.join(url, name)
-    if not mio.exists(path):
-        return {}
-    out: dict[int, str] = {}
-    with mio.open_url(path, "rt") as fh:
-        header = fh.readline().rstrip("\n").split("\t")
-        raw_col, id_col = header.index("raw_id"), header.index("id")
-        for line in fh:
-            fields = line.rstrip("\n").split("\t")
-            out[int(fields[id_col])] = fields[raw_col]
-    return out
 
 
 def format_table(rows: list[tuple[str, dict[str, float]]], columns: tuple[str, ...] = METRIC_COLUMNS) -> str:
@@ -140,15 +117,19 @@ def report(run_url: str, top: int = 10) -> str:
     text = [summary_table(summary)]
     if run.exists(WEIGHTS):
         table = run.read_table(WEIGHTS)
-        cfg = run.load_config()
-        raw = _raw_ids(dataset_url(cfg.data.path, progress=False))
+        names = [c for c in table.column_names if c not in ("item_id", "item")]
+        raw = table.column("item").to_pylist() if "item" in table.column_names else None
         item_ids = table.column("item_id").to_numpy()
-        for name in [c for c in table.column_names if c != "item_id"]:
+        text.append("items as " + ("raw id [internal id]=weight" if raw else "internal id=weight"))
+        # two modalities' weights sum to 1: the second's lists are the first's, swapped
+        for name in names[:1] if len(names) == 2 else names:
             w = table.column(name).to_numpy()
             order = np.argsort(-w, kind="stable")
             for label, picked in (("most", order[:top]), ("least", order[::-1][:top])):
-                items = ", ".join(
-                    f"{item_ids[p]}" + (f" ({raw[int(item_ids[p])]})" if int(item_ids[p]) in raw else "")
-                    + f"={w[p]:.3f}" for p in picked)
+                items = ", ".join((f"{raw[p]} [{item_ids[p]}]" if raw else f"{item_ids[p]}") + f"={w[p]:.3f}"
+                                  for p in picked)
                 text.append(f"{label} reliable '{name}': {items}")
+        if len(names) == 2:
+            text.append(f"(two modalities: the most reliable '{names[1]}' items are the least reliable "
+                        f"'{names[0]}' ones, and the other way round)")
     return "\n".join(text)

@@ -142,8 +142,13 @@ class RunDir:
         """Delete ``name`` if it is there."""
         mio.remove(self.path(name), recursive=False)
 
-    def write_item_weights(self, weights: np.ndarray, modalities: list[str]) -> None:
+    def write_item_weights(self, weights: np.ndarray, modalities: list[str],
+                           raw_items: np.ndarray | None = None) -> None:
+        """``item_weights.parquet``: item_id, then ``item`` (the dataset's raw id, where it has an
+        id map), then one weight column per modality."""
         cols = {"item_id": pa.array(np.arange(weights.shape[0], dtype=np.int64))}
+        if raw_items is not None:
+            cols["item"] = pa.array(raw_items, pa.string())
         for m, name in enumerate(modalities):
             cols[name] = pa.array(weights[:, m].astype(np.float32))
         self.write_table(WEIGHTS, pa.table(cols))

@@ -24,9 +24,10 @@ import csv
 import io
 import json
 import os
-import pickletools
 import time
 from typing import Any, Callable
+
+import numpy as np
 
 from margo_dist.config import Config, dump_yaml, from_dict, load_config, to_dict
 from margo_dist.data import io as mio
@@ -38,6 +39,7 @@ from margo_dist.train.loop import epochs_trained
 from margo_dist.train.rundir import SUMMARY as RUN_SUMMARY
 from margo_dist.train.rundir import RunDir
 from margo_dist.tune.space import Dimension, SearchConfig, ray_space
+from margo_dist.tune.state import mend_state, state_keeper
 
 STARTS = "trial_starts.txt"  # one line each time a trial's process starts its run (a resume adds one)
 RESULTS = "trials.csv"
@@ -70,6 +72,13 @@ def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     values[leaf] = value
 
 
+def _trial_log(message: str) -> None:
+    """A trial's own log: its warnings and errors. Its epochs are the driver's one line per trial
+    epoch (``_trial_lines``) and its run folder's metrics.jsonl, not a second copy here."""
+    if message.startswith(("warning", "error")):
+        print(message, flush=True)
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """A Tune function trainable: one training run, validation reported after every epoch."""
     cfg = trial_config(config)
@@ -85,7 +94,7 @@ def run_trial(config: dict[str, Any]) -> None:
 
         from margo_dist.dist.launch import train_distributed
 
-        train_distributed(cfg, log=print, callbacks=[TuneReportCallback()])
+        train_distributed(cfg, log=_trial_log, callbacks=[TuneReportCallback()])
         return
     reported: list[int] = []
 
@@ -94,7 +103,7 @@ def run_trial(config: dict[str, Any]) -> None:
             tune.report(epoch_metrics(record))
             reported.append(seq)
 
-    trainer = Trainer(cfg, load_training_data(cfg), log=print, on_checkpoint=report)
+    trainer = Trainer(cfg, load_training_data(cfg), log=_trial_log, on_checkpoint=report)
     summary = trainer.fit()
     if not reported:
         # a run that had finished before Tune saved the trial as finished: fit returned its
@@ -194,7 +203,7 @@ def run_phase(search: SearchConfig, base: Config, phase: str, space: dict[str, D
                                             d.kind != "grid" for d in space.values()) else 1,
                                         search_alg=_seeded_search(search.seed, search.max_concurrent_trials)),
             run_config=tune.RunConfig(name=phase, storage_path=root, verbose=0,
-                                      callbacks=[_trial_lines(phase, search.metric), _state_keeper(path)]))
+                                      callbacks=[_trial_lines(phase, search.metric), state_keeper(path)]))
         log(f"search phase {phase}: {len(space)} searched key(s) in {path}")
     grid = tuner.fit()
     rows = []
@@ -204,110 +213,6 @@ def run_phase(search: SearchConfig, base: Config, phase: str, space: dict[str, D
             if result.metrics else ""
         rows.append(_row(phase, keys, run_dir, stages[-1], result.error, search.metric))
     return rows
-
-
-# -- the saved experiment state ---------------------------------------------------------
-
-# Tune's files that a restore reads: its trial states (JSON) and the search algorithm's (a pickle)
-STATE_GLOBS = ("experiment_state-*.json", "basic-variant-state-*.json")
-KEPT = ".state-kept"  # the last complete copy of each state file (a hidden folder Tune does not list)
-
-
-def _whole(body: bytes, name: str) -> bool:
-    """Whether a state file's bytes are complete: a copy cut short by a kill is not.
-
-    The pickle is walked opcode by opcode to its STOP, never loaded.
-    """
-    try:
-        if name.startswith("experiment_state-"):
-            json.loads(body)
-            return True
-        ops = list(pickletools.genops(body))
-    except (ValueError, UnicodeDecodeError, EOFError):
-        return False
-    return bool(ops) and ops[-1][0].name == "STOP"
-
-
-def _read(url: str) -> bytes | None:
-    try:
-        with mio.open_url(url, "rb") as fh:
-            return fh.read()
-    except OSError:
-        return None
-
-
-def _state_files(path: str) -> list[str]:
-    fs, root = mio.fs_and_path(path)
-    return sorted(os.path.basename(n) for pattern in STATE_GLOBS for n in fs.glob(f"{root}/{pattern}"))
-
-
-def keep_state(path: str, seen: dict[str, tuple[float, int]] | None = None) -> None:
-    """Copy each complete state file of the phase folder ``path`` into ``path/.state-kept``.
-
-    Tune writes its state files in the driver's staging folder and copies them to the
-    storage folder in the background, in place: a driver killed during that copy leaves
-    a cut-off file, which ``Tuner.restore`` cannot read. The kept copy, written by
-    rename, is what :func:`mend_state` puts back. ``seen`` (name -> mtime, size) skips
-    files that have not changed since the last call.
-    """
-    for base in _state_files(path):
-        fs, name = mio.fs_and_path(f"{path}/{base}")
-        info = fs.info(name)
-        stamp = (float(info.get("mtime", 0.0)), int(info["size"]))
-        if seen is not None and seen.get(base) == stamp:
-            continue
-        body = _read(f"{path}/{base}")
-        if body is None or not _whole(body, base):  # being copied right now; a later call keeps it
-            continue
-        with mio.atomic_write(f"{path}/{KEPT}/{base}") as out:
-            out.write(body)
-        if seen is not None:
-            seen[base] = stamp
-
-
-def mend_state(path: str, log: Callable[[str], None] = print) -> None:
-    """Before a restore: put the kept copy back over a state file a kill cut short.
-
-    A cut-off file with no complete kept copy is moved aside (``.unreadable``) so that
-    Tune restores from an older complete one, or starts the phase again when there is
-    none. The kept copy may be one step older than the cut-off file: a trial that had
-    just finished then runs again, finds its run folder complete and reports its result
-    without training (:func:`run_trial`).
-    """
-    if not mio.exists(path):
-        return
-    for base in _state_files(path):
-        url = f"{path}/{base}"
-        body = _read(url)
-        if body is not None and _whole(body, base):
-            continue
-        kept = _read(f"{path}/{KEPT}/{base}") if mio.exists(f"{path}/{KEPT}/{base}") else None
-        if kept is not None and _whole(kept, base):
-            with mio.atomic_write(url) as out:
-                out.write(kept)
-            log(f"search: {url} was cut short (the driver was killed while Tune saved it); "
-                f"using the last complete copy")
-        else:
-            fs, name = mio.fs_and_path(url)
-            fs.mv(name, f"{name}.unreadable")
-            log(f"search: {url} cannot be read and has no complete copy; moved aside to {url}.unreadable")
-
-
-def _state_keeper(path: str) -> Any:
-    """A Tune callback that runs :func:`keep_state` after each step of Tune's loop."""
-    from ray import tune
-
-    class StateKeeper(tune.Callback):
-        def __init__(self) -> None:
-            self.seen: dict[str, tuple[float, int]] = {}
-
-        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-            keep_state(path, self.seen)
-
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            keep_state(path, self.seen)
-
-    return StateKeeper()
 
 
 def _say(message: str) -> None:
@@ -326,7 +231,8 @@ def _trial_lines(phase: str, metric: str) -> Any:
                 f"valid {metric} {result.get(f'valid_{metric}', float('nan')):.4f}")
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            done = sum(t.status == "TERMINATED" for t in trials)
+            # Tune marks the trial TERMINATED after this call: count it as ended here
+            done = sum(t.status == "TERMINATED" or t is trial for t in trials)
             _say(f"[{phase}] {trial.trial_id} ended ({done}/{len(trials)} trials ended)")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -395,25 +301,34 @@ def run_search(search: SearchConfig, log: Callable[[str], None] = print) -> dict
         check_resources(trial_needs(search, base), joined, per=" per trial")
         if staged:
             rows1 = run_phase(search, base, "stage1", one, log=log)
-            best1 = _best(rows1, "stage1", search.metric)
+            best1 = _best(rows1, "stage1", search.metric, log)
             log(f"stage 1: best of {len(rows1)} pretraining(s) is {best1['trial']} "
                 f"(valid {search.metric} {best1[f'valid_{search.metric}']:.4f}); stage-2 trials start from it")
             rows2 = run_phase(search, base, "stage2", two, pretrained=best1["run"], log=log)
             rows, final = rows1 + rows2, rows2
         else:
             rows = final = run_phase(search, base, "all", search.space, log=log)
-    best = _best(final, final[0]["phase"] if final else "all", search.metric)
+    best = _best(final, final[0]["phase"] if final else "all", search.metric, log)
     return _write_results(search, base, rows, best, staged, time.time() - t0, log)
 
 
-def _best(rows: list[dict[str, Any]], phase: str, metric: str) -> dict[str, Any]:
-    """The phase's best trial by validation ``metric``, among those that reached its last stage."""
+def _best(rows: list[dict[str, Any]], phase: str, metric: str,
+          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The phase's best trial by validation ``metric``, among those that reached its last stage
+    (the first in trial order on a tie, which ``log`` is warned of)."""
     last = max((r["stage"] for r in rows if r["status"] != "error"), key=_STAGE_ORDER.index, default="")
     ok = [r for r in rows if r["status"] != "error" and r["stage"] == last]
     if not ok:
         errors = "; ".join(f"{r['trial']}: {r.get('error')}" for r in rows)
         raise MargoError(f"search phase {phase}: no trial finished ({errors})")
-    return max(ok, key=lambda r: r[f"valid_{metric}"])
+    best = max(ok, key=lambda r: r[f"valid_{metric}"])
+    tied = [r["trial"] for r in ok if r[f"valid_{metric}"] == best[f"valid_{metric}"]]
+    if log is not None and len(tied) > 1:
+        log(f"warning: search phase {phase}: {len(tied)} of {len(ok)} trials tie at valid {metric} "
+            f"{best[f'valid_{metric}']:.4f} ({', '.join(tied[:5])}{', ...' if len(tied) > 5 else ''}); "
+            f"{best['trial']} is taken. The searched keys may not change this metric on this data "
+            "(stage 2 may never beat its starting state: docs/search.md)")
+    return best
 
 
 def best_config(base: Config, search: SearchConfig, best: dict[str, Any], stage1: dict[str, Any] | None) -> Config:
@@ -461,8 +376,10 @@ def _write_results(search: SearchConfig, base: Config, rows: list[dict[str, Any]
     _write_table(search.dir, rows)
     with mio.atomic_write(mio.join(search.dir, SUMMARY), "wt") as fh:
         json.dump(summary, fh, indent=2, default=str)
-    _plot(search, rows)
+    _plot(search, rows, best)
     log(report(search.dir))
+    log(f"next: margo-dist train --config {mio.join(search.dir, BEST)}   # the chosen config, both stages "
+        "from scratch")
     return summary
 
 
@@ -488,35 +405,73 @@ def read_table(folder: str) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _plot(search: SearchConfig, rows: list[dict[str, Any]]) -> None:
-    """Validation metric against each searched key, one panel per key, a marker per trial."""
+def _plot(search: SearchConfig, rows: list[dict[str, Any]], best: dict[str, Any]) -> None:
+    """Validation metric against each searched key (a marker per trial, the chosen one a star);
+    with two searched keys, a heatmap of the final phase's metric over their grid too."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = list(search.space) or ["trial"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     metric = f"valid_{search.metric}"
+    heat = len(keys) == 2 and _heat_cells(rows, keys, metric, best["phase"])
+    n_panels = len(keys) + (1 if heat else 0)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.4 * n_panels, 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
+        numeric = all(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+                      for r in rows if key in r)
         for phase, marker in (("stage1", "s"), ("stage2", "o"), ("all", "o")):
             pts = [(r[key], r[metric]) for r in rows if r["phase"] == phase and key in r and metric in r]
-            if not pts:
-                continue
-            xs = [p[0] for p in pts]
-            numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-            ax.scatter(xs if numeric else [str(x) for x in xs], [p[1] for p in pts], marker=marker, label=phase)
-            if numeric and min(xs) > 0 and max(xs) / min(xs) >= 20:
-                ax.set_xscale("log")
+            if pts:
+                ax.scatter([p[0] if numeric else str(p[0]) for p in pts], [p[1] for p in pts], marker=marker,
+                           alpha=0.7, label=phase)
+        if key in best and metric in best:
+            ax.scatter([best[key] if numeric else str(best[key])], [best[metric]], marker="*", s=220,
+                       color="gold", edgecolor="black", zorder=3, label=f"chosen: {best['trial']}")
+        xs = [r[key] for r in rows if key in r]
+        if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 20:
+            ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel(f"validation {search.metric}")
-        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if heat:
+        xs, ys, grid = heat
+        ax = axes[0][-1]
+        image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(xs)), [f"{x:g}" if isinstance(x, float) else str(x) for x in xs])
+        ax.set_yticks(range(len(ys)), [f"{y:g}" if isinstance(y, float) else str(y) for y in ys])
+        ax.set_xlabel(keys[0])
+        ax.set_ylabel(keys[1])
+        ax.set_title(f"{best['phase']}: validation {search.metric} (best of each cell)", fontsize=9)
+        if best.get(keys[0]) in xs and best.get(keys[1]) in ys:
+            ax.scatter([xs.index(best[keys[0]])], [ys.index(best[keys[1]])], marker="*", s=220, color="gold",
+                       edgecolor="black")
+        fig.colorbar(image, ax=ax)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     with mio.atomic_write(mio.join(search.dir, PLOT), "wb") as fh:
         fh.write(buf.getvalue())
+
+
+def _heat_cells(rows: list[dict[str, Any]], keys: list[str], metric: str,
+                phase: str) -> tuple[list[Any], list[Any], np.ndarray] | None:
+    """The grid of the two keys' values in ``phase`` and each cell's best metric (NaN: no trial)."""
+    pts = [(r[keys[0]], r[keys[1]], r[metric]) for r in rows
+           if r["phase"] == phase and keys[0] in r and keys[1] in r and metric in r and r.get(metric) is not None]
+    if not pts:
+        return None
+    xs, ys = sorted({p[0] for p in pts}), sorted({p[1] for p in pts})
+    if len(xs) < 2 or len(ys) < 2:
+        return None
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for x, y, v in pts:
+        cell = grid[ys.index(y), xs.index(x)]
+        grid[ys.index(y), xs.index(x)] = v if np.isnan(cell) else max(cell, v)
+    return xs, ys, grid
 
 
 def report(folder: str) -> str:

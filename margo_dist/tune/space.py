@@ -18,7 +18,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from margo_dist.config import Config, load_config, load_into
+import yaml
+
+from margo_dist.config import Config, load_config, load_into, typed
 from margo_dist.errors import ConfigError
 
 # keys that act only in the calibration stage (θ, L_cal): the pretraining is the same whatever they are
@@ -129,10 +131,41 @@ def _yaml_scalar(value: Any) -> str:
 
 
 def load_search(path: str, overrides: list[str] | None = None) -> SearchConfig:
-    """Read a search file, apply ``key=value`` overrides, validate."""
-    search = load_into(SearchConfig(), path, overrides)
+    """Read a search file, apply ``key=value`` overrides, validate.
+
+    ``space.KEY=VALUE`` sets one searched key and keeps the others: a list is a grid
+    (``space.model.alpha=[0.1,1.0]``), a mapping any dimension
+    (``space.train.lr={loguniform: [1e-4, 1e-2]}``); ``space={...}`` replaces the whole space.
+    """
+    plain = [o for o in overrides or [] if not o.startswith(SPACE_PREFIX)]
+    search = load_into(SearchConfig(), path, plain)
+    for text in overrides or []:
+        if text.startswith(SPACE_PREFIX):
+            key, value = _space_override(text)
+            search.space[key] = value
     search.validate(path)
     return search
+
+
+SPACE_PREFIX = "space."
+
+
+def _space_override(text: str) -> tuple[str, Dimension]:
+    """``space.KEY=VALUE`` as (KEY, its dimension)."""
+    key, sep, raw = text[len(SPACE_PREFIX):].partition("=")
+    source = f"command line ({text})"
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} on the command line is not of the form space.KEY=VALUE")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r} on the command line: value is not valid YAML ({exc})") from exc
+    if isinstance(value, list):
+        value = {"grid": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"space.{key}={raw} in {source}: give the values to try as a list (a grid, e.g. "
+                          f"space.{key}=[0.1,1.0]) or a dimension (e.g. space.{key}={{loguniform: [1e-4, 1e-2]}})")
+    return key, typed(value, Dimension, f"space.{key}", source)
 
 
 def ray_space(space: dict[str, Dimension]) -> dict[str, Any]:

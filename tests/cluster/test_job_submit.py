@@ -132,10 +132,15 @@ def test_a_two_worker_job_through_ray_job_submit_with_token_auth(head, tmp_path)
     # the log a person reads: each stage's epoch lines once, from the leader, with loss, metric and seconds
     for stage, epochs in (("pretrain", (1, 2)), ("calibrate", (1, 2))):
         for epoch in epochs:
-            lines = re.findall(rf"\[{stage}\] epoch +{epoch} +loss [0-9.]+ +valid recall@20 [0-9.]+ .*s eval\)", logs)
+            lines = re.findall(rf"\[{stage}\] epoch +{epoch}/\d+ +loss [0-9.]+ +valid recall@20 [0-9.]+ .*s eval\)", logs)
             assert len(lines) == 1, (stage, epoch, logs[-3000:])
     for rank in (0, 1):
         assert re.search(rf"rank {rank}: UserWarning: train\.threads=2 is more than the dist\.cpus_per_worker=1", logs)
+    # a job log is a file: no colour codes, no "(RayTrainWorker pid=...)" before the lines (the
+    # `ray job logs` command colours its own lines before the log: not looked at)
+    job_log = logs.split("Running entrypoint for job", 1)[1]
+    assert "\x1b[" not in job_log and "RayTrainWorker pid=" not in job_log
+    assert re.search(r"^\[pretrain\] epoch +1/", logs, re.MULTILINE)
     # no per-report lines from Ray Train, no progress bars
     assert "Reporting training result" not in logs and "Checkpoint successfully created" not in logs
     assert "\r" not in logs and "batch/s" not in logs

@@ -17,7 +17,7 @@ import pytest
 
 from margo_dist.cli import main
 from margo_dist.config import load_config
-from margo_dist.data import dumps
+from margo_dist.data import dumps, formats
 from margo_dist.data.formats import convert, read_dataset
 from margo_dist.data.inspect import format_stats, inspect_path
 from margo_dist.data.prepare import prepare
@@ -177,6 +177,34 @@ def test_2014_dump_trains(baby_2014, tmp_path):
     assert 0.0 <= summary["test"]["recall@5"] <= 1.0
 
 
+def test_b_images_reach_both_formats_through_a_scratch_file_that_goes(baby_2014, tmp_path, monkeypatch):
+    _, inter, meta, images, _ = baby_2014
+    monkeypatch.setattr(formats, "PARQUET_FEATURE_ROWS", 3)  # several row groups
+    copied = []  # the image table reaches the writers as a map of its scratch file, never read whole
+    real_chunks, real_save, real_move = formats.dio.npy_row_chunks, formats.dio.save_npy, formats.dio.move_npy
+    moved = []
+    monkeypatch.setattr(formats.dio, "move_npy", lambda a, url: (moved.append(url), real_move(a, url))[1])
+    monkeypatch.setattr(formats.dio, "npy_row_chunks",
+                        lambda a, rows: (copied.append(formats.dio.mapped_npy(a)), real_chunks(a, rows))[1])
+    monkeypatch.setattr(formats.dio, "save_npy",
+                        lambda url, a: (copied.append(formats.dio.mapped_npy(a)), real_save(url, a))[1])
+    got = {}
+    for fmt in ("mmrec", "parquet"):
+        out = str(tmp_path / fmt)
+        ds = prepare(inter, out, items_url=meta, image_features_url=images, text_encoder="hash", fmt=fmt,
+                     progress=False)
+        assert not [e for e in os.listdir(tmp_path) if e.startswith(".margo-prepare-")]
+        got[fmt] = read_dataset(out, fmt=fmt)
+        np.testing.assert_array_equal(got[fmt].features["image"], ds.features["image"])
+    imap = read_map(os.path.join(tmp_path, "mmrec", "item_map.tsv"))
+    np.testing.assert_array_equal(got["parquet"].features["image"][imap[ITEMS[3]]], image_row(ITEMS[3]))
+    assert not got["parquet"].features["image"][imap[ITEMS[5]]].any()
+    assert got["parquet"].fingerprint() == got["mmrec"].fingerprint()
+    # MMRec: the scratch file is moved in (same disk, a rename); Parquet: read back in row groups
+    assert [os.path.basename(u) for u in moved] == ["image_feat.npy"]
+    assert sum(1 for c in copied if c is not None and c.endswith("image_feat.npy")) == 1
+
+
 def test_an_item_missing_every_modality_is_refused(tmp_path):
     inter = reviews_2014(tmp_path / "reviews_Baby_5.json.gz")
     meta = meta_2014(tmp_path / "meta_Baby.json.gz", tmp_path)
@@ -267,12 +295,13 @@ def test_image_binary_streams_and_keeps_only_wanted_asins(tmp_path, monkeypatch)
 
     monkeypatch.setattr(dumps.dio, "open_url", lambda *a, **k: Spy(real_open(*a, **k)))
     wanted = np.array([ITEMS[3], ITEMS[0], ITEMS[2]])
-    out, found, notes = dumps.read_image_binary(url, wanted, chunk_records=2)
+    out, found, notes = dumps.read_image_binary(url, wanted, str(tmp_path / "rows.npy"), chunk_records=2)
     assert 0 < max(reads) <= 2 * dumps.RECORD_BYTES
     assert found.tolist() == [True, True, False]
     np.testing.assert_array_equal(out[0], image_row(ITEMS[3]))
     np.testing.assert_array_equal(out[1], image_row(ITEMS[0]))
     assert not out[2].any()
+    assert isinstance(out, np.memmap) and out.filename == str(tmp_path / "rows.npy")  # on disk, not in memory
     assert "5 image records, 2 of them for the 3 items kept" in notes[0] and "1 records repeat" in notes[1]
 
 
@@ -280,7 +309,7 @@ def test_image_binary_truncated_record_names_the_offset(tmp_path):
     url = write_b(tmp_path / "t.b", ITEMS[:3], tail=b"B000000003" + b"\0" * 90)
     with pytest.raises(DataError, match=rf"t\.b: byte offset {3 * dumps.RECORD_BYTES}: the file ends inside "
                                         r"a record \(100 of 16394 bytes"):
-        dumps.read_image_binary(url, np.array(ITEMS))
+        dumps.read_image_binary(url, np.array(ITEMS), str(tmp_path / "rows.npy"))
 
 
 def test_presence_file_is_validated(tmp_path):

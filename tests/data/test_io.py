@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 import pytest
 
 from margo_dist.data import io as mio
@@ -98,3 +99,19 @@ def test_a_concurrent_writer_that_places_its_folder_first(tmp_path, monkeypatch,
     assert (tmp_path / "graphs" / "a.txt").read_text() == ("theirs" if keep else "ours")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["graphs"]
     assert len(calls) == (1 if keep else 2)
+
+
+def test_a_mapped_npy_is_copied_whole_and_a_slice_of_it_is_not_taken_for_the_file(tmp_path) -> None:
+    rows = np.arange(24, dtype=np.float32).reshape(6, 4)
+    np.save(tmp_path / "a.npy", rows)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert mio.mapped_npy(mapped) == str(tmp_path / "a.npy")
+    assert mio.mapped_npy(mapped[1:3]) is None  # keeps the file name, not the rows
+    assert mio.mapped_npy(rows) is None
+    for src, want in ((mapped, rows), (mapped[1:3], rows[1:3])):
+        mio.save_npy(str(tmp_path / "b.npy"), src)
+        np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), want)
+    for src in (mapped, rows):
+        blocks = list(mio.npy_row_chunks(src, 4))
+        assert [len(b) for b in blocks] == [4, 2]
+        np.testing.assert_array_equal(np.concatenate(blocks), rows)

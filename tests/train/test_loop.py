@@ -60,7 +60,7 @@ def test_margo_run_writes_every_output(data_dir, tmp_path):
     for u, i in zip(rec["user_id"], rec["item_id"]):
         assert i not in set(indices[indptr[u]:indptr[u + 1]].tolist())
     text = report(run, top=3)
-    assert "final test" in text and "most reliable 'image'" in text and "least reliable 'text'" in text
+    assert "final test" in text and "most reliable 'image'" in text and "least reliable 'image'" in text and "\nmost reliable 'text'" not in text
 
 
 @pytest.mark.parametrize("variant,extra", [
@@ -163,20 +163,25 @@ def test_wo_cal_ignores_alpha_with_a_warning(data_dir, tmp_path):
     assert sum("model.alpha=1 is ignored" in m for m in messages) == 1
 
 
-def stage_two_from(data_dir: str, tmp_path, *extra: str) -> dict:
+def stage_two_from(data_dir: str, tmp_path, *extra: str, log=lambda _m: None) -> dict:
     """A MARGO run's stage 1 (10 epochs), then stage 2 in another folder from that stage 1."""
     first = tmp_path / "stage1"
     train(cfg_for(data_dir, str(first), "train.max_epochs=10", "train.lr=0.01"), log=lambda _m: None)
     return train(cfg_for(data_dir, str(tmp_path / "stage2"), f"run.pretrained={first}", *extra),
-                 log=lambda _m: None), json.loads((first / "summary.json").read_text())
+                 log=log), json.loads((first / "summary.json").read_text())
 
 
 def test_stage_two_that_only_hurts_keeps_its_starting_state(data_dir, tmp_path):
     # a learning rate of 10 (θ's too: weight_lr 0) wrecks a trained model in one epoch (at tau
     # 0.1; at tau 5 this tiny run recovers by epoch 3); θ = 0 makes the start uniform weights
+    messages: list[str] = []
     summary, first = stage_two_from(data_dir, tmp_path, "train.lr=10", "train.weight_lr=0", "model.tau=0.1",
-                                    "model.theta_init_std=0", "train.max_epochs=3")
+                                    "model.theta_init_std=0", "train.max_epochs=3", log=messages.append)
     assert summary["best_epoch"] == 0 == summary["stages"]["calibrate"]["best_epoch"]
+    # one line per evaluation: epoch n/max, the best marked, patience counting the evaluations since
+    epochs = [m for m in messages if m.startswith("[calibrate] epoch")]
+    assert [m.split("  ")[0] for m in epochs] == [f"[calibrate] epoch {n}/3" for n in range(4)]
+    assert " * " in epochs[0] and [m.split("patience ")[1][:4] for m in epochs] == ["0/20", "1/20", "2/20", "3/20"]
     lines = [json.loads(x) for x in (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
     calibrate = [r for r in lines if r["stage"] == "calibrate"]
     assert [r["epoch"] for r in calibrate] == [0, 1, 2, 3] and calibrate[0]["best"]

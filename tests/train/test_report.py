@@ -89,6 +89,26 @@ def test_recommend_writes_the_datasets_raw_ids(trained, tmp_path, capsys):
     assert rec["user"] == [f"u{u}" for u in rec["user_id"]] and rec["item"] == [f"i{i}" for i in rec["item_id"]]
 
 
+def test_item_weights_and_report_name_items_by_raw_id_beside_the_internal_one(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_synthetic(SynthSpec(n_users=80, n_items=60, n_interactions=800, modality_dims={"image": 6, "text": 4},
+                              seed=3), str(data), "mmrec")
+    (data / "item_map.tsv").write_text("raw_id\tid\n" + "".join(f"B{i:09d}\t{i}\n" for i in range(60)))
+    run = tmp_path / "run"
+    train(load_config("configs/default.yaml", [f"data.path={data}", f"run.dir={run}", *OVERRIDES]),
+          log=lambda _m: None)
+    table = pq.read_table(run / "item_weights.parquet")
+    assert table.column_names == ["item_id", "item", "image", "text"]
+    assert table.column("item").to_pylist() == [f"B{i:09d}" for i in table.column("item_id").to_pylist()]
+    assert main(["report", str(run), "--top", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "items as raw id [internal id]=weight" in lines
+    most = next(ln for ln in lines if ln.startswith("most reliable 'image': "))
+    first = most.split(": ", 1)[1].split(", ")[0]
+    assert first.startswith("B0000000") and first.split(" [")[1].split("]")[0] == str(int(first[1:10]))
+    assert not any(ln.startswith("most reliable 'text'") for ln in lines)  # the image lists, swapped
+
+
 def test_evaluate_json_prints_the_json_alone(trained, capsys):
     assert main(["evaluate", trained[0], "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -22,12 +22,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, write_synthetic
-from margo_dist.tune.search import KEPT, keep_state, mend_state, read_table, report, run_search
+from margo_dist.tune.search import read_table, report, run_search
+from margo_dist.tune.state import KEPT, keep_state, mend_state
 from margo_dist.tune.space import load_search
 
 ray = pytest.importorskip("ray")
@@ -56,8 +58,9 @@ def test_a_tiny_search_stops_the_weak_trials_and_writes_its_results(tmp_path):
                        overrides_extra=["train.batch_size=64"])
     search = load_search(str(path))
     ray.init(num_cpus=2, log_to_driver=False)
+    messages: list[str] = []
     try:
-        summary = run_search(search, log=lambda _m: None)
+        summary = run_search(search, log=messages.append)
         from ray.util.state import list_actors
 
         left = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
@@ -86,6 +89,7 @@ def test_a_tiny_search_stops_the_weak_trials_and_writes_its_results(tmp_path):
             assert yaml.safe_load(run_summary.read_text())["test"] == {}
     best = load_config(os.path.join(search.dir, "best.yaml"))
     assert best.train.lr == summary["best"]["keys"]["train.lr"] and best.train.test_split
+    assert messages[-1].startswith(f"next: margo-dist train --config {os.path.join(search.dir, 'best.yaml')} ")
     assert best.run.pretrained == "" and best.run.stop_after == ""
     png = Path(search.dir, "search.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -246,6 +250,22 @@ def test_a_trial_whose_run_had_finished_reports_its_result_once_without_training
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["alpha"] == 1.0
 
 
+def test_a_tie_for_the_best_trial_is_warned_of_and_the_first_is_taken():
+    from margo_dist.tune.search import _best
+
+    rows = [{"trial": f"t{k}", "status": "finished", "stage": "calibrate", "valid_recall@20": v}
+            for k, v in enumerate([0.25, 0.3, 0.3, 0.1])]
+    rows.append({"trial": "t4", "status": "error", "stage": "calibrate", "valid_recall@20": 0.9})
+    messages: list[str] = []
+    assert _best(rows, "stage2", "recall@20", messages.append)["trial"] == "t1"
+    assert messages == ["warning: search phase stage2: 2 of 4 trials tie at valid recall@20 0.3000 (t1, t2); "
+                        "t1 is taken. The searched keys may not change this metric on this data (stage 2 may "
+                        "never beat its starting state: docs/search.md)"]
+    rows[2]["valid_recall@20"] = 0.29
+    messages.clear()
+    assert _best(rows, "stage2", "recall@20", messages.append)["trial"] == "t1" and messages == []
+
+
 def test_a_grace_period_longer_than_a_trial_is_clamped_to_the_trials_length():
     from ray.tune.schedulers import ASHAScheduler
 
@@ -275,3 +295,41 @@ def test_a_trial_the_cluster_cannot_hold_is_refused_naming_the_numbers(tmp_path)
     with pytest.raises(ConfigError, match=r"^cpus_per_trial=3 needs 3 CPUs per trial"):
         check_resources(trial_needs(local, local.train_base()), two, per=" per trial")
     check_resources(trial_needs(load_search(str(search_file(tmp_path, space={}))), local.train_base()), two)
+
+
+def test_the_search_plot_marks_the_chosen_trial_and_draws_two_keys_as_a_heatmap(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+
+    from margo_dist.tune.search import _heat_cells, _plot
+
+    rows = [{"trial": f"t{k}", "phase": "all", "model.alpha": a, "model.tau": t, "valid_recall@20": 0.1 * k}
+            for k, (a, t) in enumerate([(0.1, 1.0), (0.1, 5.0), (1.0, 1.0), (1.0, 5.0), (1.0, 5.0)])]
+    xs, ys, grid = _heat_cells(rows, ["model.alpha", "model.tau"], "valid_recall@20", "all")
+    assert xs == [0.1, 1.0] and ys == [1.0, 5.0]
+    np.testing.assert_allclose(grid, [[0.0, 0.2], [0.1, 0.4]])  # rows: tau; the best of a repeated cell
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    search = SimpleNamespace(space={"model.alpha": None, "model.tau": None}, metric="recall@20", dir=str(tmp_path))
+    _plot(search, rows, rows[4])
+    (fig,) = figures
+    assert len(fig.axes) == 4  # two scatter panels, the heatmap and its colour bar
+    assert all("chosen: t4" in [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes[:2])
+    assert fig.axes[2].get_xlabel() == "model.alpha" and (tmp_path / "search.png").stat().st_size > 0
+
+
+def test_a_trials_end_line_counts_that_trial_and_a_trial_logs_only_its_warnings(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from margo_dist.tune import search as search_module
+
+    said: list[str] = []
+    monkeypatch.setattr(search_module, "_say", said.append)
+    trials = [SimpleNamespace(trial_id="a", status="TERMINATED"), SimpleNamespace(trial_id="b", status="RUNNING"),
+              SimpleNamespace(trial_id="c", status="RUNNING")]
+    search_module._trial_lines("all", "recall@20").on_trial_complete(3, trials, trials[1])
+    assert said == ["[all] b ended (2/3 trials ended)"]  # Tune sets b's status after the callback
+    search_module._trial_log("[pretrain] epoch 1/2  loss 0.5")
+    search_module._trial_log("warning: train.threads=2 is more than ...")
+    assert capsys.readouterr().out == "warning: train.threads=2 is more than ...\n"

@@ -46,3 +46,15 @@ def test_random_dimensions_and_overrides():
     assert override("model.alpha", 0.1) == "model.alpha=0.1" and override("run.plots", False) == "run.plots=false"
     assert override("train.lr", 1e-7) == "train.lr=1.0e-07"  # PyYAML reads 1e-07 as a string
     assert load_config("configs/default.yaml", [override("train.lr", 1e-7)]).train.lr == 1e-7
+
+
+def test_one_searched_key_is_shrunk_from_the_command_line_and_the_others_kept():
+    search = load_search("configs/tune/margo.yaml", ["space.model.alpha=[0.1]", "space.train.lr={loguniform: "
+                                                     "[1.0e-4, 1.0e-2]}", "dir=runs/tiny"])
+    assert search.space["model.alpha"].grid == [0.1] and search.space["train.lr"].kind == "loguniform"
+    assert search.space["model.tau"].grid == [0.1, 0.5, 1.0, 2.0, 5.0] and search.dir == "runs/tiny"
+    with pytest.raises(ConfigError, match=r"space\.model\.alpha=0\.1 in command line .*give the values to try as "
+                                          r"a list \(a grid, e\.g\. space\.model\.alpha=\[0\.1,1\.0\]\)"):
+        load_search("configs/tune/margo.yaml", ["space.model.alpha=0.1"])
+    with pytest.raises(ConfigError, match=r"unknown key 'space\.model\.alpha\.gird'"):
+        load_search("configs/tune/margo.yaml", ["space.model.alpha={gird: [1]}"])
