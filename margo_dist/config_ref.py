@@ -59,9 +59,7 @@ class KeyDoc:
 def _comments(cls: type) -> dict[str, str]:
     """Field name -> the comment lines above its definition and the comment at its end."""
     lines, _ = inspect.getsourcelines(cls)
-    source = "".join(lines)
-    tree = ast.parse(inspect.cleandoc("\n" + source) if source.startswith(" ") else source)
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    body = ast.parse("".join(lines)).body[0].body  # type: ignore[attr-defined]  # a top-level class
     out: dict[str, str] = {}
     for node in body:
         if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):

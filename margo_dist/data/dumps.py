@@ -343,16 +343,16 @@ def read_image_binary(url: str, item_ids: np.ndarray, out_path: str, dim: int = 
             asins = _asins(chunk["asin"], url, offset, rec_bytes)
             pos = np.minimum(np.searchsorted(sorted_ids, asins), max(len(ids) - 1, 0))
             hit = np.flatnonzero(sorted_ids[pos] == asins) if len(ids) else np.zeros(0, dtype=np.int64)
-            for r in hit:
+            finite = np.isfinite(chunk["feature"][hit]).all(axis=1)  # one pass over the chunk's kept rows
+            for r, ok in zip(hit, finite):
                 k = order[pos[r]]
                 if found[k]:
                     repeated += 1
                     continue
-                row = chunk["feature"][r]
-                if not np.isfinite(row).all():
+                if not ok:
                     raise DataError(f"{url}: byte offset {offset + int(r) * rec_bytes} (ASIN {asins[r]}): "
                                     "a non-finite feature value")
-                os.pwrite(out.fileno(), row.tobytes(), row0 + int(k) * 4 * dim)
+                os.pwrite(out.fileno(), chunk["feature"][r], row0 + int(k) * 4 * dim)  # the row, not a copy
                 found[k] = True
             offset += len(buf)
             n_records += len(chunk)

@@ -56,7 +56,7 @@ import pyarrow.compute as pc
 from margo_dist.data import dumps
 from margo_dist.data import io as dio
 from margo_dist.data.dataset import SPLIT_NAMES, Dataset, pair_codes
-from margo_dist.data.formats import parquet_feature_matrix, read_parquet_columns
+from margo_dist.data.formats import FEAT_SUFFIX, parquet_feature_matrix, read_parquet_columns
 from margo_dist.data.raw import (COLUMN_KEYS, COMPRESSION_SUFFIXES, Table, base_name, find_column, float_column,
                                  id_codes, id_column, one_chunk, read_table)
 from margo_dist.errors import ConfigError, DataError
@@ -280,10 +280,9 @@ def _scratch_parent(out_url: str) -> str | None:
     return parent
 
 
-def raw_id_array(url: str, name: str, n: int) -> np.ndarray:
-    """Raw id (str) of each internal id 0..n-1 from the dataset's map ``name``; the id as text
-    where there is no map or no entry."""
-    raw = read_id_map(url, name)
+def raw_id_array(raw: dict[int, str], n: int) -> np.ndarray:
+    """Raw id (str) of each internal id 0..n-1 from an id map (:func:`read_id_map`); the id as
+    text where the map has no entry."""
     return np.array([raw.get(i, str(i)) for i in range(n)], dtype=object)
 
 
@@ -401,7 +400,8 @@ def prepare(interactions_url: str, out_url: str, items_url: str | None = None,
     user_ids, item_ids = user_raw[users_kept], item_raw[items_kept]
 
     # a feature table too large for memory (McAuley's 4,096-d images at 10x Electronics: 10 GB)
-    # is written to this folder as it is read and copied into the output by file reads
+    # is written to this folder as it is read, then moved into the output (or read back in row
+    # groups for Parquet)
     with tempfile.TemporaryDirectory(prefix=".margo-prepare-", dir=_scratch_parent(out_url)) as scratch:
         features: dict[str, np.ndarray] = {}
         present: dict[str, np.ndarray] = {}
@@ -455,8 +455,6 @@ def prepare(interactions_url: str, out_url: str, items_url: str | None = None,
 def _written_feature(out_url: str, fmt: str, mod: str, feat: np.ndarray) -> np.ndarray:
     """The output's own copy of a feature table held on disk, mapped (MMRec, local); else the
     scratch map, which outlives its file's name on POSIX."""
-    from margo_dist.data.formats import FEAT_SUFFIX
-
     if fmt == "mmrec" and dio.is_local(dio.fs_and_path(out_url)[0]):
         return dio.load_npy(dio.join(out_url, f"{mod}{FEAT_SUFFIX}"), mmap=True)
     return feat

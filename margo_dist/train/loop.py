@@ -19,7 +19,7 @@ from torch import Tensor
 from margo_dist.config import Config
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
-from margo_dist.data.prepare import ITEM_MAP, read_id_map
+from margo_dist.data.prepare import ITEM_MAP, raw_id_array, read_id_map
 from margo_dist.data.synth import dataset_url
 from margo_dist.dist.comm import Communicator, LocalComm
 from margo_dist.dist.gradients import GradientSum
@@ -552,7 +552,7 @@ class Trainer:
     def _raw_items(self, n: int) -> np.ndarray | None:
         """The dataset's raw item ids by internal id, where it has an id map (prepared data)."""
         raw = read_id_map(dataset_url(self.cfg.data.path, progress=False), ITEM_MAP)
-        return np.array([raw.get(i, str(i)) for i in range(n)], dtype=object) if raw else None
+        return raw_id_array(raw, n) if raw else None
 
     # -- checkpoints ------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import torch
 
 from margo_dist.data.dataset import TEST, VALID
-from margo_dist.data.prepare import ITEM_MAP, USER_MAP, raw_id_array
+from margo_dist.data.prepare import ITEM_MAP, USER_MAP, raw_id_array, read_id_map
 from margo_dist.data.synth import dataset_url
 from margo_dist.errors import MargoError
 from margo_dist.train.loop import Trainer, load_training_data
@@ -64,8 +64,8 @@ def recommend(run_url: str, k: int, out_url: str, user_chunk: int = 4096) -> int
         warnings.warn(f"--k {k} cut to the items a user did not see in training for {int(short.sum())} of "
                       f"{n_users} users (down to {int(unseen.min())} items)", stacklevel=2)
     dataset = dataset_url(trainer.cfg.data.path, progress=False)
-    raw_users = raw_id_array(dataset, USER_MAP, n_users)
-    raw_items = raw_id_array(dataset, ITEM_MAP, n_items)
+    raw_users = raw_id_array(read_id_map(dataset, USER_MAP), n_users)
+    raw_items = raw_id_array(read_id_map(dataset, ITEM_MAP), n_items)
     k = min(k, n_items)
     rank = np.arange(1, k + 1, dtype=np.int32)
     parts: list[pa.RecordBatch] = []
