@@ -85,6 +85,10 @@ class Placement:
     def owned(self, space: str) -> Tensor:
         return self.spaces[space].owned(self.comm.rank)
 
+    def summed(self, t: Tensor) -> Tensor:
+        """``t`` summed over the ranks, differentiable (each rank's addend gets the summed gradient)."""
+        return self.comm.summed(t)
+
     def gather(self, space: str, local: Tensor) -> Tensor:
         """Every rank's owned rows [n_own, F] -> all rows in global id order [n, F] (differentiable)."""
         return self.start_gather(space, local).wait()

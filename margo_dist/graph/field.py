@@ -2,7 +2,7 @@
 
 In sampled distributed mode worker r's compute graphs start from its own nodes: the
 users of the triplets it takes (the users it owns) and the step's items it owns, whose
-final vectors it sends to the other workers (``Trainer.item_vectors``). So a worker
+final vectors it sends to the other workers (``Recommender.item_vectors``). So a worker
 needs, and reads, only
 
 - the kNN rows of its own items and the co-user rows of its own users (the homogeneous

@@ -284,7 +284,7 @@ class Batch:
     neg: Tensor
     users_local: Tensor  # rows of the graph's output users / items [B]
     # None: the output items are the step's items this worker owns, and each triplet's item
-    # vectors come from the item's owner (sampled mode, ``Trainer.item_vectors``)
+    # vectors come from the item's owner (sampled mode, ``Recommender.item_vectors``)
     pos_local: Tensor | None
     neg_local: Tensor | None
     # triplets in the whole step when this batch is one worker's part of it; 0: the whole step
@@ -293,6 +293,9 @@ class Batch:
     # users, and positives then negatives, that it owns (None: this batch's own triplets)
     reg_users: Tensor | None = None
     reg_items: Tensor | None = None
+    # the batch's triplets whose loss this worker takes: all of them, or (a whole-graph step,
+    # which every worker rates whole) its share of them (``dist/step.py``)
+    loss_rows: slice = field(default_factory=lambda: slice(None))
 
     def to(self, device: torch.device | str) -> "Batch":
         def move(t: Tensor | None) -> Tensor | None:
@@ -300,7 +303,12 @@ class Batch:
 
         return Batch(self.graph.to(device), self.users.to(device), self.pos.to(device), self.neg.to(device),
                      self.users_local.to(device), move(self.pos_local), move(self.neg_local), self.step_size,
-                     move(self.reg_users), move(self.reg_items))
+                     move(self.reg_users), move(self.reg_items), self.loss_rows)
+
+    @property
+    def step_triplets(self) -> int:
+        """Triplets in the whole step this batch belongs to: every mean of the loss divides by it."""
+        return self.step_size or self.users.numel()
 
     def regularised(self) -> tuple[Tensor, Tensor]:
         """(users, positives then negatives) whose rows this batch's loss regularises."""

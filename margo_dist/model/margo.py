@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from margo_dist.config import ModelConfig
 from margo_dist.dist.sharding import ITEM, NODE, USER, Placement
-from margo_dist.graph.tensors import ComputeGraph, EdgeList
+from margo_dist.graph.tensors import Batch, ComputeGraph, EdgeList
 from margo_dist.model.layers import MLP, propagate, residual_add
 from margo_dist.model.tables import Lookup, Table, TableSpec
 
@@ -201,6 +201,7 @@ class Recommender(nn.Module):
         # their TableSpec, whose rows depend only on (seed, table name, row)
         generator, table_seed = torch.Generator().manual_seed(seed), seed
         placement = placement or Placement.single(n_users, n_items)
+        self.placement = placement
         self.spec = get_variant(cfg.variant)
         self.variant = cfg.variant
         self.fusion_scale = cfg.fusion_scale
@@ -243,6 +244,59 @@ class Recommender(nn.Module):
         """The dense parameters (``parameter_groups()["dense"]``) in the order a whole-graph
         backward completes their gradients (the order their sums over the workers start in)."""
         return self.encoder.gradient_order() if isinstance(self.encoder, DragonEncoder) else []
+
+    def forward(self, batch: Batch, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The modality ratings ``r_ui^m`` (Eq. 2) of the batch's positives and negatives, [B, M] each.
+
+        ``features``: the raw feature rows this worker holds (``placement``). On the whole
+        graph every worker propagates every node over its block of columns
+        (``encode_columns``) and the blocks' ratings are summed over the workers, so each
+        worker has every triplet's ratings (local mode: one block of every column). On
+        sampled blocks the batch's users are encoded here and each item's vectors come from
+        the worker that encoded it (``item_vectors``).
+        """
+        if batch.graph.input_users is None:
+            assert batch.pos_local is not None and batch.neg_local is not None
+            users_c, items_c = self.encode_columns(batch.graph, features)
+            start, dim, m = self.columns()[0], self.encoder.dim, self.n_slices
+            eu = users_c.index_select(0, batch.users_local)
+            ratings = self.placement.summed(torch.stack([
+                block_ratings(eu, items_c.index_select(0, batch.pos_local), start, dim, m),
+                block_ratings(eu, items_c.index_select(0, batch.neg_local), start, dim, m)]))
+            return ratings[0], ratings[1]
+        users_emb, items_emb = self.encode(batch.graph, features)
+        pos_emb, neg_emb = self.item_vectors(items_emb, batch)
+        eu = users_emb.index_select(0, batch.users_local)
+        return modality_ratings(eu, pos_emb), modality_ratings(eu, neg_emb)
+
+    def item_vectors(self, items_emb: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The final vectors of a sampled batch's positives and negatives, [B, M, d] each.
+
+        Rows rather than advanced indexing: the backward of ``index_select`` sums duplicate
+        rows in a fixed order, so runs repeat bit for bit on a multi-threaded CPU. When the
+        compute graph's output items are the step's items this worker owns
+        (``Batch.pos_local`` is None, distributed sampled mode) it encodes them for every
+        worker whose triplets hold them, and each triplet's rows come from the item's owner
+        (an all-to-all whose gradient returns to the owner).
+        """
+        if batch.pos_local is not None and batch.neg_local is not None:
+            return items_emb.index_select(0, batch.pos_local), items_emb.index_select(0, batch.neg_local)
+        out_items = batch.graph.output_items
+        assert out_items is not None
+        flat = items_emb.flatten(1)
+        own_local = self.placement.spaces[ITEM].local_index.index_select(0, out_items.cpu()).to(flat.device)
+
+        def encoded(local_rows: Tensor) -> Tensor:
+            local_rows = local_rows.to(own_local.device)  # the owners' requests arrive on the host
+            where = torch.searchsorted(own_local, local_rows).clamp(max=max(own_local.numel() - 1, 0))
+            if local_rows.numel() and (own_local.numel() == 0 or bool((own_local[where] != local_rows).any())):
+                raise RuntimeError(f"rank {self.placement.comm.rank} was asked for the vectors of items it did "
+                                   "not encode this step (a batch whose output items are not the step's items it owns)")
+            return flat.index_select(0, where)
+
+        rows = self.placement.fetch_computed(ITEM, torch.cat([batch.pos, batch.neg]), encoded, tally=False)
+        n = batch.pos.numel()
+        return tuple(rows.view(-1, *items_emb.shape[1:]).split([n, n]))  # type: ignore[return-value]
 
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Final vectors of the compute graph's output users and items, [., M, d] each."""

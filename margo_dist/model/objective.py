@@ -10,7 +10,7 @@ from torch import Tensor
 
 from margo_dist.config import ModelConfig
 from margo_dist.model import losses
-from margo_dist.model.margo import CALIBRATE, Recommender, fuse, modality_ratings
+from margo_dist.model.margo import CALIBRATE, Recommender, fuse
 
 
 @dataclass
@@ -27,30 +27,22 @@ class LossParts:
     step_loss: float = math.nan
 
 
-def triplet_loss(model: Recommender, stage: str, cfg: ModelConfig, users_emb: Tensor, pos_emb: Tensor,
-                 neg_emb: Tensor, users: Tensor, pos: Tensor, neg: Tensor,
-                 global_batch: int | None = None, regularised: tuple[Tensor, Tensor] | None = None) -> LossParts:
-    """``L = L_rec + alpha * L_cal (calibration stage) + lambda * reg``.
-
-    users_emb/pos_emb/neg_emb: [B, M, d] final vectors of the batch; users/pos/neg:
-    [B] their global ids (for the weight tables and the regulariser). ``global_batch``
-    (default B): the size of the whole step's batch when these B triplets are one
-    worker's part of it; every mean is then a sum over the part divided by it, so the
-    workers' losses (and gradients) add up to the local step's. ``regularised``: the
-    (users [R], positives then negatives [R']) whose rows the regulariser penalises,
-    default these triplets'; a worker passes the whole step's rows that it owns, which
-    add up over the workers to the step's and need no rows from another worker.
-    """
-    return ratings_loss(model, stage, cfg, modality_ratings(users_emb, pos_emb), modality_ratings(users_emb, neg_emb),
-                        users, pos, neg, global_batch, regularised)
-
-
 def ratings_loss(model: Recommender, stage: str, cfg: ModelConfig, r_pos: Tensor, r_neg: Tensor, users: Tensor,
                  pos: Tensor, neg: Tensor, global_batch: int | None = None,
                  regularised: tuple[Tensor, Tensor] | None = None, item_weights: Tensor | None = None) -> LossParts:
-    """``triplet_loss`` from the batch's modality ratings ``r_pos``/``r_neg`` [B, M] (Eq. 2), as the
-    whole-graph step has them (summed over the ranks' blocks of columns). ``item_weights``: the
-    calibration stage's ``model.item_weights(cat([pos, neg]))`` [2B, M] when the caller has them."""
+    """``L = L_rec + alpha * L_cal (calibration stage) + lambda * reg`` from the modality ratings
+    ``r_pos``/``r_neg`` [B, M] (Eq. 2, ``Recommender.forward``) of triplets ``users``/``pos``/``neg``
+    [B] (global ids, for the weight tables and the regulariser).
+
+    ``global_batch`` (default B): the size of the whole step when these B triplets are one
+    worker's share of it; every mean is then a sum over the share divided by it, so the
+    workers' losses (and gradients) add up to the local step's. ``regularised``: the (users
+    [R], positives then negatives [R']) whose rows the regulariser penalises, default these
+    triplets'; a worker passes the whole step's rows that it owns, which add up over the
+    workers to the step's and need no rows from another worker. ``item_weights``: the
+    calibration stage's ``model.item_weights(cat([pos, neg]))`` [2B, M] when the caller has
+    them (fetched while the step encoded).
+    """
     b = users.numel()
     g = b if global_batch is None else global_batch
     # one lookup of θ's rows for positives and negatives, shared by fusion and L_cal

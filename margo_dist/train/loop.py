@@ -22,12 +22,12 @@ from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
 from margo_dist.data.prepare import ITEM_MAP, raw_id_array, read_id_map
 from margo_dist.data.synth import dataset_url
 from margo_dist.dist.comm import Communicator, LocalComm
-from margo_dist.dist.gradients import GradientSum
-from margo_dist.dist.sharding import ITEM, USER, Placement, ShardedTable
+from margo_dist.dist.sharding import Placement
+from margo_dist.dist.step import StepPlan
 from margo_dist.errors import MargoError
 from margo_dist.graph.tensors import Batch, FullGraph, full_graph
-from margo_dist.model.margo import Recommender, block_ratings, build_model
-from margo_dist.model.objective import LossParts, ratings_loss, triplet_loss
+from margo_dist.model.margo import Recommender, build_model
+from margo_dist.model.objective import LossParts, ratings_loss
 from margo_dist.variants import CALIBRATE, PRETRAIN, get_variant
 from margo_dist.precision import dtype_of
 from margo_dist.precision import resolve as resolve_precision
@@ -161,10 +161,10 @@ class Trainer:
     The :class:`Coordinator` decides what happens after each epoch and evaluation; the
     trainer runs epochs (``train_epoch``), evaluates (``evaluate``), checkpoints and
     writes the run folder's outputs. ``comm`` and ``placement`` make it one worker of
-    many: it then holds only the table rows and item features it owns (``placement``,
-    the owner rule), trains on its part of every step's triplets and evaluates its part
-    of the users; with the defaults (one process owns everything) it is local mode, the
-    same code. Only the leader writes the run folder or logs.
+    many, and the trainer does not need to know which or how many: its step plan
+    (``dist/step.py``) says which rows and triplets are this worker's and adds up what
+    the workers computed; with the defaults (one process owns everything) it is local
+    mode, the same code. Only the leader writes the run folder or logs.
     """
 
     def __init__(self, cfg: Config, data: TrainingData, log: Callable[[str], None] = print,
@@ -174,10 +174,7 @@ class Trainer:
         self.cfg = cfg
         self.data = data
         self.comm = comm or LocalComm()
-        self.placement = placement or Placement.single(data.ds.n_users, data.ds.n_items)
-        if self.comm.world_size > 1 and self.placement.comm is not self.comm:
-            raise ValueError(f"a world of {self.comm.world_size} workers needs a Placement built on its communicator "
-                             "(the owner rule): without one every worker would train alone")
+        self.plan = StepPlan(self.comm, placement or Placement.single(data.ds.n_users, data.ds.n_items))
         self.log = log if self.comm.is_leader else (lambda _msg: None)
         if not data.graph_complete and cfg.train.mode != "sampled":
             raise ValueError(f"train.mode={cfg.train.mode} propagates over the whole graph; this worker holds "
@@ -197,19 +194,11 @@ class Trainer:
         cfg.train.precision = precision  # the run's config.yaml records what ran
         present = data.present if self.variant.uses_features else None
         self.model: Recommender = build_model(data.ds.n_users, data.ds.n_items, dims, cfg.model, cfg.train.seed,
-                                              self.placement, dtype_of(precision), present).to(self.device)
+                                              self.plan.placement, dtype_of(precision), present).to(self.device)
         self.whole_graph = data.graph.to(self.device).compute_graph(self.model.encoder.n_layers)
-        self.features = [f.to(self.device) for f in self._own_feature_rows(data)]
-        self.dense_params = self.model.parameter_groups()["dense"]
-        self.dense_sum: GradientSum | None = None
-        if self.placement.distributed:
-            order = self.model.dense_gradient_order()
-            if {id(p) for p in order} != {id(p) for p in self.dense_params} or len(order) != len(self.dense_params):
-                raise RuntimeError(f"model {cfg.model.variant}: dense_gradient_order lists {len(order)} parameters, "
-                                   f"not its {len(self.dense_params)} dense ones")
-            self.dense_sum = GradientSum(self.comm, order)
-        self.user_owner = self.placement.spaces[USER].owner
-        self.item_owner = self.placement.spaces[ITEM].owner
+        own_rows = self.plan.own_feature_rows(data.features, data.feature_ids, data.ds.n_items)
+        self.features = [f.to(self.device) for f in own_rows]
+        self.plan.sum_dense_gradients(self.model.parameter_groups()["dense"], self.model.dense_gradient_order())
         tu, ti = data.ds.split(TRAIN)
         self.triplets = TripletSampler(tu, ti, data.ds.n_items, cfg.train.batch_size)
         self.records: list[dict[str, Any]] = []
@@ -222,16 +211,6 @@ class Trainer:
         self.on_checkpoint = on_checkpoint  # (seq, latest record) after each checkpoint, on every worker
         self.checkpoint_seq = 0
 
-    def _own_feature_rows(self, data: TrainingData) -> list[Tensor]:
-        """The raw-feature rows of the items this worker owns (all of them in local mode)."""
-        owned = self.placement.owned(ITEM) if self.placement.distributed else torch.arange(data.ds.n_items)
-        if data.feature_ids is None:
-            return [f if not self.placement.distributed else f.index_select(0, owned) for f in data.features]
-        if not torch.equal(data.feature_ids, owned):
-            raise ValueError(f"the data holds the feature rows of {data.feature_ids.numel()} items, not the "
-                             f"{owned.numel()} this worker owns (a shard of another owner array?)")
-        return list(data.features)
-
     # -- evaluation -------------------------------------------------------------------
 
     @torch.no_grad()
@@ -241,21 +220,18 @@ class Trainer:
         users_emb, items_emb = self.model.encode(self.whole_graph, self.features)
         uvec, ivec = self.model.score_vectors(stage, users_emb, items_emb)
         if not self.data.graph_complete:  # a receptive field: exact at this worker's own items
-            ivec = self.placement.gather(ITEM, ivec.index_select(0, self.placement.owned(ITEM).to(ivec.device)))
+            ivec = self.plan.whole_item_vectors(ivec)
         ivec_t = ivec.t().contiguous()
 
         def score(ids: Tensor) -> Tensor:
             return uvec[ids.to(self.device)] @ ivec_t
 
         self.model.train()
-        users = self.data.eval_users(split)
-        if self.placement.distributed:  # each worker ranks the users it owns
-            users = users[self.user_owner[users] == self.comm.rank]
+        users = self.plan.ranked_users(self.data.eval_users(split))
         sums, counted = full_ranking_sums(score, users, self.data.train_csr, self.data.heldout[split],
                                           self.cfg.train.topk, self.cfg.train.eval_user_chunk, fresh_scores=True)
         names = list(sums)  # the same order on every worker
-        totals = self.comm.all_reduce_(torch.tensor([sums[k] for k in names] + [float(counted)],
-                                                    dtype=torch.float64))
+        totals = self.plan.summed(torch.tensor([sums[k] for k in names] + [float(counted)], dtype=torch.float64))
         n = float(totals[-1])
         return {k: (float(v) / n if n > 0 else 0.0) for k, v in zip(names, totals[:-1].tolist())}
 
@@ -279,86 +255,24 @@ class Trainer:
     def train_step(self, stage: str, batch: Batch, optimizer: torch.optim.Optimizer) -> LossParts:
         """One optimiser step on one batch; embeddings are computed afresh for it.
 
-        Rows are gathered with ``index_select``: the backward of advanced indexing
-        (``index_put_`` with accumulate) sums duplicate rows in an order that varies
-        from process to process on a multi-threaded CPU, so runs would not repeat bit for bit.
+        The model rates the batch's triplets; the loss takes this worker's share of them
+        (``Batch.loss_rows``: all of them in local mode) with every mean over the whole
+        step, so the workers' losses and gradients add up to the local step's.
         """
         b = batch.to(self.device)
-        if b.graph.input_users is None:
-            parts = self._whole_graph_loss(stage, b)
-        else:
-            users_emb, items_emb = self.model.encode(b.graph, self.features)
-            pos_emb, neg_emb = self.item_vectors(items_emb, b)
-            parts = triplet_loss(self.model, stage, self.cfg.model, users_emb.index_select(0, b.users_local),
-                                 pos_emb, neg_emb, b.users, b.pos, b.neg, b.step_size or None, b.regularised())
+        rows = b.loss_rows
+        pos, neg = b.pos[rows], b.neg[rows]
+        weights = None  # θ's rows of the share travel while the step encodes
+        if stage == CALIBRATE and self.model.theta is not None:
+            weights = self.model.start_item_weights(torch.cat([pos, neg]))
+        r_pos, r_neg = self.model(b, self.features)
+        parts = ratings_loss(self.model, stage, self.cfg.model, r_pos[rows], r_neg[rows], b.users[rows], pos, neg,
+                             b.step_triplets, b.regularised(), None if weights is None else weights.wait())
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
-        parts.step_loss = self._sum_dense_gradients(parts.total.detach())
+        parts.step_loss = self.plan.finish_backward(parts.total.detach())
         optimizer.step()
         return parts
-
-    def _whole_graph_loss(self, stage: str, b: Batch) -> LossParts:
-        """This worker's part of a whole-graph step's loss (``b``: the whole step's triplets).
-
-        Each worker propagates every node over its block of columns (``encode_columns``) and
-        rates every triplet of the step with them; the blocks' ratings are summed over the
-        workers, and worker r's loss takes triplets r, r + N, ... (local mode: one block of
-        every column, and every triplet).
-        """
-        mine = slice(self.comm.rank, None, self.comm.world_size)
-        weights = None  # θ's rows of this worker's triplets travel while the step encodes
-        if stage == CALIBRATE and self.model.theta is not None:
-            weights = self.model.start_item_weights(torch.cat([b.pos[mine], b.neg[mine]]))
-        users_c, items_c = self.model.encode_columns(b.graph, self.features)
-        start, dim, m = self.model.columns()[0], self.model.encoder.dim, self.model.n_slices
-        eu = users_c.index_select(0, b.users_local)
-        assert b.pos_local is not None and b.neg_local is not None
-        ratings = self.comm.summed(torch.stack([block_ratings(eu, items_c.index_select(0, b.pos_local), start, dim, m),
-                                                block_ratings(eu, items_c.index_select(0, b.neg_local), start, dim, m)]))
-        return ratings_loss(self.model, stage, self.cfg.model, ratings[0, mine], ratings[1, mine], b.users[mine],
-                            b.pos[mine], b.neg[mine], b.users.numel(), b.regularised(),
-                            None if weights is None else weights.wait())
-
-    def item_vectors(self, items_emb: Tensor, b: Batch) -> tuple[Tensor, Tensor]:
-        """The final vectors of the batch's positives and negatives, [B, M, d] each.
-
-        In sampled mode the compute graph's output items are the step's items this worker
-        owns (``Batch.pos_local`` is None): it encodes them for every worker whose triplets
-        hold them, and each triplet's rows come from the item's owner (an all-to-all whose
-        gradient returns to the owner). A worker's blocks then start from its own users and
-        items, whatever items the uniform negatives name.
-        """
-        if b.pos_local is not None and b.neg_local is not None:
-            return items_emb.index_select(0, b.pos_local), items_emb.index_select(0, b.neg_local)
-        out_items = b.graph.output_items
-        assert out_items is not None
-        flat = items_emb.flatten(1)
-        own_local = self.placement.spaces[ITEM].local_index.index_select(0, out_items.cpu()).to(flat.device)
-
-        def encoded(local_rows: Tensor) -> Tensor:
-            local_rows = local_rows.to(own_local.device)  # the owners' requests arrive on the host
-            where = torch.searchsorted(own_local, local_rows).clamp(max=max(own_local.numel() - 1, 0))
-            if local_rows.numel() and (own_local.numel() == 0 or bool((own_local[where] != local_rows).any())):
-                raise RuntimeError(f"rank {self.comm.rank} was asked for the vectors of items it did not encode "
-                                   "this step (a batch whose output items are not the step's items it owns)")
-            return flat.index_select(0, where)
-
-        rows = self.placement.fetch_computed(ITEM, torch.cat([b.pos, b.neg]), encoded, tally=False)
-        n = b.pos.numel()
-        return tuple(rows.view(-1, *items_emb.shape[1:]).split([n, n]))  # type: ignore[return-value]
-
-    def _sum_dense_gradients(self, loss: Tensor) -> float:
-        """Replicated (dense) parameters: every worker's loss part is a share of the step's
-        loss, so the step's gradient is the sum over workers; the sums started during the
-        backward (``GradientSum``) and are finished here. Table rows need nothing: their
-        gradients reached their owners through the gather.
-
-        ``loss`` (this worker's part) rides in the last all-reduce, so the step's loss, which
-        every worker checks, costs no collective (and no wait for the slowest worker) of its
-        own; returns it."""
-        if self.dense_sum is None:
-            return float(loss)
-        return self.dense_sum.finish(loss)
 
     def train_epoch(self, stage: str, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
                     desc: str) -> dict[str, float]:
@@ -379,48 +293,23 @@ class Trainer:
             n += 1
         # the loss is summed over the workers already; each worker's other parts are its shares
         names = ["bpr", "cal", "reg", "calibrated"]
-        totals = self.comm.all_reduce_(torch.tensor([sums[k] for k in names], dtype=torch.float64))
+        totals = self.plan.summed(torch.tensor([sums[k] for k in names], dtype=torch.float64))
         means = {k: float(v) / max(n, 1) for k, v in zip(names, totals.tolist())}
         return {"loss": sums["loss"] / max(n, 1), **means}
 
     def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
-        """One epoch of batches: on the whole graph, or with sampled blocks."""
+        """One epoch of batches, this worker's part of each step: on the whole graph, or with
+        sampled blocks (``StepPlan`` says which triplets and rows are this worker's)."""
         if self.neighbour_sampler is None:
-            rank, world = self.comm.rank, self.comm.world_size
-            for u, i, j in self.triplets.epoch(rng):
-                # every worker draws the same step and encodes all of its nodes (over its block of
-                # columns, ``_whole_graph_loss``) ...
-                batch = Batch.full(self.whole_graph, *(torch.from_numpy(a) for a in (u, i, j)))
-                if world > 1:  # ... and regularises the step's rows it owns, with no rows to fetch
-                    self._own_regularised(batch, u, i, j)
-                yield batch
+            yield from self.plan.whole_graph_batches(self.whole_graph, self.triplets.epoch(rng))
             return
         from margo_dist.graph.sample import sampled_batches
 
-        triplets = list(self.triplets.epoch(rng))
+        steps = list(self.triplets.epoch(rng))
         seed = int(rng.integers(0, 2**31 - 1))  # skip_epochs draws what this branch draws
-        rank, world = self.comm.rank, self.comm.world_size
-        # every worker draws the same steps; worker r takes the triplets whose user it owns and
-        # encodes the step's items it owns (``item_vectors``), so its blocks start from its
-        # own nodes; the regulariser reads the step's rows it owns
-        shares = []
-        for u, i, j in triplets:
-            mine = self.user_owner[u] == rank
-            items = np.unique(np.concatenate([i, j]))
-            shares.append((u[mine], i[mine], j[mine], items[self.item_owner[items] == rank]))
-        for (u, i, j), batch in zip(triplets, sampled_batches(self.neighbour_sampler, shares, seed,
-                                                               self.cfg.sampler.num_workers)):
-            if world > 1:
-                batch.step_size = u.size
-                self._own_regularised(batch, u, i, j)
-            yield batch
-
-    def _own_regularised(self, batch: Batch, u: np.ndarray, i: np.ndarray, j: np.ndarray) -> None:
-        """Set the rows of the whole step (u, i, j) that this worker owns as the batch's
-        regularised rows: the workers' terms add up to the step's."""
-        rank, items = self.comm.rank, np.concatenate([i, j])
-        batch.reg_users = torch.from_numpy(u[self.user_owner[u] == rank])
-        batch.reg_items = torch.from_numpy(items[self.item_owner[items] == rank])
+        yield from self.plan.sampled_batches(steps, sampled_batches(self.neighbour_sampler,
+                                                                    self.plan.sampled_shares(steps), seed,
+                                                                    self.cfg.sampler.num_workers))
 
     def skip_epochs(self, rng: np.random.Generator, n: int) -> None:
         """Advance ``rng`` as ``n`` epochs of ``batches`` would, without building a batch."""
@@ -560,22 +449,11 @@ class Trainer:
         """The model's state with every sharded table gathered whole (global row order), so a
         state written by N workers loads at any M and in local mode. Collective: every
         worker calls it at the same point."""
-        return self._convert_model(self.model.state_dict(), ShardedTable.whole)
+        return self.plan.whole_state(self.model)
 
     def load_model_state(self, state: dict[str, Tensor]) -> None:
         """Load a whole-table state (``model_state``): each worker keeps the rows it owns."""
-        self.model.load_state_dict(self._convert_model(state, ShardedTable.own))
-
-    def _convert_model(self, state: dict[str, Tensor], convert: Callable[[ShardedTable, Tensor], Tensor]
-                       ) -> dict[str, Tensor]:
-        """``state`` with each sharded table's weight passed through ``convert`` (whole <-> own rows)."""
-        if not self.placement.distributed:
-            return state
-        state = dict(state)
-        for name, module in self.model.named_modules():
-            if isinstance(module, ShardedTable):
-                state[f"{name}.weight"] = convert(module, state[f"{name}.weight"])
-        return state
+        self.model.load_state_dict(self.plan.own_state(self.model, state))
 
     def _save(self, name: str, state: dict[str, Any]) -> None:
         """The leader writes; everyone waits for the file to be there."""

@@ -12,7 +12,7 @@ from margo_dist.graph.build import GraphArtifacts
 from margo_dist.graph.tensors import Batch, full_graph
 from margo_dist.model.margo import CALIBRATE, DRAGON, PRETRAIN, block_ratings, build_model, fuse, modality_ratings
 from margo_dist.variants import get_variant
-from margo_dist.model.objective import calibration_term, triplet_loss
+from margo_dist.model.objective import calibration_term, ratings_loss
 
 N_USERS, N_ITEMS = 4, 5
 TRAIN = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (3, 0), (3, 4), (2, 1)]
@@ -181,7 +181,9 @@ def test_wo_cal_has_no_calibration_term_for_any_alpha(setup, alpha):
         cfg = ModelConfig(dim=4, hidden_mult=2, variant=variant, alpha=alpha)
         model = build_model(N_USERS, N_ITEMS, [6, 3], cfg, seed=2)
         users_emb, items_emb = model.encode(g, feats)
-        losses[variant] = triplet_loss(model, CALIBRATE, cfg, users_emb[u], items_emb[i], items_emb[j], u, i, j)
+        eu = users_emb[u]
+        losses[variant] = ratings_loss(model, CALIBRATE, cfg, modality_ratings(eu, items_emb[i]),
+                                       modality_ratings(eu, items_emb[j]), u, i, j)
     parts = losses["wo_cal"]
     assert parts.cal == 0.0 and parts.calibrated == 0.0
     assert parts.total.item() == pytest.approx(parts.bpr + parts.reg, abs=1e-7)
@@ -216,7 +218,8 @@ def test_full_batch_outputs_only_its_nodes_with_the_same_loss_and_gradients(setu
     stage = get_variant(variant).stages[-1]
 
     def loss_and_grads(ue, ie, ul, pl, nl):
-        parts = triplet_loss(model, stage, cfg, ue[ul], ie[pl], ie[nl], users, pos, neg)
+        parts = ratings_loss(model, stage, cfg, modality_ratings(ue[ul], ie[pl]), modality_ratings(ue[ul], ie[nl]),
+                             users, pos, neg)
         return parts.total, torch.autograd.grad(parts.total, list(model.parameters()))
 
     ue, ie = model.encode(batch.graph, feats)
@@ -227,6 +230,10 @@ def test_full_batch_outputs_only_its_nodes_with_the_same_loss_and_gradients(setu
     torch.testing.assert_close(loss_b, loss_w)
     for a, b in zip(grads_b, grads_w):
         torch.testing.assert_close(a, b)
+    # forward: the column path the training step takes rates the triplets as the whole rows do
+    r_pos, r_neg = model(batch, feats)
+    torch.testing.assert_close(r_pos, modality_ratings(ue[users], ie[pos]))
+    torch.testing.assert_close(r_neg, modality_ratings(ue[users], ie[neg]))
 
 
 def test_item_inputs_are_the_same_whichever_way_the_rows_are_taken(setup):
