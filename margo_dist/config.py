@@ -120,7 +120,7 @@ class SamplerConfig:
 
     # ui/iu 40 from the planted benchmark (docs/results.md, "Sampled training"): 3 seeds of MARGO
     # sampled against full lost 4.7% test Recall@20 at 10, 3.3% at 20, 1.9% at 40. A step
-    # reaches ~90% of the items even at 5 (tools/bench_sampling_curve.py), so train.mode
+    # reaches ~90% of the items even at 5 (benchmarks/bench_sampling_curve.py), so train.mode
     # stays full; lower fan-outs trade accuracy for speed.
     # a partial mapping (e.g. sampler.fanouts={ui: [10, 10]}) updates these relations and
     # keeps the others' defaults: a relation left out would otherwise silently take all neighbours

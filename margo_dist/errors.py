@@ -11,3 +11,7 @@ class ConfigError(MargoError):
 
 class DataError(MargoError):
     """A dataset file is malformed; the message names the file, row and field."""
+
+
+class FetchError(MargoError):
+    """A dataset to download is unknown, its download failed, or it is not what was expected."""

@@ -38,7 +38,7 @@ Everything is computed before anything is written; ``write_dataset`` writes the
 folder atomically, so a failure leaves no output folder behind. Memory stays bounded
 at category scale: the review file is parsed by Arrow into four columns (no Python
 object per review) and McAuley's image rows go to a scratch file beside the output
-as they are read (``tools/bench_prepare.py`` measures both; docs/amazon.md).
+as they are read (``benchmarks/bench_prepare.py`` measures both; docs/amazon.md).
 """
 
 from __future__ import annotations

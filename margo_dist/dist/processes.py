@@ -1,6 +1,6 @@
 """Run one function in N gloo processes on loopback and collect what each returns.
 
-The multi-process base of the contract tests and of ``tools/bench_dist.py`` (no Ray: the
+The multi-process base of the contract tests and of ``benchmarks/bench_dist.py`` (no Ray: the
 step itself, measured and compared): each process joins a fresh
 ``torch.distributed`` group (gloo, 127.0.0.1, a free port), runs ``fn(rank, world,
 *args)`` with ``threads`` torch threads, and sends back its result or its traceback. Every

@@ -158,7 +158,7 @@ class OneBuffer:
     shared-memory segment, and the training process fetches every segment's file
     descriptor from the sampler in a round trip of its own: a sampled batch holds
     about fifty tensors, and receiving it cost 12-70 ms of the training process's
-    step (tools/bench_local.py). Copied into one buffer the batch is one segment;
+    step (benchmarks/bench_local.py). Copied into one buffer the batch is one segment;
     ``unpack`` gives the object back with its tensors as views of that buffer.
     """
 

@@ -6,7 +6,7 @@ project their own items, train on triplets r, r + 2, ... of the same global batc
 sum their gradients. Compared: the step's loss and every parameter after it (tables
 gathered whole), after one step and after ten; and evaluation of the same parameters.
 
-``MARGO_TEST_DEVICE=cuda`` runs the same comparisons on the GPU (``tools/gpu_check.py``):
+``MARGO_TEST_DEVICE=cuda`` runs the same comparisons on the GPU (``benchmarks/gpu_check.py``):
 each worker on GPU ``rank % count``, gloo staging the collectives through host memory.
 """
 

@@ -1,7 +1,7 @@
 """Planted reliability at a small size: MARGO's weights find the noisy modalities.
 
 The full comparison against wo_cal over seeds at a larger size is
-``tools/bench_reliability.py``; this is the bounded form that CI runs.
+``experiments/bench_reliability.py``; this is the bounded form that CI runs.
 """
 
 from __future__ import annotations
