@@ -73,6 +73,7 @@ def measure(rank: int, world: int, url: str, shards: str, mode: str, steps: int,
     from margo_dist.config import load_config
     from margo_dist.dist.comm import LocalComm, TorchComm
     from margo_dist.dist.sharding import USER, Placement
+    from margo_dist.model.placement import LocalPlacement
     from margo_dist.graph.partition import load_owners
     from margo_dist.variants import CALIBRATE
     from margo_dist.train.loop import Trainer, load_training_data
@@ -85,7 +86,7 @@ def measure(rank: int, world: int, url: str, shards: str, mode: str, steps: int,
         data = load_training_data(cfg, shard=(shards, rank))  # what a Ray Train worker reads
     else:
         data = load_training_data(cfg, build_graphs=False)
-        placement = Placement.single(data.ds.n_users, data.ds.n_items)
+        placement = LocalPlacement(data.ds.n_users, data.ds.n_items)
     trainer = Trainer(cfg, data, log=lambda _m: None, comm=comm, placement=placement)
     optimizer = trainer.new_optimizer()
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""The stage machine of a distributed run: one :class:`Coordinator` as a Ray actor named after the run.
+"""The stage machine of a distributed run: the trainer's ``Coordinator`` as a Ray actor named after the run.
 
 The driver starts the actor (``start_coordinator``) before the workers; each worker
 reaches it through :class:`RemoteCoordinator`, which has the Coordinator's interface.
@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from margo_dist.config import Config
 from margo_dist.dist.comm import Communicator
-from margo_dist.train.coordinator import Coordinator, StageProgress
+
+if TYPE_CHECKING:
+    from margo_dist.train.coordinator import StageProgress
 
 
 def run_name(run_dir: str) -> str:
@@ -33,13 +34,13 @@ def coordinator_name(run_dir: str) -> str:
     return f"{run_name(run_dir)}-coordinator"
 
 
-def start_coordinator(cfg: Config) -> Any:
-    """The driver's actor for ``cfg``'s run (an existing one of the same name is reused)."""
+def start_coordinator(run_dir: str, coordinator: type, arguments: tuple[Any, ...]) -> Any:
+    """The driver's actor for the run in ``run_dir``: a ``coordinator(*arguments)`` (the trainer's
+    ``Coordinator``); an existing one of the same name is reused."""
     import ray
 
-    actor_class = ray.remote(num_cpus=0)(Coordinator)
-    return actor_class.options(name=coordinator_name(cfg.run.dir), get_if_exists=True).remote(
-        *Coordinator.arguments(cfg))
+    actor_class = ray.remote(num_cpus=0)(coordinator)
+    return actor_class.options(name=coordinator_name(run_dir), get_if_exists=True).remote(*arguments)
 
 
 class RemoteCoordinator:
@@ -93,7 +94,7 @@ class RemoteCoordinator:
         return self._attribute("stage_index")
 
     @property
-    def progress(self) -> StageProgress:
+    def progress(self) -> "StageProgress":
         """A copy of the current stage's progress (read-only: change it through the methods)."""
         return self._attribute("progress")
 

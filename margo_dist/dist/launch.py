@@ -1,15 +1,13 @@
-"""``dist.workers=N``: the same trainer on N Ray Train workers (``TorchTrainer``).
+"""``dist.workers=N``: N Ray Train workers (``TorchTrainer``), the Ray plumbing of a run.
 
 The driver does the offline steps once (dataset validation, graph artefacts, the
 shard set whose owner arrays place the rows and which holds each shard's raw-feature
-rows), then starts N workers. Each worker turns Ray's config dict back into the typed
-tree on its first line, reads the interactions, the graph and its own feature rows
-(never the dataset's feature files or another shard's rows), joins the
-process group Ray set up (gloo on CPU, nccl on GPU) and runs :class:`Trainer` with a
-:class:`TorchComm` and its :class:`Placement`: the training loop itself does not know
-how many workers there are. The stage machine is one Coordinator, hosted as a Ray
-actor named after the run (``dist.coordination``). The run folder is the local
-layout, written by rank 0.
+rows), joins Ray, starts the run's coordinator actor (``dist.coordination``) and then N
+workers. What each worker runs is the caller's (``train/workers.py``: the ordinary
+``Trainer`` with a :class:`TorchComm` and its :class:`Placement`, reading only its own
+feature rows); ``worker_comm`` is its first step here (the process group Ray set up,
+gloo on CPU, nccl on GPU). The training loop itself does not know how many workers
+there are. The run folder is the local layout, written by rank 0.
 """
 
 from __future__ import annotations
@@ -23,13 +21,14 @@ import tempfile
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
-from margo_dist.config import Config, from_dict, to_dict
+from margo_dist.config import Config, to_dict
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import Dataset
-from margo_dist.dist.coordination import RemoteCoordinator, coordinator_name, run_name, start_coordinator
+from margo_dist.dist.coordination import coordinator_name, run_name, start_coordinator
 from margo_dist.errors import ConfigError, DataError, MargoError
 
 if TYPE_CHECKING:
+    from margo_dist.dist.comm import TorchComm
     from margo_dist.graph.build import GraphArtifacts
 
 SHARD_METHOD = "metis"
@@ -86,7 +85,7 @@ def _usable(url: str, modalities: list[str], layers: int) -> bool:
     return set(modalities) <= set(man.get("feature_rows", {})) and fields_cover(man, layers)
 
 
-def _worker_log(message: str) -> None:
+def worker_log(message: str) -> None:
     """One line on the worker's stdout, which Ray forwards to the driver once.
 
     Not ``print``: Ray Train patches it to write each line to its logger as well, and
@@ -101,7 +100,7 @@ def rank_warnings(rank: int) -> None:
     prefixed with its rank: the job log interleaves every worker's output."""
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
              line: str | None = None) -> None:
-        _worker_log(f"rank {rank}: {category.__name__}: {message} ({os.path.basename(filename)}:{lineno})")
+        worker_log(f"rank {rank}: {category.__name__}: {message} ({os.path.basename(filename)}:{lineno})")
 
     warnings.showwarning = show
 
@@ -115,33 +114,28 @@ def epoch_metrics(record: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def report_checkpoint(run_dir: str, rank: int, seq: int, record: dict[str, Any]) -> None:
+def report_checkpoint(run_dir: str, rank: int, seq: int, record: dict[str, Any], rows: str, commit: str) -> None:
     """Tell Ray Train of checkpoint ``seq`` (every worker, each for its own file).
 
     The rows are in the run folder already (``train/checkpoint.py``); Ray gets a
-    pointer to this worker's file and the commit record, and the latest validation
-    metrics (``valid_<metric>``, with the stage and epoch) for its result and for Tune.
+    pointer to this worker's file ``rows`` and the commit record ``commit`` (both relative
+    to ``run_dir``), and the latest validation metrics (``valid_<metric>``, with the stage
+    and epoch) for its result and for Tune.
     """
     import ray.train
-
-    from margo_dist.train.checkpoint import shard_file
-    from margo_dist.train.rundir import CHECKPOINT
 
     metrics: dict[str, Any] = {"checkpoint_seq": seq, **(epoch_metrics(record) if record else {})}
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, f"rank{rank}.json"), "w") as fh:
-            json.dump({"run_dir": run_dir, "rows": shard_file(seq, rank), "commit": CHECKPOINT, "seq": seq}, fh)
+            json.dump({"run_dir": run_dir, "rows": rows, "commit": commit, "seq": seq}, fh)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def worker_main(config: dict[str, Any]) -> None:
-    """One Ray Train worker: the typed config first, then the ordinary trainer."""
-    cfg = from_dict(config, "Ray's train_loop_config")
+def worker_comm(cfg: Config) -> "TorchComm":
+    """A Ray Train worker's first steps for ``cfg``: join the process group Ray set up, show
+    warnings one line each with the rank, quiet Ray's per-report lines, warn of threads
+    beyond the CPUs Ray reserved, and take the GPU Ray gave (``train.device``)."""
     from margo_dist.dist.comm import TorchComm
-    from margo_dist.dist.sharding import Placement
-    from margo_dist.graph.partition import load_owners
-    from margo_dist.train.loop import Trainer, load_training_data
-    from margo_dist.train.rundir import RunDir
 
     comm = TorchComm()
     rank_warnings(comm.rank)
@@ -152,19 +146,11 @@ def worker_main(config: dict[str, Any]) -> None:
         warnings.warn(f"train.threads={cfg.train.threads} is more than the dist.cpus_per_worker="
                       f"{cfg.dist.cpus_per_worker} CPU(s) Ray reserved for this worker: its threads compete "
                       f"for them (and with other workers' threads)", stacklevel=1)
-    # which process is which rank, for an operator (or a fault test) who must find one
-    RunDir(cfg.run.dir).write_text(f"workers/rank{comm.rank}.pid", f"{os.getpid()}\n")
     if cfg.dist.use_gpu:
         import ray.train.torch
 
         cfg.train.device = str(ray.train.torch.get_device())
-    owners = load_owners(cfg.dist.shards)
-    data = load_training_data(cfg, shard=(cfg.dist.shards, comm.rank))  # its own feature rows only
-    placement = Placement(comm, owners["user"], owners["item"])
-    trainer = Trainer(cfg, data, log=_worker_log, comm=comm, placement=placement,
-                      coordinator=RemoteCoordinator.connect(cfg.run.dir, comm),
-                      on_checkpoint=lambda seq, record: report_checkpoint(cfg.run.dir, comm.rank, seq, record))
-    trainer.fit()
+    return comm
 
 
 def restart_line(run: str, failures: int, max_failures: int, worker_exceptions: dict[int, BaseException]) -> str:
@@ -200,14 +186,19 @@ def restart_callback(cfg: Config) -> Any:
 
         def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
             self.failures += 1
-            _worker_log(restart_line(run, self.failures, max_failures, worker_exceptions))
+            worker_log(restart_line(run, self.failures, max_failures, worker_exceptions))
 
     return RestartLines()
 
 
-def train_distributed(cfg: Config, log: Callable[[str], None] = print, callbacks: list[Any] | None = None
-                      ) -> dict[str, Any]:
-    """Run ``cfg`` on ``dist.workers`` Ray Train workers; returns the run's summary.
+def train_distributed(cfg: Config, worker_loop: Callable[[dict[str, Any]], None],
+                      coordinator: tuple[type, tuple[Any, ...]], log: Callable[[str], None] = print,
+                      callbacks: list[Any] | None = None) -> None:
+    """Run ``worker_loop`` (Ray's config dict of ``cfg`` in) on ``dist.workers`` Ray Train workers.
+
+    ``coordinator``: the class and arguments of the run's stage machine, hosted as an actor
+    named after the run (``dist/coordination.py``). The caller (``train/workers.py``) says what
+    the workers run and reads the run folder after; this module holds the Ray plumbing.
 
     Ray is joined by ``dist.address`` (``dist.ray_session``: a private local instance by
     default); a request the cluster cannot hold is refused before any worker starts.
@@ -223,7 +214,6 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print, callbacks
     from margo_dist.data.formats import read_dataset_cfg
     from margo_dist.graph.source import load_graph_source
     from margo_dist.graph.tensors import knn_mix_weights
-    from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
 
     cfg = copy.deepcopy(cfg)  # the driver fills in paths and the shard set for the workers
     n = cfg.dist.workers
@@ -236,28 +226,23 @@ def train_distributed(cfg: Config, log: Callable[[str], None] = print, callbacks
     knn_mix_weights(cfg.data.modalities, cfg.graph.knn_mix)  # a bad graph.knn_mix fails here, not in the workers
     cfg.dist.shards = ensure_owner_shards(cfg, n, cfg.train.progress, ds, art)
     del ds, art
-    if not cfg.run.resume:
-        # "start afresh" is the driver's decision, once: a group that Ray restarts after a
-        # failure must resume from this run's own checkpoints, not start over again
-        RunDir(cfg.run.dir).remove(CHECKPOINT)
-        cfg.run.resume = True
     received: list[str] = []
     try:
         with ray_session(cfg.dist.address, log) as joined, interrupts() as received:
             check_resources(run_needs(cfg.dist), joined)
             require_shared_storage({"run.dir": cfg.run.dir, "data.path": cfg.data.path})
-            coordinator = start_coordinator(cfg)
+            actor = start_coordinator(cfg.run.dir, *coordinator)
             try:
-                _fit_run(cfg, coordinator, callbacks, log)
+                _fit_run(cfg, worker_loop, actor, callbacks, log)
             finally:
-                ray.kill(coordinator)
+                ray.kill(actor)
     except KeyboardInterrupt:  # the private instance is shut down by now
         raise MargoError(f"interrupted ({', '.join(received) or 'SIGINT'}): the workers of {cfg.run.dir} were "
                          "stopped; the same command resumes the run from its latest checkpoint") from None
-    return RunDir(cfg.run.dir).read_json(SUMMARY)
 
 
-def _fit_run(cfg: Config, coordinator: Any, callbacks: list[Any] | None, log: Callable[[str], None]) -> None:
+def _fit_run(cfg: Config, worker_loop: Callable[[dict[str, Any]], None], coordinator: Any,
+             callbacks: list[Any] | None, log: Callable[[str], None]) -> None:
     """Build the ``TorchTrainer`` for ``cfg`` and fit it; Ctrl-C or SIGTERM kills its controller
     (the workers with it) and goes on up as ``KeyboardInterrupt``.
 
@@ -276,7 +261,7 @@ def _fit_run(cfg: Config, coordinator: Any, callbacks: list[Any] | None, log: Ca
     if cfg.dist.use_gpu:
         resources["GPU"] = cfg.dist.gpus_per_worker
     trainer = TorchTrainer(
-        worker_main, train_loop_config=to_dict(cfg),
+        worker_loop, train_loop_config=to_dict(cfg),
         scaling_config=ScalingConfig(num_workers=n, use_gpu=cfg.dist.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend=backend, timeout_s=cfg.dist.timeout_s),
         run_config=RunConfig(name=run_name(cfg.run.dir), storage_path=storage,

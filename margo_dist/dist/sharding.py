@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from margo_dist.dist.comm import Communicator, LocalComm, PendingRows
+from margo_dist.dist.comm import Communicator, PendingRows
+from margo_dist.model.placement import ITEM, NODE, USER
 from margo_dist.model.tables import LocalTable, Lookup, Table, TableSpec
 
-USER, ITEM, NODE = "user", "item", "node"  # NODE: users then items, as the ID baselines number them
+__all__ = ["ITEM", "NODE", "USER", "Placement", "RowOwnership", "ShardedTable"]
 # a sharded table this small (all ranks' rows together) is gathered whole for a lookup
 GATHER_WHOLE_BYTES = 1 << 20
 
@@ -73,17 +74,21 @@ class Placement:
         self.rows_asked = 0  # rows this rank asked of other owners (``fetch``, ``fetch_computed``)
         self.rows_computed = 0  # rows this rank computed for ``fetch_computed`` (its own asks included)
 
-    @classmethod
-    def single(cls, n_users: int, n_items: int) -> "Placement":
-        """Local mode: one rank owns everything."""
-        return cls(LocalComm(), np.zeros(n_users, np.int64), np.zeros(n_items, np.int64))
 
     @property
     def distributed(self) -> bool:
         return self.comm.world_size > 1
 
+    @property
+    def rank(self) -> int:
+        return self.comm.rank
+
     def owned(self, space: str) -> Tensor:
         return self.spaces[space].owned(self.comm.rank)
+
+    def local_index(self, space: str) -> Tensor:
+        """Each global id's position among its owner's rows."""
+        return self.spaces[space].local_index
 
     def summed(self, t: Tensor) -> Tensor:
         """``t`` summed over the ranks, differentiable (each rank's addend gets the summed gradient)."""

@@ -32,6 +32,7 @@ from margo_dist.dist.comm import Communicator
 from margo_dist.dist.gradients import GradientSum
 from margo_dist.dist.sharding import ITEM, USER, Placement, ShardedTable
 from margo_dist.graph.tensors import Batch, ComputeGraph
+from margo_dist.model.placement import RowPlacement
 
 Triplets = tuple[np.ndarray, np.ndarray, np.ndarray]  # users, positives, negatives of one step
 
@@ -39,15 +40,18 @@ Triplets = tuple[np.ndarray, np.ndarray, np.ndarray]  # users, positives, negati
 class StepPlan:
     """One worker's part of every step and evaluation, from ``comm`` and ``placement``."""
 
-    def __init__(self, comm: Communicator, placement: Placement) -> None:
-        if comm.world_size > 1 and placement.comm is not comm:
+    def __init__(self, comm: Communicator, placement: RowPlacement) -> None:
+        if comm.world_size > 1 and getattr(placement, "comm", None) is not comm:
             raise ValueError(f"a world of {comm.world_size} workers needs a Placement built on its communicator "
                              "(the owner rule): without one every worker would train alone")
         self.comm = comm
         self.placement = placement
         self._rank, self._world = comm.rank, comm.world_size
-        self._user_owner = placement.spaces[USER].owner
-        self._item_owner = placement.spaces[ITEM].owner
+        if isinstance(placement, Placement):
+            self._user_owner, self._item_owner = placement.spaces[USER].owner, placement.spaces[ITEM].owner
+        else:  # one process owns every row
+            self._user_owner = np.zeros(placement.owned(USER).numel(), np.int64)
+            self._item_owner = np.zeros(placement.owned(ITEM).numel(), np.int64)
         self._dense_sum: GradientSum | None = None
 
     @property

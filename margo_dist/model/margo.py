@@ -3,8 +3,8 @@
 Every model here is a pure tensor-to-tensor module: the graph and the frozen
 features come in as arguments of ``encode``; dense parameters are drawn from an
 explicit ``torch.Generator`` and tables from their ``TableSpec``; nothing is cached
-between calls. A ``Placement`` says which table rows and item features this worker
-holds (all of them in local mode).
+between calls. A ``RowPlacement`` (``model/placement.py``) says which table rows and
+item features this worker holds (all of them in local mode).
 
 ``encode`` returns ``(U, I)`` with shapes [n_users, B, d] and [n_items, B, d]: one
 d-dim slice per modality (B = M), or a single slice (B = 1) for the ID baselines.
@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from margo_dist.config import ModelConfig
-from margo_dist.dist.sharding import ITEM, NODE, USER, Placement
 from margo_dist.graph.tensors import Batch, ComputeGraph, EdgeList
 from margo_dist.model.layers import MLP, propagate, residual_add
+from margo_dist.model.placement import ITEM, NODE, USER, LocalPlacement, RowPlacement
 from margo_dist.model.tables import Lookup, Table, TableSpec
 
 from margo_dist.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
@@ -39,7 +39,7 @@ class DragonEncoder(nn.Module):
     """
 
     def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig,
-                 generator: torch.Generator, table_seed: int, placement: Placement,
+                 generator: torch.Generator, table_seed: int, placement: RowPlacement,
                  compute_dtype: torch.dtype = torch.float32, missing_rows: bool = False) -> None:
         super().__init__()
         self.placement = placement
@@ -96,7 +96,7 @@ class DragonEncoder(nn.Module):
         ``features`` holds the raw rows this rank owns (all items in local mode): the
         dominant GEMM, the projection, and the normalisation are split over the ranks,
         and all-gathers move the M*d-wide rows (owner-computed projections), or with
-        ``by_columns`` only this rank's block of their columns (``Placement.columns``). The
+        ``by_columns`` only this rank's block of their columns (``RowPlacement.columns``). The
         users' rows travel while this rank projects its items.
         """
         gather = self.placement.start_gather_columns if by_columns else self.placement.start_gather
@@ -153,7 +153,7 @@ class IdEncoder(nn.Module):
     """ID-embedding baselines: LightGCN (``n_layers`` > 0, layer mean) or BPR-MF (0)."""
 
     def __init__(self, n_users: int, n_items: int, cfg: ModelConfig, n_layers: int, table_seed: int,
-                 placement: Placement) -> None:
+                 placement: RowPlacement) -> None:
         super().__init__()
         self.placement = placement
         self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, cfg.dim, n_layers
@@ -189,7 +189,7 @@ class Recommender(nn.Module):
     """An encoder plus the fusion weights: θ (items, MARGO) or user weights (DRAGON)."""
 
     def __init__(self, n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int,
-                 placement: Placement | None = None, compute_dtype: torch.dtype = torch.float32,
+                 placement: RowPlacement | None = None, compute_dtype: torch.dtype = torch.float32,
                  present: Tensor | None = None) -> None:
         super().__init__()
         if present is not None and tuple(present.shape) != (n_items, len(feature_dims)):
@@ -200,7 +200,7 @@ class Recommender(nn.Module):
         # dense parameters from one generator (every worker draws the same); tables from
         # their TableSpec, whose rows depend only on (seed, table name, row)
         generator, table_seed = torch.Generator().manual_seed(seed), seed
-        placement = placement or Placement.single(n_users, n_items)
+        placement = placement or LocalPlacement(n_users, n_items)
         self.placement = placement
         self.spec = get_variant(cfg.variant)
         self.variant = cfg.variant
@@ -284,13 +284,13 @@ class Recommender(nn.Module):
         out_items = batch.graph.output_items
         assert out_items is not None
         flat = items_emb.flatten(1)
-        own_local = self.placement.spaces[ITEM].local_index.index_select(0, out_items.cpu()).to(flat.device)
+        own_local = self.placement.local_index(ITEM).index_select(0, out_items.cpu()).to(flat.device)
 
         def encoded(local_rows: Tensor) -> Tensor:
             local_rows = local_rows.to(own_local.device)  # the owners' requests arrive on the host
             where = torch.searchsorted(own_local, local_rows).clamp(max=max(own_local.numel() - 1, 0))
             if local_rows.numel() and (own_local.numel() == 0 or bool((own_local[where] != local_rows).any())):
-                raise RuntimeError(f"rank {self.placement.comm.rank} was asked for the vectors of items it did "
+                raise RuntimeError(f"rank {self.placement.rank} was asked for the vectors of items it did "
                                    "not encode this step (a batch whose output items are not the step's items it owns)")
             return flat.index_select(0, where)
 
@@ -312,7 +312,7 @@ class Recommender(nn.Module):
     def columns(self) -> tuple[int, int]:
         """[start, stop) of this rank's block of the flat M*d vector's columns."""
         bounds = self.encoder.placement.columns(self.n_slices * self.encoder.dim)
-        rank = self.encoder.placement.comm.rank
+        rank = self.encoder.placement.rank
         return bounds[rank], bounds[rank + 1]
 
     def item_weights(self, items: Tensor | None = None) -> Tensor:
@@ -456,7 +456,7 @@ def fuse(r: Tensor, user_coef: Tensor | None, item_coef: Tensor | None) -> Tenso
 
 
 def build_model(n_users: int, n_items: int, feature_dims: list[int], cfg: ModelConfig, seed: int,
-                placement: Placement | None = None, compute_dtype: torch.dtype = torch.float32,
+                placement: RowPlacement | None = None, compute_dtype: torch.dtype = torch.float32,
                 present: Tensor | None = None) -> Recommender:
     """A model whose initial parameters depend only on ``seed``; ``placement`` (default: one
     process owns every row) says which table rows and item features this rank holds;

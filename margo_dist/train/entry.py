@@ -1,8 +1,7 @@
 """``train(cfg)``: the one entry point of a training run, local or on Ray Train workers.
 
-It sits above both the trainer (``train/loop.py``) and the distributed launcher
-(``dist/launch.py``), which hosts the same trainer on each worker, so neither of
-those imports the other's caller.
+Local mode runs the trainer (``train/loop.py``) here; ``dist.workers`` > 0 hands it
+to ``train/workers.py``, which runs the same trainer on each Ray Train worker.
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ def train(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """
     with claim(cfg, log):
         if cfg.dist.workers > 0:
-            from margo_dist.dist.launch import train_distributed  # Ray is imported only for this
+            from margo_dist.train.workers import train_on_ray  # Ray is imported only for this
 
-            return train_distributed(cfg, log)
+            return train_on_ray(cfg, log)
         torch.manual_seed(cfg.train.seed)
         data = load_training_data(cfg)
         return Trainer(cfg, data, log).fit()

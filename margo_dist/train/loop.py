@@ -22,11 +22,11 @@ from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
 from margo_dist.data.prepare import ITEM_MAP, raw_id_array, read_id_map
 from margo_dist.data.synth import dataset_url
 from margo_dist.dist.comm import Communicator, LocalComm
-from margo_dist.dist.sharding import Placement
 from margo_dist.dist.step import StepPlan
 from margo_dist.errors import MargoError
 from margo_dist.graph.tensors import Batch, FullGraph, full_graph
 from margo_dist.model.margo import Recommender, build_model
+from margo_dist.model.placement import LocalPlacement, RowPlacement
 from margo_dist.model.objective import LossParts, ratings_loss
 from margo_dist.variants import CALIBRATE, PRETRAIN, get_variant
 from margo_dist.precision import dtype_of
@@ -168,13 +168,13 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, data: TrainingData, log: Callable[[str], None] = print,
-                 comm: Communicator | None = None, placement: Placement | None = None,
+                 comm: Communicator | None = None, placement: RowPlacement | None = None,
                  coordinator: "Coordinator | RemoteCoordinator | None" = None,
                  on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None) -> None:
         self.cfg = cfg
         self.data = data
         self.comm = comm or LocalComm()
-        self.plan = StepPlan(self.comm, placement or Placement.single(data.ds.n_users, data.ds.n_items))
+        self.plan = StepPlan(self.comm, placement or LocalPlacement(data.ds.n_users, data.ds.n_items))
         self.log = log if self.comm.is_leader else (lambda _msg: None)
         if not data.graph_complete and cfg.train.mode != "sampled":
             raise ValueError(f"train.mode={cfg.train.mode} propagates over the whole graph; this worker holds "

@@ -92,9 +92,9 @@ def run_trial(config: dict[str, Any]) -> None:
     if cfg.dist.workers > 0:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from margo_dist.dist.launch import train_distributed
+        from margo_dist.train.workers import train_on_ray
 
-        train_distributed(cfg, log=_trial_log, callbacks=[TuneReportCallback()])
+        train_on_ray(cfg, log=_trial_log, callbacks=[TuneReportCallback()])
         return
     reported: list[int] = []
 

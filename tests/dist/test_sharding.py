@@ -9,6 +9,7 @@ import torch
 from margo_dist.dist.comm import TorchComm
 from margo_dist.dist.processes import run_workers
 from margo_dist.dist.sharding import ITEM, Placement
+from margo_dist.model.placement import LocalPlacement
 
 OWNER = np.array([2, 0, 1, 0, 2, 1, 1])  # 7 items over 3 ranks, interleaved
 ASKED = {0: [6, 0, 6, 3], 1: [], 2: [1, 1, 5, 6]}  # repeats, a row two ranks ask for, none at all
@@ -171,7 +172,7 @@ def test_owners_project_each_asked_row_once_and_the_projection_gets_every_reques
 
 
 def test_in_one_process_computed_rows_are_the_function_of_the_asked_ids():
-    placement = Placement.single(1, 7)
+    placement = LocalPlacement(1, 7)
     seen: list[list[int]] = []
 
     def double(rows: torch.Tensor) -> torch.Tensor:

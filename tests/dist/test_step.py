@@ -8,6 +8,7 @@ import torch
 
 from margo_dist.dist.comm import LocalComm
 from margo_dist.dist.sharding import Placement
+from margo_dist.model.placement import LocalPlacement
 from margo_dist.dist.step import StepPlan
 from margo_dist.graph.tensors import full_graph
 from tests.model.test_margo import N_ITEMS, N_USERS, tiny_artifacts
@@ -41,7 +42,7 @@ def whole_graph():
 
 
 def test_local_plan_takes_every_triplet_and_regularises_the_batchs_own_rows():
-    plan = StepPlan(LocalComm(), Placement.single(N_USERS, N_ITEMS))
+    plan = StepPlan(LocalComm(), LocalPlacement(N_USERS, N_ITEMS))
     (batch,) = plan.whole_graph_batches(whole_graph(), [STEP])
     assert batch.users[batch.loss_rows].tolist() == STEP[0].tolist() and batch.step_triplets == 5
     users, items = batch.regularised()
