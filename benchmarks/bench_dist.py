@@ -71,7 +71,7 @@ def measure(rank: int, world: int, url: str, shards: str, mode: str, steps: int,
     import torch
 
     from margo_dist.config import load_config
-    from margo_dist.dist.comm import LocalComm, TorchComm
+    from margo_dist.dist.comm import Counting, LocalComm, TorchComm
     from margo_dist.dist.sharding import USER, Placement
     from margo_dist.model.placement import LocalPlacement
     from margo_dist.graph.partition import load_owners
@@ -79,7 +79,8 @@ def measure(rank: int, world: int, url: str, shards: str, mode: str, steps: int,
     from margo_dist.train.loop import Trainer, load_training_data
 
     cfg = load_config("configs/default.yaml", overrides(url, mode, extra))
-    comm = TorchComm() if world > 1 else LocalComm()
+    counting = Counting() if world > 1 else None  # the bytes each worker sends
+    comm = TorchComm(counting) if counting is not None else LocalComm()
     if world > 1:
         owners = load_owners(shards)
         placement = Placement(comm, owners["user"], owners["item"])
@@ -94,7 +95,7 @@ def measure(rank: int, world: int, url: str, shards: str, mode: str, steps: int,
     n_steps = per_epoch if epoch else steps
     batches = (b for _ in range(n_steps + 1) for b in trainer.batches(rng))  # epochs after one another
     trainer.train_step(CALIBRATE, next(batches), optimizer)  # warm-up (and optimiser state)
-    sent0, asked0, computed0 = getattr(comm, "bytes_sent", 0), placement.rows_asked, placement.rows_computed
+    sent0, asked0, computed0 = counting.bytes_sent if counting else 0, placement.rows_asked, placement.rows_computed
     times, inputs = [], []
     start = time.perf_counter()
     for _ in range(n_steps):
@@ -107,7 +108,7 @@ def measure(rank: int, world: int, url: str, shards: str, mode: str, steps: int,
         times.append(time.perf_counter() - t0)
     comm.barrier()
     whole = time.perf_counter() - start
-    sent = (getattr(comm, "bytes_sent", 0) - sent0) / n_steps
+    sent = ((counting.bytes_sent if counting else 0) - sent0) / n_steps
     model = trainer.model
     n_own_items = trainer.features[0].shape[0]
     # full mode projects every owned item each step; sampled mode the items asked of this owner,

@@ -2,8 +2,10 @@
 
 ``LocalComm`` is the one-process implementation (every collective is the identity);
 ``TorchComm`` wraps the default ``torch.distributed`` process group (gloo on CPU,
-nccl on GPU; gloo with GPU tensors goes through host copies). The collectives live here, the autograd ones
-nowhere else:
+nccl on GPU). Its bytes move through one ``Collectives`` object (``Counting`` adds them
+up for the benchmarks), each collective begun by ``TorchComm.start``, the one place that
+stages tensors through host memory where the group cannot take them (gloo with GPU
+tensors). The collectives live here, the autograd ones nowhere else:
 
 - ``start_gather(local, width)``: every rank's rows, padded to ``width`` rows each, on
   every rank ([n_r, F] per rank -> [world * width, F], rank r's rows at r * width);
@@ -16,8 +18,6 @@ nowhere else:
   columns start, and the end): a transpose from rows held by their owners to columns held
   by their ranks, by all-to-all. Each column of each row lives on one rank, so the
   gradient goes back the same way with no sum.
-- ``start_all_reduce_(t)``: ``t`` summed over the ranks in place, asynchronously (the dense
-  gradients, ``dist/gradients.py``).
 - ``summed(t)``: ``t`` summed over the ranks, on every rank; its gradient is the
   gradients summed over the ranks (each rank's loss reads the sum).
 - ``fetch_rows(local, ...)``: the rows other ranks asked for, by all-to-all; the
@@ -47,11 +47,6 @@ class Communicator(ABC):
     @abstractmethod
     def all_reduce_(self, t: Tensor) -> Tensor:
         """Sum ``t`` over the ranks, in place (no autograd); returns ``t``."""
-
-    @abstractmethod
-    def start_all_reduce_(self, t: Tensor) -> "Pending":
-        """Begin summing ``t`` over the ranks, in place (no autograd); ``t`` holds the sum once
-        the returned handle's ``wait()`` has returned, and must not be touched before."""
 
     @abstractmethod
     def start_gather(self, local: Tensor, width: int) -> "PendingRows":
@@ -101,9 +96,6 @@ class LocalComm(Communicator):
     def all_reduce_(self, t: Tensor) -> Tensor:
         return t
 
-    def start_all_reduce_(self, t: Tensor) -> "Pending":
-        return _Done()
-
     def start_gather(self, local: Tensor, width: int) -> "PendingRows":
         return PendingRows(None, local if local.shape[0] == width else _pad(local, width))
 
@@ -127,37 +119,87 @@ class LocalComm(Communicator):
         return None
 
 
-class TorchComm(Communicator):
-    """The default ``torch.distributed`` group (initialised by Ray Train or the test harness)."""
+class Collectives:
+    """The process group's collectives that move bytes, each begun asynchronously (a work handle):
+    the one place a byte leaves this rank. ``Counting`` adds up those bytes for the benchmarks."""
 
     def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+
+    def all_reduce(self, t: Tensor) -> Any:
+        """``t`` summed over the ranks, in place."""
+        return self._dist.all_reduce(t, async_op=True)
+
+    def all_gather(self, out: Tensor, local: Tensor) -> Any:
+        """Every rank's ``local`` [n, ...] (equal shapes) into ``out`` [world * n, ...], rank r's at r * n."""
+        return self._dist.all_gather(list(out.view(-1, *local.shape).unbind(0)), local, async_op=True)
+
+    def all_to_all(self, out: Tensor, send: Tensor, out_splits: list[int] | None = None,
+                   in_splits: list[int] | None = None) -> Any:
+        """Block k of ``send`` (rows ``in_splits[k]``, or an equal share) to rank k; rank k's block to
+        this rank lands at ``out``'s block k."""
+        return self._dist.all_to_all_single(out, send, out_splits, in_splits, async_op=True)
+
+
+class Counting(Collectives):
+    """``Collectives`` that count the payload this rank sends to others (``bytes_sent``): what an
+    all-reduce or all-gather contributes, and the blocks of an all-to-all not addressed to itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rank, self.world_size = self._dist.get_rank(), self._dist.get_world_size()
+        self.bytes_sent = 0
+
+    def all_reduce(self, t: Tensor) -> Any:
+        self.bytes_sent += t.numel() * t.element_size()
+        return super().all_reduce(t)
+
+    def all_gather(self, out: Tensor, local: Tensor) -> Any:
+        self.bytes_sent += local.numel() * local.element_size()
+        return super().all_gather(out, local)
+
+    def all_to_all(self, out: Tensor, send: Tensor, out_splits: list[int] | None = None,
+                   in_splits: list[int] | None = None) -> Any:
+        rows = send.shape[0] if send.dim() else 0
+        own = in_splits[self.rank] if in_splits is not None else rows // self.world_size
+        per_row = send[0].numel() * send.element_size() if rows else 0
+        self.bytes_sent += (rows - own) * per_row
+        return super().all_to_all(out, send, out_splits, in_splits)
+
+
+class TorchComm(Communicator):
+    """The default ``torch.distributed`` group (initialised by Ray Train or the test harness).
+
+    ``collectives``: how bytes move (default ``Collectives``; ``Counting`` for a benchmark)."""
+
+    def __init__(self, collectives: Collectives | None = None) -> None:
         import torch.distributed as dist
 
         if not dist.is_initialized():
             raise RuntimeError("TorchComm needs an initialised torch.distributed process group")
         self._dist = dist
+        self.collectives = collectives or Collectives()
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         # nccl reduces only GPU tensors: small host-side values travel through this device
         self.device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
             else torch.device("cpu")
-        self.bytes_sent = 0  # payload this rank contributed to collectives (for the benchmarks)
+
+    def start(self, collective: Callable[[Tensor, Tensor], Any], out: Tensor, send: Tensor) -> "Pending":
+        """Begin ``collective(out, send)`` on the process group's device: directly when both tensors
+        are there, else through host copies (gloo with GPU tensors, as when two workers share a
+        GPU), ``out`` filled when the handle is waited on. ``out is send``: in place."""
+        if out.device == self.device and send.device == self.device:
+            return collective(out, send)
+        host_send = send.to(self.device)
+        host_out = host_send if out is send else torch.empty(out.shape, dtype=out.dtype, device=self.device)
+        return _Staged(collective(host_out, host_send), host_out, out)
 
     def all_reduce_(self, t: Tensor) -> Tensor:
-        self.bytes_sent += t.numel() * t.element_size()
-        if t.device == self.device:
-            self._dist.all_reduce(t)
-            return t
-        moved = t.to(self.device)
-        self._dist.all_reduce(moved)
-        return t.copy_(moved)
-
-    def start_all_reduce_(self, t: Tensor) -> "Pending":
-        self.bytes_sent += t.numel() * t.element_size()
-        if t.device == self.device:
-            return self._dist.all_reduce(t, async_op=True)
-        host = t.to(self.device)
-        return _Staged(self._dist.all_reduce(host, async_op=True), host, t)
+        self.start(lambda out, _send: self.collectives.all_reduce(out), t, t).wait()
+        return t
 
     def start_gather(self, local: Tensor, width: int) -> "PendingRows":
         if local.shape[0] > width:
@@ -165,7 +207,7 @@ class TorchComm(Communicator):
         flight: dict[str, Any] = {}
         rows = _GatherRows.apply(local, self, width, flight)
         return PendingRows(flight.pop("work"), rows,
-                           lambda grad: flight.update(back=self._start_all_to_all(grad, width)))
+                           lambda grad: flight.update(back=self._start_all_to_all(grad)))
 
     def start_gather_columns(self, local: Tensor, width: int, bounds: list[int]) -> "PendingRows":
         if local.shape[0] > width:
@@ -180,29 +222,21 @@ class TorchComm(Communicator):
     def summed(self, t: Tensor) -> Tensor:
         return _Summed.apply(t, self)
 
-    def _start_all_to_all(self, grad: Tensor, width: int) -> tuple[Any, Tensor]:
-        """Begin sending every rank its block of ``width`` rows of ``grad``; returns (work, received)."""
+    def _start_all_to_all(self, grad: Tensor) -> tuple["Pending", Tensor]:
+        """Begin sending every rank its equal block of rows of ``grad``; returns (work, received)."""
         send = grad.contiguous()
         received = torch.empty_like(send)
-        self.bytes_sent += (self.world_size - 1) * width * send[0].numel() * send.element_size() if send.shape[0] else 0
-        if send.device == self.device:
-            return self._dist.all_to_all_single(received, send, async_op=True), received
-        host = send.to(self.device)
-        host_received = torch.empty_like(host)
-        return _Staged(self._dist.all_to_all_single(host_received, host, async_op=True), host_received,
-                       received), received
+        return self.start(self.collectives.all_to_all, received, send), received
 
     def all_to_all(self, send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
         if len(send_counts) != self.world_size or len(recv_counts) != self.world_size \
                 or sum(send_counts) != send.shape[0]:
             raise ValueError(f"all_to_all: rank {self.rank} sends {send.shape[0]} rows as {send_counts}, "
                              f"receives {recv_counts}, in a world of {self.world_size}")
-        moved = send.contiguous().to(self.device)
-        out = moved.new_empty((sum(recv_counts), *send.shape[1:]))
-        row = moved[0].numel() if moved.shape[0] else 0
-        self.bytes_sent += (moved.shape[0] - send_counts[self.rank]) * row * moved.element_size()  # not to itself
-        self._dist.all_to_all_single(out, moved, list(recv_counts), list(send_counts))
-        return out.to(send.device)
+        out = send.new_empty((sum(recv_counts), *send.shape[1:]))
+        self.start(lambda o, i: self.collectives.all_to_all(o, i, list(recv_counts), list(send_counts)),
+                   out, send.contiguous()).wait()
+        return out
 
     def fetch_rows(self, local: Tensor, asked: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
         return _FetchRows.apply(local, asked, self, list(send_counts), list(recv_counts))
@@ -221,13 +255,6 @@ class Pending(Protocol):
 
     def wait(self) -> Any:
         """Block until it has finished."""
-
-
-class _Done:
-    """A collective with nothing to wait for (one process)."""
-
-    def wait(self) -> None:
-        return None
 
 
 class _Staged:
@@ -316,22 +343,14 @@ class _GatherRows(torch.autograd.Function):
                 ) -> Tensor:
         padded = _pad(local, width)
         out = padded.new_empty((comm.world_size * width, *local.shape[1:]))
-        comm.bytes_sent += padded.numel() * padded.element_size()
-        if padded.device == comm.device:
-            flight["work"] = comm._dist.all_gather(list(out.view(comm.world_size, width, *local.shape[1:]).unbind(0)),
-                                                   padded, async_op=True)
-        else:  # gloo with device tensors: through host memory
-            host = torch.empty(out.shape, dtype=out.dtype, device=comm.device)
-            work = comm._dist.all_gather(list(host.view(comm.world_size, width, *local.shape[1:]).unbind(0)),
-                                         padded.to(comm.device), async_op=True)
-            flight["work"] = _Staged(work, host, out)
+        flight["work"] = comm.start(comm.collectives.all_gather, out, padded)
         ctx.comm, ctx.width, ctx.n, ctx.flight = comm, width, local.shape[0], flight
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
         comm, width = ctx.comm, ctx.width
-        work, blocks = ctx.flight.pop("back", None) or comm._start_all_to_all(grad, width)
+        work, blocks = ctx.flight.pop("back", None) or comm._start_all_to_all(grad)
         work.wait()
         return blocks.view(comm.world_size, width, *grad.shape[1:]).sum(0)[: ctx.n], None, None, None
 
@@ -352,13 +371,9 @@ class _ColumnBlocks:
         """Begin one all-to-all of a flat buffer into ``received`` (a new flat buffer by default);
         returns (work, received)."""
         received = send.new_empty(sum(recv_sizes)) if received is None else received
-        comm.bytes_sent += (sum(send_sizes) - send_sizes[comm.rank]) * send.element_size()
-        if send.device == comm.device:
-            return comm._dist.all_to_all_single(received, send, recv_sizes, send_sizes, async_op=True), received
-        host = send.to(comm.device)
-        host_received = host.new_empty(sum(recv_sizes))
-        work = comm._dist.all_to_all_single(host_received, host, recv_sizes, send_sizes, async_op=True)
-        return _Staged(work, host_received, received), received
+        work = comm.start(lambda out, flat: comm.collectives.all_to_all(out, flat, recv_sizes, send_sizes),
+                          received, send)
+        return work, received
 
     @staticmethod
     def sizes(width: int, bounds: list[int]) -> list[int]:

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Callable
 from margo_dist.config import Config, to_dict
 from margo_dist.data import io as mio
 from margo_dist.data.dataset import Dataset
+from margo_dist.dist.checkpoint import CHECKPOINT, shard_file
 from margo_dist.dist.coordination import coordinator_name, run_name, start_coordinator
 from margo_dist.errors import ConfigError, DataError, MargoError
 
 if TYPE_CHECKING:
-    from margo_dist.dist.comm import TorchComm
+    from margo_dist.dist.comm import Communicator, TorchComm
     from margo_dist.graph.build import GraphArtifacts
 
 SHARD_METHOD = "metis"
@@ -114,31 +115,40 @@ def epoch_metrics(record: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def report_checkpoint(run_dir: str, rank: int, seq: int, record: dict[str, Any], rows: str, commit: str) -> None:
+def report_checkpoint(run_dir: str, comm: "Communicator", seq: int, record: dict[str, Any]) -> None:
     """Tell Ray Train of checkpoint ``seq`` (every worker, each for its own file).
 
-    The rows are in the run folder already (``train/checkpoint.py``); Ray gets a
-    pointer to this worker's file ``rows`` and the commit record ``commit`` (both relative
-    to ``run_dir``), and the latest validation metrics (``valid_<metric>``, with the stage
-    and epoch) for its result and for Tune.
+    The rows are in the run folder already (``dist/checkpoint.py``); Ray gets a pointer to
+    this worker's rows file and the commit record (both relative to ``run_dir``), and the
+    latest validation metrics (``valid_<metric>``, with the stage and epoch) for its result
+    and for Tune.
     """
     import ray.train
 
     metrics: dict[str, Any] = {"checkpoint_seq": seq, **(epoch_metrics(record) if record else {})}
+    pointer = {"run_dir": run_dir, "rows": shard_file(seq, comm.rank), "commit": CHECKPOINT, "seq": seq}
     with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, f"rank{rank}.json"), "w") as fh:
-            json.dump({"run_dir": run_dir, "rows": rows, "commit": commit, "seq": seq}, fh)
+        with open(os.path.join(tmp, f"rank{comm.rank}.json"), "w") as fh:
+            json.dump(pointer, fh)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def worker_shard(cfg: Config, comm: "Communicator") -> tuple[str, int]:
+    """The shard of ``dist.shards`` whose raw-feature rows this worker reads (its rank's)."""
+    return cfg.dist.shards, comm.rank
+
+
 def worker_comm(cfg: Config) -> "TorchComm":
-    """A Ray Train worker's first steps for ``cfg``: join the process group Ray set up, show
-    warnings one line each with the rank, quiet Ray's per-report lines, warn of threads
+    """A Ray Train worker's first steps for ``cfg``: join the process group Ray set up, write its
+    pid to the run folder's ``workers/rank<r>.pid``, show warnings one line each with the rank, quiet Ray's per-report lines, warn of threads
     beyond the CPUs Ray reserved, and take the GPU Ray gave (``train.device``)."""
     from margo_dist.dist.comm import TorchComm
 
     comm = TorchComm()
     rank_warnings(comm.rank)
+    # which process is which rank, for an operator (or a fault test) who must find one
+    with mio.atomic_write(mio.join(cfg.run.dir, "workers", f"rank{comm.rank}.pid"), "w") as fh:
+        fh.write(f"{os.getpid()}\n")
     # Ray Train logs each report at INFO through a logger outside ``ray.train`` (named by its
     # file), which LoggingConfig does not reach: the root level does
     logging.getLogger().setLevel(cfg.dist.ray_log_level)

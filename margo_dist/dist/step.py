@@ -15,24 +15,26 @@ What a worker does with a step (docs/distributed.md):
   items it owns, so its blocks start from its own nodes;
 - either way it regularises the whole step's rows that it owns (no rows to fetch), every
   mean divides by the whole step's size, and the replicated (dense) parameters'
-  gradients are summed over the workers (``dist/gradients.py``), so the workers' losses
-  and gradients add up to the local step's;
+  gradients are summed over the workers (torch DDP, ``replicate``), so the workers'
+  losses and gradients add up to the local step's;
 - evaluation: each worker ranks the users it owns and the metric sums are added up.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from margo_dist.dist.comm import Communicator
-from margo_dist.dist.gradients import GradientSum
+from margo_dist.dist.comm import Communicator, TorchComm
 from margo_dist.dist.sharding import ITEM, USER, Placement, ShardedTable
 from margo_dist.graph.tensors import Batch, ComputeGraph
 from margo_dist.model.placement import RowPlacement
+
+if TYPE_CHECKING:
+    from margo_dist.model.margo import Recommender
 
 Triplets = tuple[np.ndarray, np.ndarray, np.ndarray]  # users, positives, negatives of one step
 
@@ -52,7 +54,6 @@ class StepPlan:
         else:  # one process owns every row
             self._user_owner = np.zeros(placement.owned(USER).numel(), np.int64)
             self._item_owner = np.zeros(placement.owned(ITEM).numel(), np.int64)
-        self._dense_sum: GradientSum | None = None
 
     @property
     def distributed(self) -> bool:
@@ -112,25 +113,30 @@ class StepPlan:
 
     # -- gradients -------------------------------------------------------------------------
 
-    def sum_dense_gradients(self, params: list[nn.Parameter], order: list[nn.Parameter]) -> None:
-        """Sum the replicated parameters' gradients over the workers from now on (nothing to do
-        with one). ``order``: ``params`` in the order a backward completes their gradients."""
-        if not self.distributed:
+    def replicate(self, model: "Recommender") -> None:
+        """Sum the gradients of ``model``'s replicated (dense) module over the workers from now on:
+        torch DDP wraps it, sharded tables excluded (as TorchRec wraps its dense part), with a
+        comm hook that sums instead of averaging, since every worker's loss is its share of
+        the step's. Nothing to do with one worker, or a model without a dense module."""
+        dense = model.replicated()
+        if not self.distributed or dense is None:
             return
-        if {id(p) for p in order} != {id(p) for p in params} or len(order) != len(params):
-            raise RuntimeError(f"dense_gradient_order lists {len(order)} parameters, not the model's "
-                               f"{len(params)} dense ones")
-        self._dense_sum = GradientSum(self.comm, order)
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not isinstance(self.comm, TorchComm):
+            raise TypeError(f"replicate: DDP needs a torch.distributed group, not {type(self.comm).__name__}")
+        ddp = DistributedDataParallel(dense, forward_sync_buffers=False, gradient_as_bucket_view=True)
+        ddp.register_comm_hook(self.comm.collectives, _summed_bucket)
+        model.encoder.replicate_through(ddp)
 
     def finish_backward(self, loss: Tensor) -> float:
-        """After this worker's backward: the dense gradients summed over the workers (the sums
-        started during the backward), table rows' gradients already with their owners.
-        Returns the step's loss, ``loss`` (this worker's share, detached) summed over the
-        workers: it rides in the last all-reduce, so it costs no collective of its own, and
-        every worker sees the same value (a non-finite one stops all of them)."""
-        if self._dense_sum is None:
+        """After this worker's backward (the dense gradients summed by DDP by its end, table rows'
+        gradients already with their owners): the step's loss, ``loss`` (this worker's share,
+        detached) summed over the workers, the same on every worker (a non-finite one stops
+        all of them)."""
+        if not self.distributed:
             return float(loss)
-        return self._dense_sum.finish(loss)
+        return float(self.comm.all_reduce_(loss.reshape(1).to(torch.float64))[0])
 
     def summed(self, values: Tensor) -> Tensor:
         """``values`` (a worker's partial sums) added up over the workers, in place."""
@@ -167,3 +173,14 @@ class StepPlan:
             if isinstance(module, ShardedTable):
                 state[f"{name}.weight"] = convert(module, state[f"{name}.weight"])
         return state
+
+
+def _summed_bucket(state, bucket):  # type: ignore[no-untyped-def]
+    """DDP comm hook: all-reduce a bucket of gradients to their sum (DDP's own hook averages).
+
+    (state: the communicator's ``Collectives``, so a benchmark counts these bytes too; bucket:
+    ``torch.distributed.GradBucket`` -> a future of the summed buffer.) Unannotated: DDP
+    accepts a hook whose ``bucket`` annotation is ``GradBucket`` or none, and with postponed
+    annotations it would see the string."""
+    work = state.all_reduce(bucket.buffer())
+    return work.get_future().then(lambda fut: fut.value()[0])

@@ -14,6 +14,8 @@ coefficients given by the stage (``fusion_coefficients``).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -27,6 +29,26 @@ from margo_dist.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
 
 __all__ = ["CALIBRATE", "DRAGON", "PRETRAIN", "Recommender", "block_ratings", "build_model", "fuse",
            "modality_ratings"]
+
+
+class Projections(nn.ModuleList):
+    """The per-modality item projections ``MLP_m`` (Eq. 1): the dense part every worker holds whole.
+
+    One call projects every modality, narrowest first: autograd runs the projection made
+    last first, so the widest one's weight gradient (most of the dense bytes) is complete
+    while the others are still back-propagated, and its sum over the workers travels
+    meanwhile.
+    """
+
+    def __init__(self, mlps: list[MLP]) -> None:
+        super().__init__(mlps)
+        self.order = sorted(range(len(mlps)), key=lambda k: mlps[k].w1.shape[1])
+
+    def forward(self, features: list[Tensor], rows: Tensor | None = None) -> list[Tensor]:
+        """``features[m]`` (or its ``rows``) projected by ``MLP_m``, [n, d] per modality, in modality order."""
+        projected = {k: self[k](features[k] if rows is None else features[k].index_select(0, rows))
+                     for k in self.order}
+        return [projected[k] for k in range(len(self))]
 
 
 class DragonEncoder(nn.Module):
@@ -46,16 +68,24 @@ class DragonEncoder(nn.Module):
         self.n_users, self.n_items, self.dim = n_users, n_items, cfg.dim
         self.n_layers = cfg.n_layers
         self.n_slices = len(feature_dims)
-        self.projections = nn.ModuleList(
+        self.projections = Projections(
             [MLP(f, cfg.hidden_mult * cfg.dim, cfg.dim, generator, compute_dtype, missing_rows) for f in feature_dims])
         self.preferences = nn.ModuleList(
             [placement.table(TableSpec.xavier(f"preferences.{k}", n_users, cfg.dim, table_seed), USER)
              for k in range(len(feature_dims))])
-        # the whole graph's items are projected narrowest modality first: autograd runs the
-        # projection made last first, so the widest one's weight gradient (most of the dense
-        # bytes) is complete while the others are still back-propagated, and its sum over the
-        # workers travels meanwhile (``gradient_order``, dist/gradients.py)
-        self.projection_order = sorted(range(len(feature_dims)), key=lambda k: feature_dims[k])
+        # how a step calls the projections: the module itself, or a wrapper of it that sums its
+        # gradients over the workers (DDP, ``replicate_through``). Kept in a tuple, not as a
+        # submodule, so the state dict has the same keys in local and distributed mode
+        self._project: tuple[nn.Module] = (self.projections,)
+
+    def replicate_through(self, wrapper: nn.Module) -> None:
+        """Call the projections through ``wrapper`` (a module whose forward is theirs) from now on."""
+        self._project = (wrapper,)
+
+    def project(self, features: list[Tensor], rows: Tensor | None = None) -> list[Tensor]:
+        """Every modality's projection of ``features`` (or of their ``rows``), [n, d] each: one call
+        of the projections' module per step, as a DDP wrapper expects."""
+        return self._project[0](features, rows)
 
     def user_inputs(self, users: Tensor) -> list[Tensor]:
         """Preference rows of ``users`` per modality: one lookup for every modality (distributed:
@@ -77,14 +107,12 @@ class DragonEncoder(nn.Module):
         """
         if self.placement.distributed:
             def project(local_rows: Tensor) -> Tensor:
-                rows = local_rows.to(features[0].device)
-                projected = {k: self.projections[k](features[k].index_select(0, rows)) for k in self.projection_order}
-                return torch.cat([projected[k] for k in range(self.n_slices)], dim=1)
+                return torch.cat(self.project(features, local_rows.to(features[0].device)), dim=1)
 
             return list(self.placement.fetch_computed(ITEM, items, project).split(self.dim, dim=1))
         if 2 * items.numel() > self.n_items:
-            return [mlp(f).index_select(0, items) for mlp, f in zip(self.projections, features)]
-        return [mlp(f[items]) for mlp, f in zip(self.projections, features)]
+            return [p.index_select(0, items) for p in self.project(features)]
+        return self.project(features, items)
 
     def input_rows(self, user_rows: list[Tensor], item_rows: list[Tensor]) -> Tensor:
         """``X``: users then items, each modality slice L2-normalised; [n_users + n_items, M*d]."""
@@ -101,16 +129,8 @@ class DragonEncoder(nn.Module):
         """
         gather = self.placement.start_gather_columns if by_columns else self.placement.start_gather
         users = gather(USER, _normalised([t.own_rows() for t in self.preferences]))
-        projected: dict[int, Tensor] = {k: self.projections[k](features[k]) for k in self.projection_order}
-        items = gather(ITEM, _normalised([projected[k] for k in range(self.n_slices)]))
+        items = gather(ITEM, _normalised(self.project(features)))
         return torch.cat([users.wait(), items.wait()])
-
-    def gradient_order(self) -> list[nn.Parameter]:
-        """The projections' parameters in the order a whole-graph backward completes their
-        gradients: the projection made last first (``projection_order``), each one's output
-        layer before its input layer."""
-        return [p for k in reversed(self.projection_order)
-                for p in (self.projections[k].b2, self.projections[k].w2, self.projections[k].b1, self.projections[k].w1)]
 
     def encode(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Output users' and items' final vectors, [n_out_users, M, d] and [n_out_items, M, d]."""
@@ -119,7 +139,7 @@ class DragonEncoder(nn.Module):
             x = self.whole_inputs(features)
         else:
             x = self.input_rows(self.user_inputs(graph.input_users), self.item_inputs(features, graph.input_items))
-        users, items = self._propagate(x, graph)
+        users, items = self.propagate_rows(x, graph)
         return users.view(-1, self.n_slices, self.dim), items.view(-1, self.n_slices, self.dim)
 
     def encode_columns(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -131,10 +151,10 @@ class DragonEncoder(nn.Module):
         exactly as the whole rows would be; at N ranks each propagates 1/N of the columns.
         """
         _check_steps(graph, self.n_layers)
-        return self._propagate(self.whole_inputs(features, by_columns=True), graph)
+        return self.propagate_rows(self.whole_inputs(features, by_columns=True), graph)
 
     @staticmethod
-    def _propagate(x: Tensor, graph: ComputeGraph) -> tuple[Tensor, Tensor]:
+    def propagate_rows(x: Tensor, graph: ComputeGraph) -> tuple[Tensor, Tensor]:
         """Input rows [n_src, F] -> output users' and items' rows [., F]: ``n_layers`` bipartite steps
         summed with the input, then the item-item and user-user layers with residual."""
         r = propagate_bipartite(x, graph.bipartite)
@@ -167,15 +187,15 @@ class IdEncoder(nn.Module):
             x = self.embedding.all_rows()
         else:
             x = torch.cat([self.embedding.lookup(graph.input_users), self.embedding.lookup(graph.input_items + self.n_users)])
-        users, items = self._propagate(x, graph)
+        users, items = self.propagate_rows(x, graph)
         return users.view(-1, 1, self.dim), items.view(-1, 1, self.dim)
 
     def encode_columns(self, graph: ComputeGraph, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """As ``DragonEncoder.encode_columns``: this rank's columns of the output rows, [., c] each."""
         _check_steps(graph, self.n_layers)
-        return self._propagate(self.placement.start_gather_columns(NODE, self.embedding.own_rows()).wait(), graph)
+        return self.propagate_rows(self.placement.start_gather_columns(NODE, self.embedding.own_rows()).wait(), graph)
 
-    def _propagate(self, x: Tensor, graph: ComputeGraph) -> tuple[Tensor, Tensor]:
+    def propagate_rows(self, x: Tensor, graph: ComputeGraph) -> tuple[Tensor, Tensor]:
         out_users, out_items = graph.split_mid(propagate_bipartite(x, graph.bipartite) / (self.n_layers + 1))
         return graph.user_user.select_dst(out_users), graph.item_item.select_dst(out_items)
 
@@ -197,6 +217,7 @@ class Recommender(nn.Module):
         # [n_items, M] bool: which (item, modality) pairs have a feature; None: all. Every worker
         # holds all of it (one bit per pair); not in the state dict (the dataset says it)
         self.register_buffer("present", present, persistent=False)
+        self._columns_checked = False  # the column split's premise, checked once (``forward``)
         # dense parameters from one generator (every worker draws the same); tables from
         # their TableSpec, whose rows depend only on (seed, table name, row)
         generator, table_seed = torch.Generator().manual_seed(seed), seed
@@ -240,10 +261,10 @@ class Recommender(nn.Module):
         dense = [p for p in self.parameters() if id(p) not in taken]
         return {"dense": dense, "tables": tables, "weights": weights}
 
-    def dense_gradient_order(self) -> list[nn.Parameter]:
-        """The dense parameters (``parameter_groups()["dense"]``) in the order a whole-graph
-        backward completes their gradients (the order their sums over the workers start in)."""
-        return self.encoder.gradient_order() if isinstance(self.encoder, DragonEncoder) else []
+    def replicated(self) -> nn.Module | None:
+        """The dense module every worker holds whole (the projections; None for the ID baselines),
+        whose gradients are summed over the workers; the tables are sharded instead."""
+        return self.encoder.projections if isinstance(self.encoder, DragonEncoder) else None
 
     def forward(self, batch: Batch, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The modality ratings ``r_ui^m`` (Eq. 2) of the batch's positives and negatives, [B, M] each.
@@ -257,6 +278,11 @@ class Recommender(nn.Module):
         """
         if batch.graph.input_users is None:
             assert batch.pos_local is not None and batch.neg_local is not None
+            if not self._columns_checked:
+                check_column_linear(lambda x: self.encoder.propagate_rows(x, batch.graph),
+                                    batch.graph.bipartite[0].n_src, batch.graph.bipartite[0].src.device,
+                                    type(self.encoder).__name__)
+                self._columns_checked = True
             users_c, items_c = self.encode_columns(batch.graph, features)
             start, dim, m = self.columns()[0], self.encoder.dim, self.n_slices
             eu = users_c.index_select(0, batch.users_local)
@@ -419,6 +445,34 @@ def propagate_bipartite(x: Tensor, edges: list[EdgeList]) -> Tensor:
         h = propagate(h, e)
         out = residual_add(out, h, e)
     return out
+
+
+def check_column_linear(propagate: Callable[[Tensor], tuple[Tensor, Tensor]], n_rows: int,
+                        device: torch.device, name: str) -> None:
+    """The column split's premise, checked on the graph it will run on: ``propagate`` (input rows
+    [n_rows, F] -> output users' and items' rows [., F]) must be linear and keep each column to
+    itself, so that workers that each propagate a block of columns get the whole rows' columns.
+
+    Random rows of width 3 from a fixed seed (no global RNG): column 0 of ``propagate(X)`` must
+    equal ``propagate(X[:, :1])``, and ``propagate(2X + Y)`` must equal ``2 propagate(X) +
+    propagate(Y)``, to float32 rounding. Raises ``ValueError`` naming ``name`` otherwise.
+    """
+    generator = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(n_rows, 3, generator=generator).to(device) for _ in range(2))
+
+    def run(rows: Tensor) -> Tensor:
+        return torch.cat(propagate(rows.contiguous()))
+
+    with torch.no_grad():
+        whole = run(x)
+        checks = {"column 0 alone": (run(x[:, :1]), whole[:, :1]),
+                  "2X + Y": (run(2 * x + y), 2 * whole + run(y))}
+    for what, (got, expected) in checks.items():
+        scale = float(expected.abs().max()) if expected.numel() else 0.0
+        if not torch.allclose(got.float(), expected.float(), rtol=1e-4, atol=1e-5 * max(scale, 1.0)):
+            raise ValueError(f"{name}'s propagation is not linear per column ({what} differs by "
+                             f"{float((got - expected).abs().max()):.3g}): train.mode=full splits the "
+                             f"columns over the workers and needs it; use train.mode=sampled for this encoder")
 
 
 def modality_ratings(eu: Tensor, ei: Tensor) -> Tensor:

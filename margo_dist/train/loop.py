@@ -21,6 +21,7 @@ from margo_dist.data import io as mio
 from margo_dist.data.dataset import TEST, TRAIN, VALID, Dataset
 from margo_dist.data.prepare import ITEM_MAP, raw_id_array, read_id_map
 from margo_dist.data.synth import dataset_url
+from margo_dist.dist import checkpoint
 from margo_dist.dist.comm import Communicator, LocalComm
 from margo_dist.dist.step import StepPlan
 from margo_dist.errors import MargoError
@@ -32,7 +33,6 @@ from margo_dist.variants import CALIBRATE, PRETRAIN, get_variant
 from margo_dist.precision import dtype_of
 from margo_dist.precision import resolve as resolve_precision
 from margo_dist.progress import progress_bar
-from margo_dist.train import checkpoint
 from margo_dist.train.batches import TripletSampler
 from margo_dist.train.coordinator import Coordinator, stages_of
 from margo_dist.train.metrics import csr_from_pairs, full_ranking_sums, weight_detection_auc
@@ -198,7 +198,7 @@ class Trainer:
         self.whole_graph = data.graph.to(self.device).compute_graph(self.model.encoder.n_layers)
         own_rows = self.plan.own_feature_rows(data.features, data.feature_ids, data.ds.n_items)
         self.features = [f.to(self.device) for f in own_rows]
-        self.plan.sum_dense_gradients(self.model.parameter_groups()["dense"], self.model.dense_gradient_order())
+        self.plan.replicate(self.model)
         tu, ti = data.ds.split(TRAIN)
         self.triplets = TripletSampler(tu, ti, data.ds.n_items, cfg.train.batch_size)
         self.records: list[dict[str, Any]] = []
@@ -462,7 +462,7 @@ class Trainer:
         self.comm.barrier()
 
     def _checkpoint(self, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> None:
-        """Every worker writes its table rows, then the leader commits the rest (``train/checkpoint.py``):
+        """Every worker writes its table rows, then the leader commits the rest (``dist/checkpoint.py``):
         a kill at any point leaves the previous checkpoint whole, and N workers' checkpoint
         loads at any M. ``on_checkpoint`` (Ray Train's report) hears of each one."""
         self.checkpoint_seq += 1
@@ -493,8 +493,7 @@ class Trainer:
             self.checkpoint_seq = int(ckpt["seq"])
             coord = self.coordinator
             self.log(f"resuming {self.run.url}: stage {coord.stage_index + 1}/{len(self.stages)}, "
-                     f"epoch {coord.progress.epoch} (written by {ckpt['world_size']} worker(s), "
-                     f"read by {self.comm.world_size})")
+                     f"epoch {coord.progress.epoch} ({checkpoint.provenance(ckpt, self.comm)})")
             return optimizer, rng
         if self.comm.is_leader:
             self.run.write_config(self.cfg)

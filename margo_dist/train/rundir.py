@@ -24,11 +24,11 @@ import torch
 from margo_dist.config import Config, dump_yaml, load_config, to_dict
 from margo_dist.data import io as mio
 from margo_dist.data.synth import default_dataset_url
+from margo_dist.dist.checkpoint import CHECKPOINT, SHARDS
 from margo_dist.errors import MargoError
 from margo_dist.precision import resolve as resolve_precision
 
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.yaml", "metrics.jsonl", "summary.json", "item_weights.parquet"
-CHECKPOINT = "checkpoint.pt"
 
 
 def write_parquet(url: str, table: pa.Table) -> None:
@@ -307,7 +307,7 @@ def move_aside(run: RunDir) -> str | None:
 def _check_same_experiment(run: RunDir, cfg: Config) -> None:
     """Refuse a run folder whose outputs another experiment made (or nobody can say who)."""
     entries = mio.listdir(run.url) if mio.exists(run.url) else []
-    outputs = [e for e in entries if e in (CHECKPOINT, SUMMARY, METRICS, "checkpoint-shards")
+    outputs = [e for e in entries if e in (CHECKPOINT, SUMMARY, METRICS, SHARDS)
                or (e.startswith("best_") and e.endswith(".pt"))]
     if not outputs:
         return  # nothing trained yet (a user's own files, or a run that failed before its first epoch)

@@ -9,35 +9,28 @@ reads the run folder after. So the distributed package never imports the trainer
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any, Callable
 
 from margo_dist.config import Config, from_dict
 from margo_dist.dist.coordination import RemoteCoordinator
-from margo_dist.dist.launch import report_checkpoint, train_distributed, worker_comm, worker_log
+from margo_dist.dist.checkpoint import CHECKPOINT
+from margo_dist.dist.launch import report_checkpoint, train_distributed, worker_comm, worker_log, worker_shard
 from margo_dist.dist.sharding import Placement
 from margo_dist.graph.partition import load_owners
-from margo_dist.train.checkpoint import shard_file
 from margo_dist.train.coordinator import Coordinator
 from margo_dist.train.loop import Trainer, load_training_data
-from margo_dist.train.rundir import CHECKPOINT, SUMMARY, RunDir
+from margo_dist.train.rundir import SUMMARY, RunDir
 
 
 def worker_main(config: dict[str, Any]) -> None:
     """One Ray Train worker: the typed config first, then the ordinary trainer on its own rows."""
     cfg = from_dict(config, "Ray's train_loop_config")
     comm = worker_comm(cfg)
-    # which process is which rank, for an operator (or a fault test) who must find one
-    RunDir(cfg.run.dir).write_text(f"workers/rank{comm.rank}.pid", f"{os.getpid()}\n")
     owners = load_owners(cfg.dist.shards)
-    data = load_training_data(cfg, shard=(cfg.dist.shards, comm.rank))  # its own feature rows only
-    rank = comm.rank
-
-    def reported(seq: int, record: dict[str, Any]) -> None:
-        report_checkpoint(cfg.run.dir, rank, seq, record, shard_file(seq, rank), CHECKPOINT)
-
+    data = load_training_data(cfg, shard=worker_shard(cfg, comm))  # its own feature rows only
     trainer = Trainer(cfg, data, log=worker_log, comm=comm, placement=Placement(comm, owners["user"], owners["item"]),
-                      coordinator=RemoteCoordinator.connect(cfg.run.dir, comm), on_checkpoint=reported)
+                      coordinator=RemoteCoordinator.connect(cfg.run.dir, comm),
+                      on_checkpoint=lambda seq, record: report_checkpoint(cfg.run.dir, comm, seq, record))
     trainer.fit()
 
 

@@ -175,7 +175,7 @@ def test_ray_job_stop_ends_the_workers_and_the_same_command_resumes(head, tmp_pa
         assert time.time() - stopped < 30, "workers still alive 30 s after ray job stop"
         time.sleep(0.2)
     wait_for(url, env, job, "STOPPED", timeout=60)
-    from margo_dist.train import checkpoint
+    from margo_dist.dist import checkpoint
     from margo_dist.train.rundir import RunDir
 
     record = checkpoint.read_record(RunDir(str(run)))  # the last checkpoint is whole

@@ -28,7 +28,7 @@ from margo_dist.dist.launch import ensure_owner_shards
 from margo_dist.dist.sharding import Placement
 from margo_dist.graph.partition import load_owners
 from margo_dist.variants import get_variant
-from margo_dist.train import checkpoint
+from margo_dist.dist import checkpoint
 from margo_dist.train.loop import Trainer, load_training_data
 from margo_dist.train.rundir import RunDir
 

@@ -10,7 +10,8 @@ from margo_dist.config import ModelConfig
 from margo_dist.errors import ConfigError
 from margo_dist.graph.build import GraphArtifacts
 from margo_dist.graph.tensors import Batch, full_graph
-from margo_dist.model.margo import CALIBRATE, DRAGON, PRETRAIN, block_ratings, build_model, fuse, modality_ratings
+from margo_dist.model.margo import (CALIBRATE, DRAGON, PRETRAIN, block_ratings, build_model, check_column_linear,
+                                    fuse, modality_ratings)
 from margo_dist.variants import get_variant
 from margo_dist.model.objective import calibration_term, ratings_loss
 
@@ -284,18 +285,66 @@ def test_the_blocks_ratings_sum_to_the_modality_ratings(bounds):
         assert torch.equal(parts[0][:, 1], torch.zeros(6)) and torch.equal(parts[1][:, 0], torch.zeros(6))
 
 
-def test_a_whole_graph_backward_completes_the_dense_gradients_in_the_declared_order(setup):
-    """The widest modality (6-d here) is projected last, so its gradients come first; the order
-    the dense gradients' sums over the workers start in (dist/gradients.py) is this one."""
+def test_the_widest_modalitys_projection_gradient_is_complete_first_and_only_it_is_replicated(setup):
+    """The widest modality (6-d here) is projected last, so a backward completes its gradients
+    first: their sum over the workers travels while the other modality is back-propagated."""
     _, g, feats, _, model = setup
-    assert model.encoder.projection_order == [1, 0]
+    assert model.encoder.projections.order == [1, 0]
     done: list[int] = []
     for p in model.parameter_groups()["dense"]:
         p.register_post_accumulate_grad_hook(lambda q: done.append(id(q)))
     users_c, items_c = model.encode_columns(g, feats)
     (users_c.sum() + (items_c * torch.arange(1.0, 9.0)).sum()).backward()
-    order = model.dense_gradient_order()
-    assert done == [id(p) for p in order]
-    assert {id(p) for p in order} == {id(p) for p in model.parameter_groups()["dense"]}
-    assert order[-1] is model.encoder.projections[1].w1 and order[0] is model.encoder.projections[0].b2
-    assert build_model(N_USERS, N_ITEMS, [], ModelConfig(variant="lightgcn"), seed=0).dense_gradient_order() == []
+    widest, narrowest = model.encoder.projections[0], model.encoder.projections[1]
+    assert set(done[:4]) == {id(p) for p in widest.parameters()}
+    assert set(done[4:]) == {id(p) for p in narrowest.parameters()}
+    # the replicated module is exactly the dense parameter group; the ID baselines have none
+    assert {id(p) for p in model.replicated().parameters()} == {id(p) for p in model.parameter_groups()["dense"]}
+    assert build_model(N_USERS, N_ITEMS, [], ModelConfig(variant="lightgcn"), seed=0).replicated() is None
+
+
+def test_a_wrapper_of_the_projections_is_called_without_changing_the_state_dict(setup):
+    _, g, feats, _, model = setup
+    keys = list(model.state_dict())
+    calls: list[int] = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, features, rows=None):
+            calls.append(len(features))
+            return self.inner(features, rows)
+
+    before = model.encode_columns(g, feats)
+    model.encoder.replicate_through(Counting(model.encoder.projections))
+    after = model.encode_columns(g, feats)
+    assert calls == [2]  # one call for every modality: one forward per step for DDP
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(after, before)
+
+
+@pytest.mark.parametrize("variant", ["margo", "lightgcn"])
+def test_each_encoders_propagation_passes_the_column_split_check(setup, variant):
+    _, g, _, cfg, _ = setup
+    model = build_model(N_USERS, N_ITEMS, [6, 3], ModelConfig(dim=4, hidden_mult=2, variant=variant), seed=3)
+    check_column_linear(lambda x: model.encoder.propagate_rows(x, g), N_USERS + N_ITEMS, torch.device("cpu"), "enc")
+
+
+@pytest.mark.parametrize("propagate,what", [
+    (lambda x: (torch.relu(x), x), "2X \\+ Y"),  # not linear
+    (lambda x: (x + x.sum(1, keepdim=True), x), "column 0 alone"),  # mixes the columns
+])
+def test_a_propagation_that_breaks_the_column_split_is_refused(propagate, what):
+    with pytest.raises(ValueError, match=f"Odd's propagation is not linear per column \\({what}"):
+        check_column_linear(propagate, 6, torch.device("cpu"), "Odd")
+
+
+def test_the_whole_graph_forward_refuses_an_encoder_that_is_not_linear_per_column(setup, monkeypatch):
+    _, g, feats, _, model = setup
+    batch = Batch.full(g, torch.tensor([2, 0]), torch.tensor([3, 1]), torch.tensor([4, 4]))
+    linear = model.encoder.propagate_rows
+    monkeypatch.setattr(model.encoder, "propagate_rows", lambda x, graph: tuple(torch.tanh(t) for t in linear(x, graph)))
+    with pytest.raises(ValueError, match="DragonEncoder's propagation is not linear per column.*train.mode=sampled"):
+        model(batch, feats)

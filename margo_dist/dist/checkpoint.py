@@ -18,7 +18,7 @@ shard file).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -28,9 +28,21 @@ from margo_dist.dist.comm import Communicator
 from margo_dist.dist.sharding import ShardedTable
 from margo_dist.errors import MargoError
 from margo_dist.model.tables import Table
-from margo_dist.train.rundir import CHECKPOINT, RunDir
 
-SHARDS = "checkpoint-shards"
+CHECKPOINT, SHARDS = "checkpoint.pt", "checkpoint-shards"
+
+
+class RunFiles(Protocol):
+    """Where a run's files live (``train.rundir.RunDir``): names are relative to the run folder."""
+
+    def path(self, name: str) -> str:
+        """The URL of ``name``."""
+
+    def save_state(self, name: str, state: dict[str, Any]) -> None:
+        """Write ``state`` (tensors included) to ``name`` atomically."""
+
+    def load_state(self, name: str) -> dict[str, Any]:
+        """Read what ``save_state`` wrote to ``name``."""
 
 
 def shard_file(seq: int, rank: int) -> str:
@@ -58,7 +70,7 @@ def _per_row(value: Any) -> bool:
     return torch.is_tensor(value) and value.dim() > 0
 
 
-def save(run: RunDir, comm: Communicator, model: nn.Module, optimizer: torch.optim.Optimizer,
+def save(run: RunFiles, comm: Communicator, model: nn.Module, optimizer: torch.optim.Optimizer,
          record: dict[str, Any], seq: int) -> None:
     """Write checkpoint ``seq``: every worker its rows, then the leader ``record`` plus the rest.
 
@@ -87,7 +99,12 @@ def save(run: RunDir, comm: Communicator, model: nn.Module, optimizer: torch.opt
     comm.barrier()
 
 
-def read_record(run: RunDir) -> dict[str, Any]:
+def provenance(ckpt: dict[str, Any], comm: Communicator) -> str:
+    """Which world size wrote the checkpoint record ``ckpt`` and which reads it (a resume's log)."""
+    return f"written by {ckpt['world_size']} worker(s), read by {comm.world_size}"
+
+
+def read_record(run: RunFiles) -> dict[str, Any]:
     """The leader's commit record of the latest checkpoint (coordinator, RNG, records, ...)."""
     ckpt = run.load_state(CHECKPOINT)
     if "coordinator" not in ckpt:
@@ -96,7 +113,7 @@ def read_record(run: RunDir) -> dict[str, Any]:
     return ckpt
 
 
-def load(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
+def load(run: RunFiles, model: nn.Module, optimizer: torch.optim.Optimizer,
          record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load the committed checkpoint (``record``, if already read) into ``model`` and ``optimizer``
     (this worker's rows of each table); returns the leader's record."""
@@ -122,7 +139,7 @@ def load(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
     return ckpt
 
 
-def _whole(name: str, parts: list[tuple[Tensor, Tensor]], num_rows: int, run: RunDir) -> Tensor:
+def _whole(name: str, parts: list[tuple[Tensor, Tensor]], num_rows: int, run: RunFiles) -> Tensor:
     """Every worker's rows of one table, put back in global id order."""
     if sum(ids.numel() for ids, _ in parts) != num_rows:
         raise MargoError(f"the checkpoint shards in {run.path(SHARDS)} hold {sum(i.numel() for i, _ in parts)} "

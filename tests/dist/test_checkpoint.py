@@ -1,4 +1,4 @@
-"""Checkpoint files (train/checkpoint.py): a finished run is not loaded again, and an old
+"""Checkpoint files (dist/checkpoint.py): a finished run is not loaded again, and an old
 whole-table checkpoint is named instead of half-read."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, write_synthetic
 from margo_dist.errors import MargoError
-from margo_dist.train import checkpoint
+from margo_dist.dist import checkpoint
 from margo_dist.train.entry import train
 from margo_dist.train.rundir import CHECKPOINT, RunDir
 
