@@ -371,8 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def entry() -> None:
     """The ``margo-dist`` console command."""
+    from margo_dist.dist.ray_session import HarmlessLinesFiltered
+
     plain_ray_logs()
-    sys.exit(main())
+    sys.stderr = stderr = HarmlessLinesFiltered(sys.stderr)  # type: ignore[assignment]
+    try:
+        code = main()
+    finally:
+        stderr.close_partial()
+    sys.exit(code)
 
 
 def plain_ray_logs() -> None:

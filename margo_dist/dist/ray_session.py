@@ -22,12 +22,13 @@ any worker starts, a request the cluster cannot hold, which Ray would wait on fo
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import IO, Any, Callable, Iterator, Mapping
 
 from margo_dist.config import AUTO, LOCAL, DistConfig, address_problem, split_host_port
 from margo_dist.errors import ConfigError, MargoError
@@ -36,6 +37,14 @@ PROBE_TIMEOUT_S = 3.0  # a head's port that does not answer in this long is unre
 JOIN_WAIT_S = 3  # Ray's connect window when joining (RAY_gcs_server_port_wait_time_s; Ray's default is 20)
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node IP is 127.0.0.1, servers bind to it
 WAIT_ENV = "RAY_gcs_server_port_wait_time_s"
+# Lines Ray forwards from its own processes that look like errors but are not ours to act on
+HARMLESS_RAY_LINES = (
+    # Ray Train's PreemptionWatcher actor (max_restarts=-1, one per worker group): Ray's core
+    # worker warns at ERROR level that a restart would need its constructor arguments, on
+    # every run, whether or not anything is ever preempted
+    re.compile(r"core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher' .* has constructor arguments "
+               r"in the object store and max_restarts > 0"),
+)
 TOKEN_REMEDY = ("its head uses token auth: run with RAY_AUTH_MODE=token and the cluster's token in "
                 "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)")
 LOCAL_REMEDY = "dist.address=local trains on a private Ray instance on this machine instead"
@@ -293,3 +302,40 @@ def interrupts() -> Iterator[list[str]]:
     finally:
         for sig, handler in old.items():  # None: a handler not set from Python (Ray's C++ one), not restorable
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+class HarmlessLinesFiltered:
+    """A text stream that writes every line to ``target`` except Ray's known-harmless ones
+    (``drop``; default ``HARMLESS_RAY_LINES``). Installed over ``sys.stderr`` by the CLI: Ray
+    prints the lines it forwards from workers and actors there, looked up at each print.
+
+    Whole lines are checked; a partial line waits for its end, except text with a carriage
+    return (a progress bar redrawn in place), which passes at once. Everything else
+    (``isatty``, ``fileno``, ``encoding``) is the target's."""
+
+    def __init__(self, target: IO[str], drop: tuple[re.Pattern[str], ...] = HARMLESS_RAY_LINES) -> None:
+        self._target, self._drop, self._partial = target, drop, ""
+
+    def write(self, text: str) -> int:
+        pending = self._partial + text
+        *lines, self._partial = pending.split("\n")
+        for line in lines:
+            if not any(p.search(line) for p in self._drop):
+                self._target.write(line + "\n")
+        if "\r" in self._partial:
+            self._target.write(self._partial)
+            self._partial = ""
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def close_partial(self) -> None:
+        """Write a last line that never ended (at exit)."""
+        if self._partial:
+            self._target.write(self._partial)
+            self._partial = ""
+        self._target.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)

@@ -8,6 +8,7 @@ and a real ``margo-dist train dist.workers=2`` interrupted by Ctrl-C once its wo
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -23,8 +24,8 @@ import pytest
 from margo_dist.config import load_config
 from margo_dist.data.synth import SynthSpec, write_synthetic
 from margo_dist.dist.launch import restart_line
-from margo_dist.dist.ray_session import (Joined, Needs, address_problem, check_resources, interrupts,
-                                         ray_session, resolve_address, run_needs, source_of)
+from margo_dist.dist.ray_session import (HarmlessLinesFiltered, Joined, Needs, address_problem, check_resources,
+                                         interrupts, ray_session, resolve_address, run_needs, source_of)
 from margo_dist.errors import ConfigError, MargoError
 
 ray = pytest.importorskip("ray")
@@ -189,3 +190,32 @@ def test_ctrl_c_stops_a_distributed_run_and_its_workers_in_seconds(tmp_path):
     while any(_alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(_alive(pid) for pid in workers), workers
+
+
+WATCHER_LINE = ("[2026-12-05 12:00:23,720 E 32762 367] core_worker.cc:2465: Actor with class name: "
+                "'PreemptionWatcher' and ID: '59b3c30f2c9a4a3e2928f13401000000' has constructor arguments in the "
+                "object store and max_restarts > 0. If the arguments in the object store go out of scope or are "
+                "lost, the actor restart will fail. See https://github.com/ray-project/ray/issues/53727 for more "
+                "details.")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_rays_known_harmless_line_is_dropped_and_every_other_line_kept():
+    target = Terminal()
+    out = HarmlessLinesFiltered(target)
+    other_error = WATCHER_LINE.replace("PreemptionWatcher", "RayTrainWorker")
+    out.write("first line\n(TrainController pid=4) " + WATCHER_LINE + "\n")
+    out.write(WATCHER_LINE[:40])  # a line arrives in pieces: held until it ends
+    assert target.getvalue() == "first line\n"
+    out.write(WATCHER_LINE[40:] + "\n" + other_error + "\nlast")
+    assert target.getvalue() == "first line\n" + other_error + "\n"
+    out.write("\rbatch 3/10")  # a progress bar redrawn in place passes at once
+    assert target.getvalue().endswith("last\rbatch 3/10")
+    out.write(" done")
+    out.close_partial()
+    assert target.getvalue().endswith("last\rbatch 3/10 done")
+    assert out.isatty() and out.getvalue() == target.getvalue()  # the rest is the target's
