@@ -280,7 +280,7 @@ class Recommender(nn.Module):
             assert batch.pos_local is not None and batch.neg_local is not None
             if not self._columns_checked:
                 check_column_linear(lambda x: self.encoder.propagate_rows(x, batch.graph),
-                                    batch.graph.bipartite[0].n_src, batch.graph.bipartite[0].src.device,
+                                    self.encoder.n_users + self.encoder.n_items, batch.graph.item_item.src.device,
                                     type(self.encoder).__name__)
                 self._columns_checked = True
             users_c, items_c = self.encode_columns(batch.graph, features)

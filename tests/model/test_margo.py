@@ -325,10 +325,11 @@ def test_a_wrapper_of_the_projections_is_called_without_changing_the_state_dict(
     torch.testing.assert_close(after, before)
 
 
-@pytest.mark.parametrize("variant", ["margo", "lightgcn"])
+@pytest.mark.parametrize("variant", ["margo", "lightgcn", "bpr_mf"])
 def test_each_encoders_propagation_passes_the_column_split_check(setup, variant):
-    _, g, _, cfg, _ = setup
+    art, g, _, cfg, _ = setup
     model = build_model(N_USERS, N_ITEMS, [6, 3], ModelConfig(dim=4, hidden_mult=2, variant=variant), seed=3)
+    g = full_graph(art, ["image", "text"], {}).compute_graph(model.encoder.n_layers)  # bpr_mf: no steps
     check_column_linear(lambda x: model.encoder.propagate_rows(x, g), N_USERS + N_ITEMS, torch.device("cpu"), "enc")
 
 
