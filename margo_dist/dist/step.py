@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from margo_dist.dist.comm import Communicator, TorchComm
 from margo_dist.dist.sharding import ITEM, USER, Placement, ShardedTable
@@ -121,8 +122,6 @@ class StepPlan:
         dense = model.replicated()
         if not self.distributed or dense is None:
             return
-        from torch.nn.parallel import DistributedDataParallel
-
         if not isinstance(self.comm, TorchComm):
             raise TypeError(f"replicate: DDP needs a torch.distributed group, not {type(self.comm).__name__}")
         ddp = DistributedDataParallel(dense, forward_sync_buffers=False, gradient_as_bucket_view=True)
