@@ -165,12 +165,28 @@ def worker_comm(cfg: Config) -> "TorchComm":
 
 def restart_line(run: str, failures: int, max_failures: int, worker_exceptions: dict[int, BaseException]) -> str:
     """The driver log's line for the ``failures``-th failure of a run's worker group: which
-    ranks failed and why, and whether Ray Train restarts the group."""
-    causes = "; ".join(f"rank {rank}: {failure_cause(exc)}" for rank, exc in sorted(worker_exceptions.items()))
+    ranks failed and why, and whether Ray Train restarts the group.
+
+    A rank whose process Ray Train lost (killed, crashed: its health check failed or hung) is
+    named first, as ``lost``: it is the cause. The ranks that raised follow; after a loss they
+    are usually the survivors whose collective lost its peer (gloo's "Connection reset by peer").
+    """
+    lost = {rank for rank, exc in worker_exceptions.items() if worker_lost(exc)}
+    causes = "; ".join(f"rank {rank} lost ({failure_cause(exc)})" if rank in lost else
+                       f"rank {rank}: {failure_cause(exc)}"
+                       for rank, exc in sorted(worker_exceptions.items(), key=lambda kv: (kv[0] not in lost, kv[0])))
     then = (f"Ray Train restarts the worker group from the latest checkpoint (restart {failures} of "
             f"dist.max_failures={max_failures})" if failures <= max_failures else
             f"no restart left (dist.max_failures={max_failures}): the run fails")
     return f"{run}: worker group failed ({causes}); {then}"
+
+
+def worker_lost(exc: BaseException) -> bool:
+    """Whether Ray Train reports ``exc`` for a worker whose process it lost, rather than one
+    that raised (Ray Train exports no public name for these two errors)."""
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError
+
+    return isinstance(exc, (WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError))
 
 
 def failure_cause(exc: BaseException) -> str:

@@ -108,6 +108,17 @@ def test_a_restart_is_one_line_with_its_cause():
     assert restart_line("r", 3, 2, {0: ValueError()}).endswith("no restart left (dist.max_failures=2): the run fails")
 
 
+def test_a_lost_worker_is_named_first_before_the_survivors_that_lost_their_peer():
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    reset = RuntimeError("[pair.cc:537] Read error [127.0.0.1]:36278: Connection reset by peer.")
+    line = restart_line("r", 1, 1, {0: reset, 2: reset, 1: WorkerHealthCheckFailedError("A worker health check failed.",
+                                                                                    failure=OSError("gone"))})
+    assert line.startswith("r: worker group failed (rank 1 lost (WorkerHealthCheckFailedError: A worker health check "
+                           "failed.); rank 0: RuntimeError: [pair.cc:537] Read error [127.0.0.1]:36278: Connection "
+                           "reset by peer.; rank 2: RuntimeError: "), line
+
+
 def test_a_private_instance_ignores_another_users_token_head_which_refuses_a_join_in_seconds(monkeypatch):
     """The other user's head is the one ``ray.init()`` would join (the latest ``ray start``,
     recorded under RAY_TMPDIR, a folder of this test's own so no other Ray user sees it)."""
