@@ -10,13 +10,16 @@ multiplies all three.
 
 Each ``prepare`` runs in a fresh process, which reports its own wall time (until the
 output is on disk: ``os.sync``) and peak RSS (``getrusage``), so one run's peak cannot
-hide another's; the dump is synced before the clock starts. The table ends with the
+hide another's; the dump is synced and dropped from the page cache before the clock starts
+(it is read from disk at every scale). The table ends with the
 10x/1x ratio of time and memory for each encoder (the targets: Electronics in at most
 3 minutes and 4 GB with the hash encoder; 10x at most linear in time, under 12 GB).
 
     python benchmarks/bench_prepare.py                          # scales 1 and 10, hash encoder
+    python benchmarks/bench_prepare.py --repeat 3               # the median of three runs each (the disk varies)
     python benchmarks/bench_prepare.py --scales 1 --encoders hash,minilm
     python benchmarks/bench_prepare.py --scales 0.002,0.004          # seconds (the smoke test)
+    python benchmarks/bench_prepare.py --work W --keep [--reuse]     # keep the dumps; reuse them next time
 """
 
 from __future__ import annotations
@@ -142,6 +145,20 @@ def _skew(rng: np.random.Generator, n: int, power: float) -> np.ndarray:
     return w / w.sum()
 
 
+def evict(paths: list[str]) -> None:
+    """Drop ``paths`` from the page cache (``posix_fadvise`` DONTNEED after an fsync), so that
+    prepare reads them from disk at every scale: a 1 GB dump written a moment ago would
+    otherwise be read from memory while a 10 GB one (past this host's cache) comes off the
+    disk, and the ratio would compare the two. A downloaded dump is on disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def measure(args: list[str]) -> dict:
     """Run ``data prepare`` in a fresh process; its wall time and peak RSS."""
     # the clock stops when the folder is on disk (os.sync): a 1 GB output would otherwise still
@@ -176,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", default="mmrec", choices=("mmrec", "parquet"))
     ap.add_argument("--work", default="", help="folder for the dumps and outputs (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the dumps and prepared folders")
+    ap.add_argument("--repeat", type=int, default=1, help="prepare runs per scale and encoder (the median is compared)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --work and --keep: read the dumps a previous run left there instead of writing them")
     a = ap.parse_args(argv)
+    if a.repeat < 1:
+        ap.error(f"--repeat {a.repeat}: at least 1")
     scales = [float(s) for s in a.scales.split(",")]
     encoders = a.encoders.split(",")
     work = a.work or tempfile.mkdtemp(prefix="bench_prepare_")
@@ -186,21 +208,37 @@ def main(argv: list[str] | None = None) -> int:
         for scale in scales:
             folder = os.path.join(work, f"x{scale:g}")
             os.makedirs(folder, exist_ok=True)
+            record = os.path.join(folder, "dump.json")
             t = time.perf_counter()
-            dump = write_dump(scale, folder)
-            os.sync()  # the dump's own writing does not spill into prepare's time
-            print(f"[bench] x{scale:g}: wrote {dump.lines} reviews, {dump.users} users, {dump.items} items "
+            if a.reuse and os.path.exists(record):
+                with open(record) as fh:
+                    dump = Dump(**json.load(fh))
+                verb = "reused"
+            else:
+                dump = write_dump(scale, folder)
+                os.sync()  # the dump's own writing does not spill into prepare's time
+                with open(record, "w") as fh:  # written last: a dump cut short has none
+                    json.dump(dump.__dict__, fh)
+                verb = "wrote"
+            print(f"[bench] x{scale:g}: {verb} {dump.lines} reviews, {dump.users} users, {dump.items} items "
                   f"({dump.gz_mb:.0f} MB gzip, images {os.path.getsize(dump.images) / 2**20:.0f} MB) "
                   f"in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             for enc in encoders:
                 out = os.path.join(folder, f"out-{enc}")
-                r = measure(["data", "prepare", "--interactions", dump.reviews, "--items", dump.meta,
-                             "--images", dump.images, "--out", out, "--text-encoder", enc,
-                             "--format", a.format])
-                n_lines = _kept(out, a.format)
-                rows.append(dict(scale=scale, encoder=enc, reviews=dump.lines, interactions=n_lines, **r))
-                print(f"[bench] x{scale:g} {enc}: {r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB",
-                      file=sys.stderr, flush=True)
+                runs = []
+                for _ in range(a.repeat):
+                    shutil.rmtree(out, ignore_errors=True)  # the previous run's output: not timed
+                    os.sync()
+                    evict([dump.reviews, dump.meta, dump.images])
+                    runs.append(measure(["data", "prepare", "--interactions", dump.reviews, "--items", dump.meta,
+                                         "--images", dump.images, "--out", out, "--text-encoder", enc,
+                                         "--format", a.format]))
+                    print(f"[bench] x{scale:g} {enc}: {runs[-1]['seconds']:.1f} s, peak {runs[-1]['peak_mb']:.0f} MB",
+                          file=sys.stderr, flush=True)
+                seconds = sorted(r["seconds"] for r in runs)
+                rows.append(dict(scale=scale, encoder=enc, reviews=dump.lines, interactions=_kept(out, a.format),
+                                 seconds=float(np.median(seconds)), runs=seconds,
+                                 peak_mb=max(r["peak_mb"] for r in runs)))
                 if not a.keep:
                     shutil.rmtree(out)
             if not a.keep:
@@ -210,11 +248,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\ndata prepare on a synthetic Amazon 2018 dump (format {a.format}, "
           f"{os.cpu_count()} CPUs)")
-    print(f"{'scale':>6} {'encoder':>8} {'reviews':>11} {'kept':>11} {'seconds':>9} {'peak MB':>9}  (seconds: "
-          "until the dataset is on disk)")
+    print(f"{'scale':>6} {'encoder':>8} {'reviews':>11} {'kept':>11} {'seconds':>9} {'peak MB':>9}  runs (seconds: "
+          f"until the dataset is on disk; the median of {a.repeat})")
     for r in rows:
         print(f"{r['scale']:>6g} {r['encoder']:>8} {r['reviews']:>11,} {r['interactions']:>11,} {r['seconds']:>9.1f} "
-              f"{r['peak_mb']:>9.0f}")
+              f"{r['peak_mb']:>9.0f}  {' '.join(f'{x:.1f}' for x in r['runs'])}")
     for enc in encoders:
         mine = sorted((r for r in rows if r["encoder"] == enc), key=lambda r: r["scale"])
         if len(mine) >= 2:

@@ -6,6 +6,8 @@ import gzip
 import json
 import os
 
+import pytest
+
 from margo_dist.data import dumps
 
 from scripts_helpers import load_script
@@ -30,3 +32,18 @@ def test_the_benchmark_prints_its_table_and_the_ratio(capsys):
     assert [r[:2] for r in rows] == [["0.002", "hash"], ["0.004", "hash"]]
     assert all(int(r[3].replace(",", "")) <= int(r[2].replace(",", "")) for r in rows)  # kept <= reviews
     assert "hash: x0.004/x0.002 time ratio" in out
+
+
+def test_a_kept_dump_is_reused_not_rewritten(tmp_path, capsys):
+    args = ["--scales", "0.002", "--work", str(tmp_path), "--keep"]
+    assert bench_prepare.main(args) == 0
+    reviews = tmp_path / "x0.002" / "Electronics_5.json.gz"
+    before = reviews.stat().st_mtime_ns
+    capsys.readouterr()
+    assert bench_prepare.main([*args, "--reuse", "--repeat", "2"]) == 0
+    assert reviews.stat().st_mtime_ns == before
+    captured = capsys.readouterr()
+    assert "x0.002: reused " in captured.err and "x0.002: wrote " not in captured.err
+    (row,) = [line.split() for line in captured.out.splitlines() if line.strip().startswith("0.002")]
+    runs = [float(x) for x in row[6:]]
+    assert len(runs) == 2 and float(row[4]) == pytest.approx(sum(runs) / 2, abs=0.06)  # the median of two

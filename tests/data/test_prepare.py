@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from margo_dist.data.formats import read_dataset
-from margo_dist.data.prepare import k_core_mask, prepare, split_per_user
+from margo_dist.data.prepare import (_latest_per_pair, dense_groups, dense_ids, k_core_mask, prepare, split_per_user,
+                                     stable_order)
 from margo_dist.data.text_encoder import DIM, encode_texts, minilm_model_dir
 from margo_dist.errors import ConfigError, DataError, MargoError
 
@@ -177,6 +178,56 @@ def test_split_is_seeded_and_random_within_user():
     assert not np.array_equal(a, c)
     # not positional: the test rows of user 0 are not simply its last five rows
     assert np.flatnonzero(a[:50] == 2).tolist() != list(range(45, 50))
+
+
+def test_the_linear_orderings_equal_numpys_sorts():
+    """The radix ordering is np.lexsort's (stable: equal rows keep their order) for keys of
+    one to three 16-bit digits; the counting group ids are np.unique's."""
+    rng = np.random.default_rng(11)
+    for n in (1, 7, 300):
+        a, b, c = rng.integers(0, 2**40, n), rng.integers(0, 3, n), rng.integers(0, 70_000, n, dtype=np.uint32)
+        assert np.array_equal(stable_order(a, b, c), np.lexsort((a, b, c)))
+        assert np.array_equal(stable_order(b), np.argsort(b, kind="stable"))
+        for codes in (rng.integers(0, 20, n), rng.integers(10**9, 10**9 + 5, n)):  # dense, and sparse
+            _, group, counts = np.unique(codes, return_inverse=True, return_counts=True)
+            got_group, got_counts = dense_groups(codes)
+            assert np.array_equal(got_group, group) and np.array_equal(got_counts, counts)
+        codes = rng.integers(0, 20, n)
+        used, position = dense_ids(codes, 20)
+        assert np.array_equal(used, np.unique(codes)) and np.array_equal(position, np.searchsorted(used, codes))
+    assert len(stable_order(np.zeros(0, dtype=np.int64))) == 0
+    with pytest.raises(ValueError, match="non-negative integers"):
+        stable_order(np.array([3, -1]))
+
+
+def test_the_split_orders_each_user_by_its_random_keys_as_lexsort_does():
+    """Users with thousands of rows: many of their random keys share the top 16 bits the radix
+    passes look at, and those ties are ordered by the whole key."""
+    user = np.sort(np.random.default_rng(2).integers(0, 4, 20_000))
+    ratios = np.array([0.8, 0.1, 0.1])
+    key = np.random.default_rng(7).random(len(user))  # the keys split_per_user draws with seed 7
+    assert (np.diff(np.sort((key * 65536).astype(np.int64))) == 0).sum() > 100  # ties to resolve
+    order = np.lexsort((key, user))
+    counts = np.bincount(user)
+    rank = np.arange(len(user)) - np.concatenate(([0], np.cumsum(counts)[:-1]))[user[order]]
+    n_valid, n_test = (np.floor(r * counts + 0.5 + 1e-9).astype(int) for r in ratios[1:])
+    n_train = counts - n_valid - n_test
+    expected = np.empty(len(user), dtype=np.int8)
+    u = user[order]
+    expected[order] = np.where(rank < n_train[u], 0, np.where(rank < (n_train + n_valid)[u], 1, 2))
+    assert np.array_equal(split_per_user(user, tuple(ratios), seed=7), expected)
+
+
+def test_one_row_per_pair_is_the_latest_then_the_last_in_the_file():
+    #              0  1  2  3  4  5  6  7
+    u = np.array([0, 1, 0, 0, 1, 2, 0, 1])
+    i = np.array([5, 5, 5, 6, 5, 0, 5, 5])
+    t = np.array([3, 9, 7, 1, 9, 4, 7, 2.0])
+    # pair (0,5): rows 0, 2, 6 -> latest t=7 at rows 2 and 6 -> the last, 6; (1,5): rows 1, 4, 7 -> t=9 twice -> 4;
+    # in pair order (0,5) (0,6) (1,5) (2,0)
+    assert _latest_per_pair(u, i, t).tolist() == [6, 3, 4, 5]
+    assert _latest_per_pair(u, i, None).tolist() == [6, 3, 7, 5]  # no time: the last row of each pair
+    assert _latest_per_pair(u[:0], i[:0], t[:0]).tolist() == []
 
 
 @pytest.mark.parametrize("ratios", [(0.8, 0.1), (0.0, 0.5, 0.5), (0.8, -0.1, 0.3)])
