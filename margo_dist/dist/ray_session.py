@@ -130,7 +130,7 @@ def _auth_failed(exc: BaseException) -> bool:
 
 
 @contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
+def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
     """``values`` in ``os.environ`` inside the block, the old values (or none) after it."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -152,7 +152,7 @@ def _start_local(log_to_driver: bool, logging_level: str) -> Any:
     multi = constants.ENABLE_RAY_CLUSTER
     constants.ENABLE_RAY_CLUSTER = False  # read when Ray picks the node's IP: loopback
     try:
-        with _environ({LOOPBACK_ENV: "0"}):  # the instance's own processes, which read it again
+        with scoped_environ({LOOPBACK_ENV: "0"}):  # the instance's own processes, which read it again
             # the dashboard serves the state API that Ray Train's placement-group cleaner asks
             return ray.init(address=LOCAL, dashboard_host="127.0.0.1", log_to_driver=log_to_driver,
                             logging_level=logging_level)
@@ -176,7 +176,7 @@ def _join(address: str, source: str, log_to_driver: bool, logging_level: str) ->
     probe(where, source)
     try:
         # the window only shortens Ray's retries against a head that refuses us; set by the user, it stays
-        with _environ({WAIT_ENV: os.environ.get(WAIT_ENV, str(JOIN_WAIT_S))}):
+        with scoped_environ({WAIT_ENV: os.environ.get(WAIT_ENV, str(JOIN_WAIT_S))}):
             return ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging_level)
     except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as exc:
         if _auth_failed(exc):

@@ -67,8 +67,10 @@ def learning_curves(records: list[dict[str, Any]], metric: str = "recall@20") ->
         if k > 0:
             for ax in (ax_loss, ax_val):
                 ax.axvline(offset, color="grey", linestyle="--", linewidth=1)
-            ax_val.annotate(f"{stage} starts", (offset, 1.0), xycoords=("data", "axes fraction"),
-                            xytext=(3, -12), textcoords="offset points", fontsize=8, color="grey")
+            # along the line's foot, on the side of the previous stage, whose late (high) scores leave it free
+            ax_val.annotate(f"{stage} starts", (offset, 0.03), xycoords=("data", "axes fraction"),
+                            xytext=(-3, 0), textcoords="offset points", rotation=90, ha="right", va="bottom",
+                            fontsize=8, color="grey")
         offset = int(x.max()) if len(x) else offset
     ax_loss.set_ylabel("training loss (per triplet)")
     ax_loss.set_title("training loss")

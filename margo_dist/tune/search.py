@@ -32,7 +32,7 @@ import numpy as np
 from margo_dist.config import Config, dump_yaml, from_dict, load_config, to_dict
 from margo_dist.data import io as mio
 from margo_dist.dist.launch import epoch_metrics
-from margo_dist.dist.ray_session import Needs, check_resources, ray_session, run_needs
+from margo_dist.dist.ray_session import Needs, check_resources, ray_session, run_needs, scoped_environ
 from margo_dist.errors import MargoError
 from margo_dist.variants import CALIBRATE, DRAGON, PRETRAIN, get_variant
 from margo_dist.train.loop import epochs_trained
@@ -152,22 +152,25 @@ def asha_clock(grace_period: int, max_epochs: int, n_stages: int) -> tuple[int, 
     and a note when the grace period had to be cut ('' otherwise).
 
     max_t is one past the last epoch: ASHA stops a trial at max_t, which would cut it off
-    before it restores its best state and writes its summary. A grace period longer than a
-    trial (ASHA refuses one past max_t) is clamped to the trial's length: no trial is then
-    stopped early, which is what that grace period asked for.
+    before it restores its best state and writes its summary. A grace period as long as a
+    trial or longer puts ASHA's only rung at the trial's last epoch (or past max_t, which ASHA
+    refuses): it would stop trials that have trained every epoch, before their summary. It is
+    set to max_t instead, where no trial arrives: no trial is stopped early, which is what a
+    grace period that long asks for.
     """
     epochs = max_epochs * n_stages
-    if grace_period <= epochs:
+    if grace_period < epochs:
         return epochs + 1, grace_period, ""
-    return epochs + 1, epochs, (f"asha.grace_period={grace_period} is longer than a trial's {epochs} training "
-                                f"epoch(s) (train.max_epochs={max_epochs} x {n_stages} stage(s)): clamped to "
-                                f"{epochs}, so ASHA stops no trial early")
+    return epochs + 1, epochs + 1, (f"asha.grace_period={grace_period} is not shorter than a trial's {epochs} "
+                                    f"training epoch(s) (train.max_epochs={max_epochs} x {n_stages} stage(s)): "
+                                    "ASHA stops no trial early")
 
 
 def run_phase(search: SearchConfig, base: Config, phase: str, space: dict[str, Dimension], pretrained: str = "",
               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """One Tune experiment in ``<dir>/<phase>`` (restored when it exists); one row per trial."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     root = os.path.abspath(search.dir)
@@ -196,16 +199,20 @@ def run_phase(search: SearchConfig, base: Config, phase: str, space: dict[str, D
             scheduler = ASHAScheduler(time_attr="epochs_trained", max_t=max_t, grace_period=grace,
                                       reduction_factor=search.asha.reduction_factor)
         param_space = {"_train": to_dict(cfg), "_root": root, "_phase": phase, **ray_space(space)}
+        samples = search.num_samples if any(d.kind != "grid" for d in space.values()) else 1
+        n_trials = samples * int(np.prod([len(d.grid) for d in space.values() if d.kind == "grid"]))
         tuner = tune.Tuner(
             trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler,
-                                        num_samples=search.num_samples if any(
-                                            d.kind != "grid" for d in space.values()) else 1,
+            tune_config=tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler, num_samples=samples,
                                         search_alg=_seeded_search(search.seed, search.max_concurrent_trials)),
             run_config=tune.RunConfig(name=phase, storage_path=root, verbose=0,
-                                      callbacks=[_trial_lines(phase, search.metric), state_keeper(path)]))
+                                      callbacks=[CSVLoggerCallback(), JsonLoggerCallback(),
+                                                 _trial_lines(phase, search.metric, n_trials), state_keeper(path)]))
         log(f"search phase {phase}: {len(space)} searched key(s) in {path}")
-    grid = tuner.fit()
+    # Tune's result files (progress.csv, result.json) are kept, its TensorBoard logger is not:
+    # the logger makes Tune print a TensorBoard command for a staging folder under /tmp
+    with scoped_environ({"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}):
+        grid = tuner.fit()
     rows = []
     for result in grid:
         keys = {k: v for k, v in result.config.items() if not k.startswith("_")}
@@ -220,12 +227,23 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _trial_lines(phase: str, metric: str) -> Any:
-    """A Tune callback that logs one line per trial report and per trial end (Tune's own tables are off)."""
+def _trial_lines(phase: str, metric: str, n_trials: int = 0) -> Any:
+    """A Tune callback that logs one line per trial epoch and per trial end (Tune's own tables are off).
+
+    A trial reports at each checkpoint; the one that closes a stage repeats the stage's last
+    epoch, which is not shown twice. ``n_trials``: the phase's trials (Tune creates them as
+    slots free up, so its own list is shorter until the last one starts)."""
     from ray import tune
 
     class TrialLines(tune.Callback):
+        def __init__(self) -> None:
+            self.shown: dict[str, tuple[str, int]] = {}  # trial id -> (stage, epoch) of its last line
+
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            epoch = (result["stage"], result["epoch"])
+            if self.shown.get(trial.trial_id) == epoch:
+                return
+            self.shown[trial.trial_id] = epoch
             keys = " ".join(f"{k}={v}" for k, v in trial.config.items() if not k.startswith("_"))
             _say(f"[{phase}] {trial.trial_id} {keys}: {result['stage']} epoch {result['epoch']} "
                 f"valid {metric} {result.get(f'valid_{metric}', float('nan')):.4f}")
@@ -233,7 +251,7 @@ def _trial_lines(phase: str, metric: str) -> Any:
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             # Tune marks the trial TERMINATED after this call: count it as ended here
             done = sum(t.status == "TERMINATED" or t is trial for t in trials)
-            _say(f"[{phase}] {trial.trial_id} ended ({done}/{len(trials)} trials ended)")
+            _say(f"[{phase}] {trial.trial_id} ended ({done}/{max(n_trials, len(trials))} trials ended)")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             _say(f"[{phase}] {trial.trial_id} FAILED: {trial.error_file}")
@@ -407,13 +425,17 @@ def read_table(folder: str) -> list[dict[str, str]]:
 
 def _plot(search: SearchConfig, rows: list[dict[str, Any]], best: dict[str, Any]) -> None:
     """Validation metric against each searched key (a marker per trial, the chosen one a star);
-    with two searched keys, a heatmap of the final phase's metric over their grid too."""
+    with two searched keys, a heatmap of the final phase's metric over their grid too. A key
+    that every trial had at one value (``space.KEY=[v]``) gets no panel: it is named in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = list(search.space) or ["trial"]
+    searched = list(search.space) or ["trial"]
+    values = {k: {repr(r[k]) for r in rows if k in r} for k in searched}
+    keys = [k for k in searched if len(values[k]) > 1] or searched
+    fixed = [f"{k}={next(iter(values[k]))}" for k in searched if k not in keys and values[k]]
     metric = f"valid_{search.metric}"
     heat = len(keys) == 2 and _heat_cells(rows, keys, metric, best["phase"])
     n_panels = len(keys) + (1 if heat else 0)
@@ -449,6 +471,8 @@ def _plot(search: SearchConfig, rows: list[dict[str, Any]], best: dict[str, Any]
             ax.scatter([xs.index(best[keys[0]])], [ys.index(best[keys[1]])], marker="*", s=220, color="gold",
                        edgecolor="black")
         fig.colorbar(image, ax=ax)
+    if fixed:
+        fig.suptitle(f"every trial: {', '.join(fixed)}", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

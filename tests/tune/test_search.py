@@ -187,6 +187,11 @@ def test_a_killed_search_driver_resumes_without_training_a_finished_trial_again(
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "restoring" in again.stdout
+    # one line per trial epoch; Tune's result files are kept, its TensorBoard hint (a /tmp folder) is not shown
+    epoch_lines = [line for line in again.stdout.splitlines() if line.startswith("[stage") and " epoch " in line]
+    assert epoch_lines and len(epoch_lines) == len(set(epoch_lines)), again.stdout[-3000:]
+    assert "tensorboard" not in (again.stdout + again.stderr).lower()
+    assert list((tmp_path / "search" / "stage2").glob("*/result.json"))
     with open(tmp_path / "search" / "trials.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["phase"] for r in rows) == ["stage1", "stage2", "stage2", "stage2"]
@@ -266,17 +271,32 @@ def test_a_tie_for_the_best_trial_is_warned_of_and_the_first_is_taken():
     assert _best(rows, "stage2", "recall@20", messages.append)["trial"] == "t1" and messages == []
 
 
-def test_a_grace_period_longer_than_a_trial_is_clamped_to_the_trials_length():
-    from ray.tune.schedulers import ASHAScheduler
+def test_a_grace_period_as_long_as_a_trial_stops_no_trial():
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
     from margo_dist.tune.search import asha_clock
 
+    class Trial:
+        def __init__(self, k: int) -> None:
+            self.trial_id = str(k)
+
+    def stopped_at(max_t: int, grace: int, epochs: int) -> list[int]:
+        """The epochs at which ASHA stops four trials that report every epoch, the worst last."""
+        asha = ASHAScheduler(time_attr="epochs_trained", metric="m", mode="max", max_t=max_t, grace_period=grace)
+        trials = [Trial(k) for k in range(4)]
+        for t in trials:
+            asha.on_trial_add(None, t)
+        return [e for e in range(1, epochs + 1) for k, t in enumerate(trials)
+                if asha.on_trial_result(None, t, {"epochs_trained": e, "m": e - k / 10}) == TrialScheduler.STOP]
+
     assert asha_clock(1, 2, 2) == (5, 1, "")  # max_t one past the last of 2 x 2 epochs
-    max_t, grace, note = asha_clock(5, 2, 1)
-    assert (max_t, grace) == (3, 2)
-    assert note == ("asha.grace_period=5 is longer than a trial's 2 training epoch(s) (train.max_epochs=2 x 1 "
-                    "stage(s)): clamped to 2, so ASHA stops no trial early")
-    ASHAScheduler(time_attr="epochs_trained", max_t=max_t, grace_period=grace)  # ASHA takes it
+    assert stopped_at(*asha_clock(1, 2, 2)[:2], epochs=4)[:3] == [1, 1, 1]  # a short grace period stops trials
+    assert stopped_at(3, 2, epochs=2) == [2, 2, 2]  # a rung at the last epoch would stop trials that trained it
+    for grace in (2, 5):
+        max_t, clamped, note = asha_clock(grace, 2, 1)
+        assert (max_t, clamped) == (3, 3) and stopped_at(max_t, clamped, epochs=2) == []
+        assert note == (f"asha.grace_period={grace} is not shorter than a trial's 2 training epoch(s) "
+                        "(train.max_epochs=2 x 1 stage(s)): ASHA stops no trial early")
 
 
 def test_a_trial_the_cluster_cannot_hold_is_refused_naming_the_numbers(tmp_path):
@@ -317,6 +337,29 @@ def test_the_search_plot_marks_the_chosen_trial_and_draws_two_keys_as_a_heatmap(
     assert len(fig.axes) == 4  # two scatter panels, the heatmap and its colour bar
     assert all("chosen: t4" in [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes[:2])
     assert fig.axes[2].get_xlabel() == "model.alpha" and (tmp_path / "search.png").stat().st_size > 0
+    # a key searched at one value has no panel of its own; the title names it
+    for r in rows:
+        r["train.weight_lr"] = 0.01
+    search.space["train.weight_lr"] = None
+    _plot(search, rows, rows[4])
+    assert len(figures[-1].axes) == 4 and figures[-1].get_suptitle() == "every trial: train.weight_lr=0.01"
+
+
+def test_a_trial_epoch_is_one_line_when_the_stages_closing_checkpoint_reports_it_again(monkeypatch):
+    from types import SimpleNamespace
+
+    from margo_dist.tune import search as search_module
+
+    said: list[str] = []
+    monkeypatch.setattr(search_module, "_say", said.append)
+    lines = search_module._trial_lines("stage2", "recall@20")
+    a, b = (SimpleNamespace(trial_id=t, config={"model.tau": 1.0}) for t in "ab")
+    for trial, stage, epoch, value in [(a, "calibrate", 3, 0.35), (b, "calibrate", 3, 0.36), (a, "calibrate", 3, 0.35),
+                                       (a, "dragon", 3, 0.4)]:
+        lines.on_trial_result(1, [a, b], trial, {"stage": stage, "epoch": epoch, "valid_recall@20": value})
+    assert said == ["[stage2] a model.tau=1.0: calibrate epoch 3 valid recall@20 0.3500",
+                    "[stage2] b model.tau=1.0: calibrate epoch 3 valid recall@20 0.3600",
+                    "[stage2] a model.tau=1.0: dragon epoch 3 valid recall@20 0.4000"]
 
 
 def test_a_trials_end_line_counts_that_trial_and_a_trial_logs_only_its_warnings(monkeypatch, capsys):
@@ -330,6 +373,8 @@ def test_a_trials_end_line_counts_that_trial_and_a_trial_logs_only_its_warnings(
               SimpleNamespace(trial_id="c", status="RUNNING")]
     search_module._trial_lines("all", "recall@20").on_trial_complete(3, trials, trials[1])
     assert said == ["[all] b ended (2/3 trials ended)"]  # Tune sets b's status after the callback
+    search_module._trial_lines("all", "recall@20", n_trials=5).on_trial_complete(3, trials, trials[1])
+    assert said[-1] == "[all] b ended (2/5 trials ended)"  # two trials not created yet
     search_module._trial_log("[pretrain] epoch 1/2  loss 0.5")
     search_module._trial_log("warning: train.threads=2 is more than ...")
     assert capsys.readouterr().out == "warning: train.threads=2 is more than ...\n"
