@@ -162,10 +162,9 @@ def stable_order(*keys: np.ndarray) -> np.ndarray:
         if key.dtype.kind not in "iu" or (key.dtype.kind == "i" and int(key.min()) < 0):
             raise ValueError(f"stable_order: keys must be non-negative integers, not {key.dtype} "
                              f"with minimum {key.min()}")
-        key = key.astype(np.uint64, copy=False)
         top, shift = int(key.max()), 0
         while True:
-            digit = ((key >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.uint16)  # in row order
+            digit = ((key >> shift) & 0xFFFF).astype(np.uint16)  # in row order; the key's own dtype
             if order is None:
                 order = np.argsort(digit, kind="stable").astype(np.int32 if n < 2**31 else np.int64)
             else:
@@ -184,20 +183,18 @@ def dense_groups(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if codes.dtype.kind not in "iu" or len(codes) == 0 or int(codes.min()) < 0 or int(codes.max()) > len(codes):
         _, group, counts = np.unique(codes, return_inverse=True, return_counts=True)
         return group.reshape(-1), counts
-    full = np.bincount(codes)
+    _, group, counts = dense_ids(codes, int(codes.max()) + 1)
+    return group, counts
+
+
+def dense_ids(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The codes (in ``0..n-1``) that occur, ascending; each row's position among them; and
+    how many rows each has: ``np.unique`` and ``np.searchsorted`` by counting."""
+    full = np.bincount(codes, minlength=n)
     used = np.flatnonzero(full)
-    remap = np.zeros(len(full), dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    return remap[codes], full[used]
-
-
-def dense_ids(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The codes (in ``0..n-1``) that occur, ascending, and each row's position among them:
-    ``np.unique`` and ``np.searchsorted`` by counting."""
-    used = np.flatnonzero(np.bincount(codes, minlength=n))
     remap = np.zeros(n, dtype=np.int64)
     remap[used] = np.arange(len(used))
-    return used, remap[codes]
+    return used, remap[codes], full[used]
 
 
 # ---------------------------------------------------------------- filtering
@@ -485,8 +482,8 @@ def prepare(interactions_url: str, out_url: str, items_url: str | None = None,
     say(f"{k_core}-core: {len(u)} interactions left (filtering passes: {passes})")
 
     # dense ids keep the codes' order: the rows stay sorted by (user, item), as _latest_per_pair gave them
-    users_kept, user = dense_ids(u, len(user_raw))
-    items_kept, item = dense_ids(i, len(item_raw))
+    users_kept, user, _ = dense_ids(u, len(user_raw))
+    items_kept, item, _ = dense_ids(i, len(item_raw))
     label = split_per_user(user, tuple(ratios), seed)
     user_ids, item_ids = user_raw[users_kept], item_raw[items_kept]
 

@@ -193,7 +193,7 @@ def test_the_linear_orderings_equal_numpys_sorts():
             got_group, got_counts = dense_groups(codes)
             assert np.array_equal(got_group, group) and np.array_equal(got_counts, counts)
         codes = rng.integers(0, 20, n)
-        used, position = dense_ids(codes, 20)
+        used, position, _ = dense_ids(codes, 20)
         assert np.array_equal(used, np.unique(codes)) and np.array_equal(position, np.searchsorted(used, codes))
     assert len(stable_order(np.zeros(0, dtype=np.int64))) == 0
     with pytest.raises(ValueError, match="non-negative integers"):
